@@ -1,0 +1,37 @@
+# The README's commands. Every target sets up what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# torch and torchvision are pinned: these builds install from local disk here, and
+# pinning stops pip from fetching a multi-GB CUDA wheel it was not asked for.
+TORCH  := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup test demo bench lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test,vision]' $(TORCH)
+	touch $(STAMP)
+
+lint: setup
+	$(BIN)/ruff check .
+
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: setup
+	$(BIN)/python -m causalprune.demo
+
+bench: setup
+	$(BIN)/python -m pip install -q -e '.[bench]' $(TORCH)
+	$(BIN)/python benchmarks/recorder.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/lasso.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -1,0 +1,27 @@
+"""causalprune: Causal Pruning and the tools to test it.
+
+Weights are ranked by how well their SGD updates explain the loss changes seen during
+training (a Lasso fit of ΔL_t on (Δθ_k^t)², SPEC §1–4) and the least causal are pruned.
+"""
+
+from . import lasso, selection
+from .lasso import LassoResult
+from .masks import Mask, prunable_parameters
+from .selection import LayerCollapseWarning, schedule, select
+from .trajectory import Trajectory, TrajectoryRecorder
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LassoResult",
+    "LayerCollapseWarning",
+    "Mask",
+    "Trajectory",
+    "TrajectoryRecorder",
+    "__version__",
+    "lasso",
+    "prunable_parameters",
+    "schedule",
+    "select",
+    "selection",
+]

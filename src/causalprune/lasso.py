@@ -1,0 +1,554 @@
+"""Lasso solvers for the causal regression (SPEC §3). Pure tensors in, tensors out.
+
+Objective, in scikit-learn's scaling (T rows, γ the penalised coefficients)::
+
+    P(γ) = (1 / 2T) · ‖y − Xγ − Zc‖² + α · ‖γ‖₁
+
+Z (T × m) holds optional *unpenalised* regressors (the loss lags of the momentum model,
+SPEC §2). They are profiled out exactly: with Q an orthonormal basis of Z's columns and
+the projection P = I − QQᵀ, the problem is a plain Lasso on (PX, Py), and c is recovered
+by least squares at the end. P is only ever applied to T-vectors and to the few columns a
+solver gathers, never to X itself.
+
+X may be one (T × d) tensor or a list of blocks sharing T (the momentum model's lagged
+block is an offset view of the same buffer); it may be float32, bfloat16 or float16, any
+layout, on CPU or CUDA. X is never copied to float64: products are taken in float32 chunks.
+
+Solvers:
+
+* ``cd`` — exact coordinate descent inside working sets with gap-safe screening (the
+  celer / skglm strategy: Massias et al. 2018, Ndiaye et al. 2017). The outer loop makes
+  one pass over X per iteration (Xᵀr, duality gap, screening, working-set priorities);
+  the working-set subproblem (a few hundred columns) is solved on its Gram matrix by
+  scikit-learn's compiled coordinate descent. Default on CPU.
+* ``fista`` — accelerated proximal gradient (Beck & Teboulle 2009), step 1/L with L from
+  power iteration, adaptive restart (O'Donoghue & Candès 2015), duality-gap stop. Matrix-
+  vector products only: the GPU path.
+* ``sgd`` — the paper's solver: minibatch stochastic gradient with the cumulative L1
+  penalty of Tsuruoka et al. (2009), coefficients starting at 0, batch 16, lr 0.1, at most
+  50 epochs, stop after 5 epochs without improvement (paper App. C). ``variant="authors"``
+  gives the authors' code instead (lr 0.1/t^0.1, 30 epochs, patience 2, α = 1e-3/d, y
+  divided by its mean).
+* ``minnorm`` — the α → 0 limit that SGD from zero tends to: γ = Xᵀ(XXᵀ + ρI)⁻¹y through
+  the T × T Gram matrix.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+SOLVERS = ("auto", "cd", "fista", "sgd", "minnorm")
+
+
+@dataclass(frozen=True)
+class LassoResult:
+    """A Lasso solution and the evidence of its quality.
+
+    Attributes:
+        coef: (p,) float32 penalised coefficients γ, blocks concatenated in input order.
+        objective: P(γ) in scikit-learn's scaling (with c at its optimum for this γ).
+        gap: duality gap P(γ) − D(θ) ≥ 0 in the same units (``nan`` for minnorm at α=0).
+        n_iter: outer iterations (cd), iterations (fista), epochs (sgd), 1 (minnorm).
+        alpha: the L1 weight used.
+        solver: the solver that produced it.
+        kkt: (p,) |x_kᵀ r| / max(T·α, ‖Xᵀr‖_∞) ∈ [0, 1]: how close weight k is to entering
+            the model (SPEC §4); equals |x_kᵀ r| / (T·α) at an exact solution.
+        unpenalized: (m,) coefficients c of the unpenalised regressors (empty if none).
+        converged: whether the solver's stopping rule was met.
+        time_s: wall-clock seconds of the solve.
+    """
+
+    coef: torch.Tensor
+    objective: float
+    gap: float
+    n_iter: int
+    alpha: float
+    solver: str
+    kkt: torch.Tensor
+    unpenalized: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    converged: bool = True
+    time_s: float = 0.0
+
+
+class Design:
+    """The design matrix [X_1 | X_2 | …] with unpenalised regressors Z projected out.
+
+    Only the operations the solvers need, each a pass over X in float32 chunks:
+    ``rmatvec`` (Xᵀr), ``matvec`` (Xv), ``sq_norms`` (column norms), ``gram`` (XXᵀ) and
+    ``columns`` (gather a few columns as a float64 CPU array).
+    """
+
+    def __init__(
+        self,
+        X: torch.Tensor | Sequence[torch.Tensor],
+        y: torch.Tensor,
+        unpenalized: torch.Tensor | None = None,
+    ) -> None:
+        blocks = [X] if isinstance(X, torch.Tensor) else list(X)
+        if not blocks:
+            raise ValueError("X has no blocks")
+        T = blocks[0].shape[0] if blocks[0].dim() == 2 else -1
+        for i, b in enumerate(blocks):
+            if b.dim() != 2:
+                raise ValueError(f"X block {i} must be 2-D (T, d), got shape {tuple(b.shape)}")
+            if b.shape[0] != T:
+                raise ValueError(f"X blocks disagree on T: block 0 has {T} rows, block {i} {b.shape[0]}")
+            if b.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+                raise ValueError(f"X must be float32, bfloat16 or float16, got {b.dtype}")
+        if T == 0:
+            raise ValueError("empty trajectory: X has 0 rows (no recorded steps)")
+        if y.dim() != 1 or y.shape[0] != T:
+            raise ValueError(f"y must have shape ({T},), got {tuple(y.shape)}")
+        if not torch.isfinite(y).all():
+            bad = int(torch.nonzero(~torch.isfinite(y))[0])
+            raise ValueError(f"y contains NaN or Inf (first at row {bad})")
+        self.blocks = blocks
+        self.device = blocks[0].device
+        self.T = T
+        self.sizes = [b.shape[1] for b in blocks]
+        self.offsets = np.cumsum([0, *self.sizes])
+        self.p = int(self.offsets[-1])
+        if self.p == 0:
+            raise ValueError("X has no columns (nothing alive to score)")
+        # Unpenalised regressors: orthonormal basis Q (T × m), float64 on CPU.
+        if unpenalized is not None:
+            Z = unpenalized.detach().to("cpu", torch.float64)
+            if Z.dim() == 1:
+                Z = Z[:, None]
+            if Z.shape[0] != T:
+                raise ValueError(f"unpenalized must have {T} rows, got {Z.shape[0]}")
+            if not torch.isfinite(Z).all():
+                raise ValueError("unpenalized regressors contain NaN or Inf")
+            Q, R = torch.linalg.qr(Z)
+            keep = R.diagonal().abs() > 1e-10 * max(float(R.diagonal().abs().max()), 1e-300)
+            self.Z, self.Q, self.R = Z, Q[:, keep], R[keep][:, keep]
+            self.z_keep = keep
+        else:
+            self.Z = torch.zeros(T, 0, dtype=torch.float64)
+            self.Q = self.Z
+            self.R = torch.zeros(0, 0, dtype=torch.float64)
+            self.z_keep = torch.zeros(0, dtype=torch.bool)
+        self.y64 = y.detach().to("cpu", torch.float64)
+        self.y = self.project(self.y64)  # (T,) float64, P y
+
+    # --- small (T-sized) operations, float64 on CPU ---------------------------------
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        """Return P v for a (T,) or (T, k) float64 CPU tensor."""
+        if self.Q.shape[1] == 0:
+            return v
+        return v - self.Q @ (self.Q.T @ v)
+
+    def unpenalized_coef(self, residual_raw: torch.Tensor) -> torch.Tensor:
+        """Return c minimising ‖(y − Xγ) − Zc‖ given residual_raw = y − Xγ (float64, (T,))."""
+        m = self.Z.shape[1]
+        c = torch.zeros(m, dtype=torch.float64)
+        if self.Q.shape[1]:
+            c[self.z_keep] = torch.linalg.solve_triangular(
+                self.R, (self.Q.T @ residual_raw)[:, None], upper=True
+            )[:, 0]
+        return c
+
+    # --- passes over X ------------------------------------------------------------
+    def _chunks(self, b: torch.Tensor):
+        """Yield (start, float32 chunk of columns) keeping temporaries ≲ 3 % of X."""
+        d = b.shape[1]
+        if b.dtype == torch.float32:
+            yield 0, b
+            return
+        step = max(4096, math.ceil(d / 32))
+        for a in range(0, d, step):
+            yield a, b[:, a : a + step].float()
+
+    def rmatvec(self, r: torch.Tensor) -> torch.Tensor:
+        """Return Xᵀr as a (p,) float32 tensor on X's device; r is (T,) and lies in range(P)."""
+        rr = r.to(self.device, torch.float32)
+        out = torch.empty(self.p, dtype=torch.float32, device=self.device)
+        for i, b in enumerate(self.blocks):
+            o = int(self.offsets[i])
+            for a, chunk in self._chunks(b):
+                out[o + a : o + a + chunk.shape[1]] = chunk.T @ rr
+        return out
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        """Return P X v as a (T,) float64 CPU tensor, for a (p,) vector v."""
+        vv = v.to(self.device, torch.float32)
+        acc = torch.zeros(self.T, dtype=torch.float32, device=self.device)
+        for i, b in enumerate(self.blocks):
+            o = int(self.offsets[i])
+            for a, chunk in self._chunks(b):
+                acc += chunk @ vv[o + a : o + a + chunk.shape[1]]
+        return self.project(acc.to("cpu", torch.float64))
+
+    def sq_norms(self) -> torch.Tensor:
+        """Return ‖P x_j‖² for every column as a (p,) float64 CPU tensor."""
+        out = torch.empty(self.p, dtype=torch.float64)
+        for i, b in enumerate(self.blocks):
+            o = int(self.offsets[i])
+            step = max(4096, math.ceil(b.shape[1] / 32))
+            for a in range(0, b.shape[1], step):
+                chunk = b[:, a : a + step].float()
+                out[o + a : o + a + chunk.shape[1]] = (chunk * chunk).sum(0).to("cpu", torch.float64)
+        for k in range(self.Q.shape[1]):  # ‖Px‖² = ‖x‖² − Σ_k (q_kᵀx)²
+            out -= self.rmatvec(self.Q[:, k]).to("cpu", torch.float64) ** 2
+        return out.clamp_(min=0.0)
+
+    def gram(self) -> torch.Tensor:
+        """Return (PX)(PX)ᵀ as a (T, T) float64 CPU tensor."""
+        G = torch.zeros(self.T, self.T, dtype=torch.float64)
+        for b in self.blocks:
+            for _, chunk in self._chunks(b):
+                G += (chunk @ chunk.T).to("cpu", torch.float64)
+        return self.project(self.project(G).T)
+
+    def columns(self, idx: torch.Tensor) -> torch.Tensor:
+        """Return the columns `idx` of PX as a (T, len(idx)) float64 CPU tensor."""
+        idx = idx.to("cpu", torch.long)
+        out = torch.empty(self.T, len(idx), dtype=torch.float64)
+        for i, b in enumerate(self.blocks):
+            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
+            sel = torch.nonzero((idx >= lo) & (idx < hi)).squeeze(1)
+            if len(sel):
+                cols = b.T.index_select(0, (idx[sel] - lo).to(b.device))  # (k, T): rows of Xᵀ
+                out[:, sel] = cols.to("cpu", torch.float64).T
+        return self.project(out)
+
+    # --- objective and duality gap ---------------------------------------------------
+    def alpha_max(self) -> float:
+        """Return ‖(PX)ᵀPy‖_∞ / T, the smallest α whose solution is all zero."""
+        return float(self.rmatvec(self.y).abs().max()) / self.T
+
+    def residual(self, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Return (r = Py − PXγ, support indices, support columns or None), r float64.
+
+        y − Xγ nearly cancels near a solution, so when the support is small (the usual
+        Lasso case) r is computed from the support's columns in float64; otherwise from a
+        float32 product.
+        """
+        nz = torch.nonzero(coef).squeeze(1)
+        if len(nz) <= self.EXACT_SUPPORT:
+            cols = self.columns(nz)
+            return self.y - cols @ coef[nz], nz, cols
+        return self.y - self.matvec(coef), nz, None
+
+    EXACT_SUPPORT = 20_000  # largest support whose columns are gathered for exact residuals
+
+    def evaluate(self, coef: torch.Tensor, alpha: float) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+        """Return (objective, gap, residual r = Py − PXγ, Xᵀr) for the float64 CPU `coef`."""
+        residual, nz, cols = self.residual(coef)
+        corr = self.rmatvec(residual).to("cpu", torch.float64)
+        if not torch.isfinite(corr).all():
+            j = int(torch.nonzero(~torch.isfinite(corr))[0])
+            raise ValueError(f"X contains NaN or Inf (column {j})")
+        # Recompute exactly (float64) where it decides the dual point: the support and the
+        # largest |x_jᵀr|, whose float32 rounding would otherwise inflate ‖Xᵀr‖∞.
+        k = min(self.p, 2 * len(nz) + 64)
+        top = torch.topk(corr.abs(), k).indices
+        if cols is not None and len(nz):
+            corr[nz] = cols.T @ residual
+            top = top[~torch.isin(top, nz)]
+        corr[top] = self.columns(top).T @ residual
+        T = self.T
+        rr = float(residual @ residual)
+        primal = 0.5 * rr / T + alpha * float(coef.abs().sum())
+        if alpha > 0:
+            scale = max(T * alpha, float(corr.abs().max()))
+            s = T * alpha / scale
+            # Dual of the scaled problem at θ = s·r: (‖y‖² − ‖y − θ‖²) / 2T.
+            diff = self.y - s * residual
+            dual = 0.5 * (float(self.y @ self.y) - float(diff @ diff)) / T
+            gap = max(primal - dual, 0.0)
+        else:
+            gap = math.nan
+        return primal, gap, residual, corr
+
+
+def _soft(x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    return torch.sign(x) * torch.clamp(x.abs() - t, min=0.0)
+
+
+def _kkt(corr: torch.Tensor, T: int, alpha: float) -> torch.Tensor:
+    denom = max(T * alpha, float(corr.abs().max()), 1e-300)
+    return (corr.abs() / denom).float()
+
+
+# --- solvers ------------------------------------------------------------------------
+def _solve_cd(D: Design, alpha: float, tol: float, max_iter: int, p0: int = 100):
+    from sklearn.linear_model import enet_path
+
+    T, p = D.T, D.p
+    coef = torch.zeros(p, dtype=torch.float64)
+    norms = D.sq_norms().sqrt()
+    screened = norms == 0  # all-zero columns never enter
+    lam = T * alpha
+    ws_size = min(p0, p)
+    converged = False
+    for it in range(1, max_iter + 1):
+        obj, gap, residual, corr = D.evaluate(coef, alpha)
+        if gap <= tol * obj:
+            converged = True
+            break
+        # Gap-safe sphere test (Ndiaye et al. 2017) at θ = r / max(λ, ‖Xᵀr‖∞).
+        scale = max(lam, float(corr[~screened].abs().max()))
+        radius = math.sqrt(2.0 * T * gap) / lam
+        screened |= (corr.abs() / scale + radius * norms) < 1.0
+        support = coef != 0
+        if (support & screened).any():  # provably zero at the optimum
+            coef[support & screened] = 0.0
+            support = coef != 0
+        # Working set: the support plus the columns closest to violating |x_jᵀθ| ≤ 1.
+        prio = (1.0 - corr.abs() / scale) / norms.clamp(min=1e-300)
+        prio[screened] = math.inf
+        prio[support] = -math.inf
+        n_candidates = int((~screened).sum())
+        ws_size = min(max(ws_size, 2 * int(support.sum())), n_candidates)
+        W = torch.topk(prio, ws_size, largest=False).indices.sort().values
+        Xw = D.columns(W).numpy(force=True)  # (T, w) float64
+        Xw = np.asfortranarray(Xw)
+        G = np.ascontiguousarray(Xw.T @ Xw)
+        yv = D.y.numpy()
+        q = Xw.T @ yv
+        # Inner tolerance: scikit-learn stops on gap < tol·‖y‖² (unscaled units).
+        inner_tol = 0.3 * gap * T / max(float(yv @ yv), 1e-300)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _, coefs, _ = enet_path(
+                Xw, yv, l1_ratio=1.0, alphas=[alpha], precompute=G, Xy=q,
+                coef_init=coef[W].numpy(), tol=max(inner_tol, 1e-16), max_iter=100_000,
+                check_input=False,
+            )  # fmt: skip
+        coef[W] = torch.from_numpy(coefs[:, 0])
+        ws_size = min(2 * ws_size, p)
+    else:
+        obj, gap, residual, corr = D.evaluate(coef, alpha)
+        converged = gap <= tol * obj
+    return coef, obj, gap, it, corr, residual, converged
+
+
+def _power_lipschitz(D: Design, n_iter: int = 30) -> float:
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(D.p, generator=g, dtype=torch.float64)
+    v /= v.norm()
+    L = 0.0
+    for _ in range(n_iter):
+        w = D.rmatvec(D.matvec(v)).to("cpu", torch.float64)
+        L = float(w.norm())
+        if L == 0:
+            return 0.0
+        v = w / L
+    return L / D.T
+
+
+def _solve_fista(D: Design, alpha: float, tol: float, max_iter: int, check_every: int = 10):
+    T = D.T
+    L = _power_lipschitz(D) * 1.05  # power iteration approaches ‖X‖₂² from below
+    if L == 0:
+        coef = torch.zeros(D.p, dtype=torch.float64)
+        obj, gap, residual, corr = D.evaluate(coef, alpha)
+        return coef, obj, gap, 0, corr, residual, True
+    # Iterates are float64 on the CPU (p-vectors); X is only touched by matrix-vector
+    # products, and residuals come from the (small) support in float64 (Design.residual).
+    x = torch.zeros(D.p, dtype=torch.float64)
+    z = x.clone()
+    t = 1.0
+    converged = False
+    for it in range(1, max_iter + 1):
+        r, _, _ = D.residual(z)
+        grad = -D.rmatvec(r).to("cpu", torch.float64) / T
+        x_new = _soft(z - grad / L, alpha / L)
+        step = x_new - x
+        if float(torch.dot(z - x_new, step)) > 0:
+            t = 1.0  # adaptive restart: the momentum points uphill
+        t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
+        z = x_new + ((t - 1.0) / t_new) * step
+        x, t = x_new, t_new
+        if it % check_every == 0 or it == max_iter:
+            obj, gap, _, _ = D.evaluate(x, alpha)
+            if gap <= tol * obj:
+                converged = True
+                break
+    obj, gap, residual, corr = D.evaluate(x, alpha)
+    return x, obj, gap, it, corr, residual, converged or gap <= tol * obj
+
+
+def _solve_sgd(
+    D: Design,
+    X: list[torch.Tensor],
+    y: torch.Tensor,
+    Z: torch.Tensor | None,
+    alpha: float,
+    *,
+    lr: float = 0.1,
+    batch_size: int = 16,
+    max_epochs: int = 50,
+    patience: int = 5,
+    variant: str = "paper",
+    seed: int = 0,
+):
+    """Minibatch SGD with the cumulative L1 penalty (Tsuruoka et al. 2009), from γ = 0."""
+    T, dev = D.T, D.device
+    if variant == "authors":
+        max_epochs, patience = 30, 2
+    elif variant != "paper":
+        raise ValueError(f"unknown sgd variant {variant!r}; valid: paper, authors")
+    yy = y.to(dev, torch.float32)
+    y_scale = 1.0
+    if variant == "authors":
+        y_scale = float(yy.mean())
+        if y_scale == 0 or not math.isfinite(y_scale):
+            raise ValueError("sgd variant 'authors' divides y by its mean, which is 0")
+        yy = yy / y_scale
+    Zd = (Z.to(dev, torch.float32) if Z is not None else torch.zeros(T, 0, device=dev))
+    if Zd.dim() == 1:
+        Zd = Zd[:, None]
+    gamma = torch.zeros(D.p, dtype=torch.float32, device=dev)
+    c = torch.zeros(Zd.shape[1], dtype=torch.float32, device=dev)
+    q = torch.zeros_like(gamma)  # penalty actually applied to each weight so far
+    u = 0.0  # total penalty each weight could have received
+    g = torch.Generator().manual_seed(seed)
+    best = (math.inf, gamma.clone())
+    bad = 0
+    step_t = 0
+    epoch = 0
+    for epoch in range(1, max_epochs + 1):
+        perm = torch.randperm(T, generator=g).to(dev)
+        for a in range(0, T, batch_size):
+            rows = perm[a : a + batch_size]
+            Xb = torch.cat([b.index_select(0, rows).float() for b in X], dim=1)  # (B, p)
+            r = yy[rows] - Xb @ gamma - Zd[rows] @ c
+            step_t += 1
+            eta = lr / step_t**0.1 if variant == "authors" else lr
+            gamma += (eta / len(rows)) * (Xb.T @ r)
+            c += (eta / len(rows)) * (Zd[rows].T @ r)
+            u += eta * alpha
+            z = gamma.clone()
+            pos, neg = gamma > 0, gamma < 0
+            gamma = torch.where(pos, torch.clamp(gamma - (u + q), min=0.0), gamma)
+            gamma = torch.where(neg, torch.clamp(gamma + (u - q), max=0.0), gamma)
+            q += gamma - z
+        try:
+            if not torch.isfinite(gamma).all():
+                raise ValueError("non-finite coefficients")
+            obj, _, _, _ = D.evaluate(gamma.to("cpu", torch.float64) * y_scale, alpha)
+        except ValueError as e:
+            raise RuntimeError(
+                f"sgd Lasso diverged in epoch {epoch} (lr={lr}): {e}; lower the solver's lr "
+                "or use solver 'cd'"
+            ) from None
+        if obj < best[0] - 1e-12 * abs(best[0]):
+            best, bad = (obj, gamma.clone()), 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+    coef = best[1].to("cpu", torch.float64) * y_scale
+    obj, gap, residual, corr = D.evaluate(coef, alpha)
+    return coef, obj, gap, epoch, corr, residual, bad >= patience
+
+
+def _solve_minnorm(D: Design, alpha: float, ridge: float = 1e-10):
+    G = D.gram()
+    rho = ridge * max(float(G.diagonal().mean()), 1e-300)
+    # Minimum-norm solution in range(P): γ = (PX)ᵀ (G + ρI)⁺ Py, solved in float64 (T × T).
+    cvec = torch.linalg.lstsq(G + rho * torch.eye(D.T, dtype=torch.float64), D.y[:, None]).solution[:, 0]
+    coef = D.rmatvec(D.project(cvec)).to("cpu", torch.float64)
+    obj, gap, residual, corr = D.evaluate(coef, alpha)
+    return coef, obj, gap, 1, corr, residual, True
+
+
+def solve(
+    X: torch.Tensor | Sequence[torch.Tensor],
+    y: torch.Tensor,
+    alpha: float | None = None,
+    alpha_ratio: float | None = None,
+    solver: str = "auto",
+    tol: float = 1e-6,
+    max_iter: int | None = None,
+    unpenalized: torch.Tensor | None = None,
+    **options: object,
+) -> LassoResult:
+    """Solve min_γ (1/2T)‖y − Xγ − Zc‖² + α‖γ‖₁ (c free) and return a `LassoResult`.
+
+    Args:
+        X: (T, d) tensor or list of (T, d_i) blocks (float32/bfloat16/float16, CPU or CUDA).
+        y: (T,) targets, e.g. the loss changes ΔL_t.
+        alpha: the L1 weight (> 0). Give `alpha` or `alpha_ratio`, not both.
+        alpha_ratio: α as a fraction of α_max = ‖Xᵀy‖_∞/T (default 0.01 when neither is given).
+        solver: ``auto`` (cd on CPU, fista on CUDA), ``cd``, ``fista``, ``sgd``, ``minnorm``.
+        tol: stop when the duality gap ≤ tol · objective (cd, fista).
+        max_iter: outer iterations (cd, default 100), iterations (fista, default 20000).
+        unpenalized: optional (T, m) regressors whose coefficients are not penalised.
+        **options: solver-specific: sgd ``lr``, ``batch_size``, ``max_epochs``, ``patience``,
+            ``variant`` (``paper``/``authors``), ``seed``; minnorm ``ridge``.
+    """
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown Lasso solver {solver!r}; valid: {', '.join(SOLVERS)}")
+    t0 = time.perf_counter()
+    D = Design(X, y, unpenalized)
+    if solver == "auto":
+        solver = "fista" if D.device.type == "cuda" else "cd"
+    if alpha is not None and alpha_ratio is not None:
+        raise ValueError("give alpha or alpha_ratio, not both")
+    if alpha is None:
+        if solver == "sgd" and options.get("variant") == "authors" and alpha_ratio is None:
+            alpha = 1e-3 / D.p
+        else:
+            ratio = 0.01 if alpha_ratio is None else float(alpha_ratio)
+            if not (ratio > 0) or not math.isfinite(ratio):
+                raise ValueError(f"alpha_ratio must be > 0, got {alpha_ratio}")
+            alpha = ratio * D.alpha_max()
+            if alpha == 0:
+                raise ValueError("alpha_max is 0 (Xᵀy = 0): every α gives γ = 0; give alpha directly")
+    alpha = float(alpha)
+    if solver != "minnorm" and not (alpha > 0 and math.isfinite(alpha)):
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if tol <= 0:
+        raise ValueError(f"tol must be > 0, got {tol}")
+    unknown = set(options) - {"lr", "batch_size", "max_epochs", "patience", "variant", "seed", "ridge"}
+    if unknown:
+        raise ValueError(f"unknown solver options: {', '.join(sorted(unknown))}")
+
+    if solver == "cd":
+        out = _solve_cd(D, alpha, tol, 100 if max_iter is None else max_iter)
+    elif solver == "fista":
+        out = _solve_fista(D, alpha, tol, 20_000 if max_iter is None else max_iter)
+    elif solver == "sgd":
+        blocks = [X] if isinstance(X, torch.Tensor) else list(X)
+        out = _solve_sgd(D, blocks, y, unpenalized, alpha, **options)  # type: ignore[arg-type]
+    else:
+        out = _solve_minnorm(D, alpha, **options)  # type: ignore[arg-type]
+    coef, obj, gap, n_iter, corr, residual, converged = out
+    raw_residual = D.y64 - _raw_fit(D, coef)
+    return LassoResult(
+        coef=coef.to(D.device, torch.float32),
+        objective=obj,
+        gap=gap,
+        n_iter=int(n_iter),
+        alpha=alpha,
+        solver=solver,
+        kkt=_kkt(corr, D.T, alpha).to(D.device),
+        unpenalized=D.unpenalized_coef(raw_residual).float(),
+        converged=bool(converged),
+        time_s=time.perf_counter() - t0,
+    )
+
+
+def _raw_fit(D: Design, coef: torch.Tensor) -> torch.Tensor:
+    """Return Xγ without the projection (T,) float64, for recovering c."""
+    nz = torch.nonzero(coef).squeeze(1)
+    if len(nz) == 0 or D.Z.shape[1] == 0:
+        return torch.zeros(D.T, dtype=torch.float64)
+    out = torch.zeros(D.T, dtype=torch.float64)
+    for i, b in enumerate(D.blocks):
+        lo, hi = int(D.offsets[i]), int(D.offsets[i + 1])
+        sel = nz[(nz >= lo) & (nz < hi)]
+        if len(sel):
+            cols = b.T.index_select(0, (sel - lo).to(b.device)).to("cpu", torch.float64)  # (k, T)
+            out += cols.T @ coef[sel]
+    return out

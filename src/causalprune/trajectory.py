@@ -1,0 +1,509 @@
+"""Record the causal regression's data during training: one row per optimizer step.
+
+For step t (θ^t → θ^{t+1}) the recorder stores
+
+* y_t = ΔL_t, the loss change across the step (SPEC §1; ``same_batch`` or ``probe``), and
+* x̃_{t,k} = (θ_k^{t+1} − θ_k^t)² / η₀² for every alive prunable weight k,
+
+where η₀ is the learning rate at the first recorded step (SPEC §1: raw squared updates
+underflow in float16; x̃ is an effective squared gradient, rankings are unchanged).
+
+Storage is column-major: chunks of shape (d_alive, rows) on the storage device, so the
+solvers read a weight's whole history contiguously, and `Trajectory.X` is a (T, d_alive)
+*view* of one (d_alive, T) buffer. Per step the recorder does O(d_alive) device work and no
+host↔device synchronisation; non-finite values are detected once, in `trajectory()`,
+which names the step and the parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .masks import Mask, prunable_parameters
+
+DELTA_LOSSES = ("same_batch", "probe")
+STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+Batch = tuple[Any, Any]
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """The recorded regression data.
+
+    Attributes:
+        X: (T, d_alive) x̃ = (Δθ)² / scale; a view of a column-major (d_alive, T) buffer.
+        y: (T,) float32 loss changes ΔL_t.
+        scale: η₀², the divisor of the squared updates (float).
+        param_names: prunable parameter names, in column order.
+        alive: name → bool tensor of the weights that have columns (row-major within a tensor).
+        loss_before: (T,) float32 loss at θ^t (training batch or probe set).
+        loss_after: (T,) float32 loss at θ^{t+1} on the same data.
+        X_lag: (T, d_alive) x̃ of the previous step (momentum model, SPEC §2): an offset view
+            of the same buffer, or None when recorded without ``momentum_features``.
+        lags: (T, 2) unpenalised loss regressors [L^t, L^{t−1}] of the momentum model, or None.
+    """
+
+    X: torch.Tensor
+    y: torch.Tensor
+    scale: float
+    param_names: list[str]
+    alive: dict[str, torch.Tensor]
+    loss_before: torch.Tensor
+    loss_after: torch.Tensor
+    X_lag: torch.Tensor | None = None
+    lags: torch.Tensor | None = None
+
+    @property
+    def T(self) -> int:
+        """Number of rows (steps)."""
+        return self.X.shape[0]
+
+    def sizes(self) -> list[int]:
+        """Return the number of columns of each parameter, in `param_names` order."""
+        return [int(self.alive[n].sum()) for n in self.param_names]
+
+    def design(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """Return (X blocks, y, unpenalised regressors) for `lasso.solve`.
+
+        Plain model: ([X], y, None). Momentum model: ([X, X_lag], y, lags) — ΔL regressed on
+        both blocks with [L^t, L^{t−1}] unpenalised; this equals the paper's eq. 25 (target
+        L^{t+1}) with c₁ shifted by one.
+        """
+        if self.X_lag is None:
+            return [self.X], self.y, None
+        return [self.X, self.X_lag], self.y, self.lags
+
+    def unflatten(self, values: torch.Tensor, fill: float = 0.0) -> dict[str, torch.Tensor]:
+        """Map a (d_alive,) vector back to name → tensor; pruned entries get `fill`."""
+        values = values.detach().to("cpu", torch.float32)
+        if values.shape != (sum(self.sizes()),):
+            raise ValueError(f"expected a ({sum(self.sizes())},) vector, got {tuple(values.shape)}")
+        out, o = {}, 0
+        for n, k in zip(self.param_names, self.sizes(), strict=True):
+            full = torch.full(self.alive[n].shape, fill, dtype=torch.float32)
+            full[self.alive[n]] = values[o : o + k]
+            out[n] = full
+            o += k
+        return out
+
+    def scores(self, coef: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Return |γ| per weight (momentum model: sqrt(γ₀² + γ₁²), SPEC §2) as name → tensor."""
+        d = sum(self.sizes())
+        c = coef.detach().to("cpu", torch.float32)
+        if c.numel() == 2 * d:
+            return self.unflatten(torch.sqrt(c[:d] ** 2 + c[d:] ** 2))
+        return self.unflatten(c.abs())
+
+    def combine(self, per_column: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Map a per-column statistic (e.g. the KKT score) to name → tensor; max over blocks."""
+        d = sum(self.sizes())
+        v = per_column.detach().to("cpu", torch.float32)
+        if v.numel() == 2 * d:
+            v = torch.maximum(v[:d], v[d:])
+        return self.unflatten(v)
+
+
+class _Store:
+    """Column-major chunked storage of rows, spilling to disk-backed files past a budget."""
+
+    def __init__(
+        self,
+        d: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        chunk_rows: int,
+        memory_budget: int | None,
+        spill_dir: str | None,
+    ) -> None:
+        self.d, self.dtype, self.device = d, dtype, device
+        self.chunk_rows = chunk_rows
+        self.budget = memory_budget
+        self.spill_dir = spill_dir
+        self._tmpdir: str | None = None
+        self.chunks: list[torch.Tensor] = []  # each (d, rows)
+        self.rows = 0
+        self.in_memory_bytes = 0
+        self.spilled = False
+
+    def _bytes(self, rows: int) -> int:
+        return self.d * rows * torch.tensor([], dtype=self.dtype).element_size()
+
+    def _disk_tensor(self, rows: int) -> torch.Tensor:
+        if self._tmpdir is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="causalprune-traj-", dir=self.spill_dir)
+        fd, path = tempfile.mkstemp(dir=self._tmpdir, suffix=".bin")
+        os.close(fd)
+        t = torch.from_file(path, shared=True, size=self.d * rows, dtype=self.dtype)
+        self.spilled = True
+        return t.view(self.d, rows)
+
+    def _alloc(self, rows: int) -> torch.Tensor:
+        nbytes = self._bytes(rows)
+        if self.budget is not None and self.in_memory_bytes + nbytes > self.budget:
+            return self._disk_tensor(rows)
+        self.in_memory_bytes += nbytes
+        return torch.empty(self.d, rows, dtype=self.dtype, device=self.device)
+
+    def column(self, t: int) -> torch.Tensor:
+        """Return the (d,) slot of row t, allocating a chunk when needed."""
+        capacity = sum(c.shape[1] for c in self.chunks)
+        if t >= capacity:
+            self.chunks.append(self._alloc(self.chunk_rows))
+            capacity += self.chunk_rows
+        o = capacity - self.chunks[-1].shape[1]
+        return self.chunks[-1][:, t - o]
+
+    def consolidate(self, rows: int) -> torch.Tensor:
+        """Return the first `rows` rows as one (d, rows) buffer (a view when already one chunk)."""
+        if len(self.chunks) == 1:
+            return self.chunks[0][:, :rows]
+        out = self._alloc(rows) if not self.spilled else self._disk_tensor(rows)
+        o = 0
+        for c in self.chunks:
+            k = min(c.shape[1], rows - o)
+            if k <= 0:
+                break
+            out[:, o : o + k].copy_(c[:, :k])
+            o += k
+        self.chunks = [out]  # the old chunks are released; later rows go to new chunks
+        self.in_memory_bytes = 0 if self.spilled else self._bytes(rows)
+        return out[:, :rows]
+
+    def close(self) -> None:
+        self.chunks = []
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+
+def _norm_modules(model: nn.Module) -> list[nn.Module]:
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+    ]
+
+
+class _FrozenRunningStats:
+    """Context: forwards in train mode use batch statistics but leave running stats as they were."""
+
+    def __init__(self, modules: list[nn.Module]) -> None:
+        self.modules = modules
+        self.saved: list[dict[str, torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        self.saved = [
+            {k: b.clone() for k, b in m._buffers.items() if b is not None} for m in self.modules
+        ]
+
+    def __exit__(self, *exc: object) -> None:
+        with torch.no_grad():
+            for m, saved in zip(self.modules, self.saved, strict=True):
+                for k, b in saved.items():
+                    m._buffers[k].copy_(b)  # type: ignore[union-attr]
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+class TrajectoryRecorder:
+    """Train and record (ΔL_t, (Δθ_t)²) for every optimizer step.
+
+    Three ways to use it:
+
+    * ``loss = rec.step(inputs, targets)`` performs one training step (forward, backward,
+      optimizer step) and records it;
+    * a custom loop calls ``rec.before_step(inputs, targets)`` right before its forward and
+      ``rec.after_step(loss)`` right after ``optimizer.step()``;
+    * the Lightning callback (a later issue) wraps the split API.
+
+    Args:
+        model: the network; its prunable parameters are the ``.weight`` of Linear/Conv
+            layers (or ``params``).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar tensor`` (mean over the batch).
+        optimizer: the optimizer that takes the steps.
+        mask: alive weights; only they get columns. Default: all prunable weights.
+        dtype: storage dtype of x̃: float32, bfloat16 or float16.
+        delta_loss: ``same_batch`` (ΔL on the step's own minibatch, the "after" forward
+            replays its dropout masks and uses batch statistics) or ``probe`` (ΔL on the
+            fixed `probe_data`, one probe forward per step).
+        probe_data: (inputs, targets) or an iterable of such batches, for ``probe``.
+        momentum_features: also expose the lagged block and loss lags (SPEC §2).
+        params: names of the parameters to record (default: all prunable ones).
+        memory_budget: bytes of storage kept on the storage device; further rows spill to
+            disk-backed files in `spill_dir` (default: a temp folder). None: no limit.
+        chunk_rows: rows per storage chunk. `capacity`: allocate that many rows up front
+            (one chunk, so `trajectory()` returns a view without any copy).
+        storage_device: where rows are stored (default: the parameters' device).
+        probe_seed: RNG seed of the probe forward (its dropout masks are fixed).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        mask: Mask | Mapping[str, torch.Tensor] | None = None,
+        dtype: torch.dtype = torch.float32,
+        delta_loss: str = "same_batch",
+        probe_data: Batch | Iterable[Batch] | None = None,
+        momentum_features: bool = False,
+        *,
+        params: Sequence[str] | None = None,
+        memory_budget: int | None = None,
+        spill_dir: str | None = None,
+        chunk_rows: int = 256,
+        capacity: int | None = None,
+        storage_device: torch.device | str | None = None,
+        probe_seed: int = 0,
+    ) -> None:
+        if delta_loss not in DELTA_LOSSES:
+            raise ValueError(f"unknown delta_loss {delta_loss!r}; valid: {', '.join(DELTA_LOSSES)}")
+        if dtype not in STORAGE_DTYPES:
+            raise ValueError(f"storage dtype must be float32, bfloat16 or float16, got {dtype}")
+        if delta_loss == "probe" and probe_data is None:
+            raise ValueError("delta_loss='probe' needs probe_data: (inputs, targets) or a list of batches")
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.delta_loss = delta_loss
+        self.momentum_features = momentum_features
+        self.dtype = dtype
+        prunable = prunable_parameters(model)
+        if params is not None:
+            named = dict(model.named_parameters())
+            missing = [n for n in params if n not in named]
+            if missing:
+                raise ValueError(f"unknown parameters {missing}; prunable: {', '.join(prunable)}")
+            prunable = {n: named[n] for n in params}
+        if mask is not None:
+            m = mask if isinstance(mask, Mask) else Mask(mask)
+            m.check(model)
+            unknown = [n for n in m if n not in prunable]
+            if unknown:
+                raise ValueError(f"mask covers non-recorded parameters {unknown}")
+            alive = {n: (m[n] if n in m else torch.ones_like(p, dtype=torch.bool, device="cpu"))
+                     for n, p in prunable.items()}  # fmt: skip
+        else:
+            alive = {n: torch.ones_like(p, dtype=torch.bool, device="cpu") for n, p in prunable.items()}
+        self.param_names = list(prunable)
+        self.params = [prunable[n] for n in self.param_names]
+        self.alive = {n: a.clone() for n, a in alive.items()}
+        device = self.params[0].device
+        # Per parameter: flat alive indices on the device (None = all alive, no gather).
+        self._index: list[torch.Tensor | None] = []
+        for n, p in zip(self.param_names, self.params, strict=True):
+            a = self.alive[n].reshape(-1)
+            self._index.append(None if bool(a.all()) else torch.nonzero(a).squeeze(1).to(p.device))
+        self.sizes = [int(self.alive[n].sum()) for n in self.param_names]
+        self.d = sum(self.sizes)
+        if self.d == 0:
+            raise ValueError("nothing to record: every prunable weight is pruned")
+        self.device = torch.device(storage_device) if storage_device is not None else device
+        self._store = _Store(
+            self.d, dtype, self.device, capacity or chunk_rows, memory_budget, spill_dir
+        )
+        self._prev = torch.empty(self.d, dtype=torch.float32, device=device)
+        self._cur = torch.empty_like(self._prev)
+        self._loss_before: list[torch.Tensor] = []
+        self._loss_after: list[torch.Tensor] = []
+        self._norms = _norm_modules(model)
+        self._probe = self._probe_batches(probe_data) if probe_data is not None else []
+        self._probe_seed = probe_seed
+        self._probe_cache: tuple[list[int], torch.Tensor] | None = None
+        self._pending: dict[str, Any] | None = None
+        self.scale: float | None = None
+        self.rows = 0
+
+    # --- public API -------------------------------------------------------------------
+    def step(self, inputs: Any, targets: Any) -> torch.Tensor:
+        """Perform and record one training step; return the (detached) training loss."""
+        self.before_step(inputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(inputs), targets)
+        loss.backward()
+        self.optimizer.step()
+        self.after_step(loss)
+        return loss.detach()
+
+    def before_step(self, inputs: Any, targets: Any) -> None:
+        """Snapshot θ^t (and the RNG, or the probe loss). Call right before the forward."""
+        if self._pending is not None:
+            raise RuntimeError("before_step called twice without after_step")
+        if self.scale is None:
+            lr = self._lr()
+            if not (lr > 0 and math.isfinite(lr)):
+                raise ValueError(f"learning rate must be > 0 to scale the squared updates, got {lr}")
+            self.scale = lr * lr
+        self._gather(self._prev)
+        pending: dict[str, Any] = {"inputs": inputs, "targets": targets}
+        if self.delta_loss == "same_batch":
+            pending["rng"] = _rng_state(self._prev.device)
+        else:
+            pending["before"] = self._probe_before()
+        self._pending = pending
+
+    @torch.no_grad()
+    def after_step(self, loss: torch.Tensor) -> None:
+        """Record the step just taken; `loss` is the training forward's loss at θ^t."""
+        if self._pending is None:
+            raise RuntimeError("after_step called without before_step")
+        pending, self._pending = self._pending, None
+        if self.delta_loss == "same_batch":
+            before = loss.detach().float().reshape(())
+            after = self._same_batch_after(pending)
+        else:
+            before = pending["before"]
+            after = self._probe_loss()
+            self._probe_cache = (self._versions(), after)
+        # x̃ = (θ^{t+1} − θ^t)² / η₀², written into column t of the store.
+        self._gather(self._cur)
+        self._cur.sub_(self._prev).square_().mul_(1.0 / self.scale)  # type: ignore[operator]
+        self._store.column(self.rows).copy_(self._cur, non_blocking=True)
+        self._loss_before.append(before)
+        self._loss_after.append(after)
+        self.rows += 1
+
+    def trajectory(self) -> Trajectory:
+        """Return the recorded `Trajectory` (checks every value is finite)."""
+        if self.rows == 0:
+            raise ValueError("empty trajectory: no steps were recorded")
+        if self._pending is not None:
+            raise RuntimeError("a step is in progress: call after_step first")
+        buf = self._store.consolidate(self.rows)  # (d, T)
+        before = torch.stack(self._loss_before).float().cpu()
+        after = torch.stack(self._loss_after).float().cpu()
+        y = after - before
+        self._check_finite(buf, before, after)
+        X = buf.T
+        X_lag = lags = None
+        if self.momentum_features:
+            if self.rows < 2:
+                raise ValueError("the momentum model needs at least 2 recorded steps")
+            X, X_lag = buf[:, 1:].T, buf[:, :-1].T  # offset views: row t and row t−1
+            y = y[1:]
+            lags = torch.stack([before[1:], before[:-1]], dim=1)
+            before, after = before[1:], after[1:]
+        return Trajectory(
+            X=X,
+            y=y,
+            scale=float(self.scale),  # type: ignore[arg-type]
+            param_names=list(self.param_names),
+            alive={n: a.clone() for n, a in self.alive.items()},
+            loss_before=before,
+            loss_after=after,
+            X_lag=X_lag,
+            lags=lags,
+        )
+
+    def nbytes(self) -> int:
+        """Return the bytes of storage allocated for rows (memory and disk)."""
+        return sum(c.numel() * c.element_size() for c in self._store.chunks)
+
+    @property
+    def spilled(self) -> bool:
+        """Whether rows went to disk because the memory budget was exceeded."""
+        return self._store.spilled
+
+    def close(self) -> None:
+        """Release the storage (and delete spill files)."""
+        self._store.close()
+
+    def __del__(self) -> None:
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.close()
+
+    # --- internals --------------------------------------------------------------------
+    def _lr(self) -> float:
+        first = self.params[0]
+        for g in self.optimizer.param_groups:
+            if any(p is first for p in g["params"]):
+                return float(g["lr"])
+        raise ValueError(f"parameter {self.param_names[0]!r} is not in the optimizer")
+
+    @torch.no_grad()
+    def _gather(self, out: torch.Tensor) -> None:
+        o = 0
+        for p, idx, k in zip(self.params, self._index, self.sizes, strict=True):
+            flat = p.detach().reshape(-1)
+            out[o : o + k].copy_(flat if idx is None else flat.index_select(0, idx))
+            o += k
+
+    def _same_batch_after(self, pending: dict[str, Any]) -> torch.Tensor:
+        """L_B(θ^{t+1}) with the training forward's dropout masks and batch statistics."""
+        device = self._prev.device
+        resume = _rng_state(device)
+        _set_rng_state(pending["rng"], device)  # replay the training forward's dropout
+        try:
+            with _FrozenRunningStats(self._norms):
+                out = self.model(pending["inputs"])
+                return self.loss_fn(out, pending["targets"]).detach().float().reshape(())
+        finally:
+            _set_rng_state(resume, device)
+
+    @staticmethod
+    def _probe_batches(data: Batch | Iterable[Batch]) -> list[Batch]:
+        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
+            return [data]
+        batches = list(data)  # type: ignore[arg-type]
+        if not batches:
+            raise ValueError("probe_data is empty")
+        return batches
+
+    def _versions(self) -> list[int]:
+        return [p._version for p in self.model.parameters()]
+
+    def _probe_before(self) -> torch.Tensor:
+        """L_P(θ^t): reuse the previous step's "after" unless the weights changed since."""
+        if self._probe_cache is not None and self._probe_cache[0] == self._versions():
+            return self._probe_cache[1]
+        return self._probe_loss()
+
+    @torch.no_grad()
+    def _probe_loss(self) -> torch.Tensor:
+        """Mean loss over the probe batches: fixed dropout seed, running stats untouched."""
+        device = self._prev.device
+        devices = [device] if device.type == "cuda" else []
+        total = torch.zeros((), dtype=torch.float32, device=device)
+        count = 0
+        with torch.random.fork_rng(devices=devices), _FrozenRunningStats(self._norms):
+            torch.manual_seed(self._probe_seed)
+            for inputs, targets in self._probe:
+                n = len(targets)
+                total += self.loss_fn(self.model(inputs), targets).detach().float() * n
+                count += n
+        return total / count
+
+    def _check_finite(self, buf: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> None:
+        for name, v in (("loss before", before), ("loss after", after)):
+            if not torch.isfinite(v).all():
+                t = int(torch.nonzero(~torch.isfinite(v))[0])
+                raise ValueError(f"non-finite {name} at recorded step {t}: {float(v[t])}")
+        bad_rows = ~torch.isfinite(buf).all(dim=0)  # (T,)
+        if bad_rows.any():
+            t = int(torch.nonzero(bad_rows)[0])
+            col = int(torch.nonzero(~torch.isfinite(buf[:, t]))[0])
+            o = 0
+            for n, k in zip(self.param_names, self.sizes, strict=True):
+                if col < o + k:
+                    raise ValueError(
+                        f"non-finite weight update at recorded step {t} in parameter {n!r}"
+                    )
+                o += k
