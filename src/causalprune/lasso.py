@@ -289,7 +289,7 @@ def _solve_cd(D: Design, alpha: float, tol: float, max_iter: int, p0: int = 100)
     lam = T * alpha
     ws_size = min(p0, p)
     converged = False
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (it is returned)
         obj, gap, residual, corr = D.evaluate(coef, alpha)
         if gap <= tol * obj:
             converged = True
@@ -412,7 +412,7 @@ def _solve_sgd(
     q = torch.zeros_like(gamma)  # penalty actually applied to each weight so far
     u = 0.0  # total penalty each weight could have received
     g = torch.Generator().manual_seed(seed)
-    best = (math.inf, gamma.clone())
+    best = (D.evaluate(gamma.to("cpu", torch.float64), alpha)[0], gamma.clone())
     bad = 0
     step_t = 0
     epoch = 0
@@ -523,7 +523,7 @@ def solve(
         out = _solve_sgd(D, blocks, y, unpenalized, alpha, **options)  # type: ignore[arg-type]
     else:
         out = _solve_minnorm(D, alpha, **options)  # type: ignore[arg-type]
-    coef, obj, gap, n_iter, corr, residual, converged = out
+    coef, obj, gap, n_iter, corr, _, converged = out
     raw_residual = D.y64 - _raw_fit(D, coef)
     return LassoResult(
         coef=coef.to(D.device, torch.float32),

@@ -142,7 +142,7 @@ def select(
         # Guard: the `min_alive` most important alive entries of every tensor are protected.
         protected = torch.zeros(len(order), dtype=torch.bool)
         rank_owner = owner[order]
-        for j, n in enumerate(names):
+        for j in range(len(names)):
             pos = torch.nonzero(rank_owner == j).squeeze(1)
             keep = min(min_alive, len(pos))
             if keep:
