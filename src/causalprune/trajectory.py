@@ -496,10 +496,15 @@ class TrajectoryRecorder:
             if not torch.isfinite(v).all():
                 t = int(torch.nonzero(~torch.isfinite(v))[0])
                 raise ValueError(f"non-finite {name} at recorded step {t}: {float(v[t])}")
-        bad_rows = ~torch.isfinite(buf).all(dim=0)  # (T,)
+        # (T,) rows holding a non-finite value, checked in slices of weights to bound temporaries.
+        bad_rows = torch.zeros(buf.shape[1], dtype=torch.bool, device=buf.device)
+        step = max(4096, buf.shape[0] // 32)
+        for a in range(0, buf.shape[0], step):
+            bad_rows |= ~torch.isfinite(buf[a : a + step]).all(dim=0)
+        bad_rows = bad_rows.cpu()
         if bad_rows.any():
             t = int(torch.nonzero(bad_rows)[0])
-            col = int(torch.nonzero(~torch.isfinite(buf[:, t]))[0])
+            col = int(torch.nonzero(~torch.isfinite(buf[:, t].cpu()))[0])
             o = 0
             for n, k in zip(self.param_names, self.sizes, strict=True):
                 if col < o + k:
