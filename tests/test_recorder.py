@@ -279,3 +279,29 @@ def test_nan_loss_names_the_step():
     rec.step(x, batches[1][1])
     with pytest.raises(ValueError, match="step 1"):
         rec.trajectory()
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_norm_running_stats_untouched_by_extra_forwards(train_mode):
+    """InstanceNorm with running stats (saved/restored) and BatchNorm in train or eval mode."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv1d(2, 4, 3), nn.InstanceNorm1d(4, track_running_stats=True), nn.BatchNorm1d(4),
+        nn.Flatten(), nn.Linear(4 * 6, 3),
+    )  # fmt: skip
+    plain = copy.deepcopy(model)
+    model.train(train_mode)
+    plain.train(train_mode)
+    x, y = torch.randn(8, 2, 8), torch.randint(0, 3, (8,))
+    for delta_loss in ("same_batch", "probe"):
+        m, p = copy.deepcopy(model), copy.deepcopy(plain)
+        opt, opt_p = torch.optim.SGD(m.parameters(), lr=0.1), torch.optim.SGD(p.parameters(), lr=0.1)
+        rec = TrajectoryRecorder(m, LOSS, opt, delta_loss=delta_loss, probe_data=(x[:4], y[:4]))
+        for _ in range(3):
+            rec.step(x, y)
+            opt_p.zero_grad()
+            LOSS(p(x), y).backward()
+            opt_p.step()
+        for (k, a), b in zip(m.state_dict().items(), p.state_dict().values(), strict=True):
+            assert torch.equal(a, b), (delta_loss, k)
+        assert all(bn.track_running_stats for bn in (m[1], m[2]))

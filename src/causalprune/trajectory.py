@@ -195,20 +195,34 @@ def _norm_modules(model: nn.Module) -> list[nn.Module]:
 
 
 class _FrozenRunningStats:
-    """Context: forwards in train mode use batch statistics but leave running stats as they were."""
+    """Context: forwards in train mode use batch statistics but leave running stats as they were.
+
+    BatchNorm layers are switched to ``track_running_stats=False`` for the duration (in
+    training mode they then normalise with batch statistics and update nothing: no copy,
+    no kernel); other norm layers that track statistics (e.g. InstanceNorm) are saved and
+    restored.
+    """
 
     def __init__(self, modules: list[nn.Module]) -> None:
         self.modules = modules
+        self.toggled: list[nn.Module] = []
+        self.others: list[nn.Module] = []
         self.saved: list[dict[str, torch.Tensor]] = []
 
     def __enter__(self) -> None:
-        self.saved = [
-            {k: b.clone() for k, b in m._buffers.items() if b is not None} for m in self.modules
-        ]
+        # A BatchNorm in eval mode uses and keeps its running stats: nothing to do.
+        is_bn = [isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules]
+        self.toggled = [m for m, bn in zip(self.modules, is_bn, strict=True) if bn and m.training]
+        self.others = [m for m, bn in zip(self.modules, is_bn, strict=True) if not bn]
+        for m in self.toggled:
+            m.track_running_stats = False
+        self.saved = [{k: b.clone() for k, b in m._buffers.items() if b is not None} for m in self.others]
 
     def __exit__(self, *exc: object) -> None:
+        for m in self.toggled:
+            m.track_running_stats = True
         with torch.no_grad():
-            for m, saved in zip(self.modules, self.saved, strict=True):
+            for m, saved in zip(self.others, self.saved, strict=True):
                 for k, b in saved.items():
                     m._buffers[k].copy_(b)  # type: ignore[union-attr]
 
@@ -321,6 +335,9 @@ class TrajectoryRecorder:
         )
         self._prev = torch.empty(self.d, dtype=torch.float32, device=device)
         self._cur = torch.empty_like(self._prev)
+        # Fully alive parameters are copied with one multi-tensor launch into these views.
+        self._dense = [i for i, idx in enumerate(self._index) if idx is None]
+        self._views = {id(b): self._slices(b) for b in (self._prev, self._cur)}
         self._loss_before: list[torch.Tensor] = []
         self._loss_after: list[torch.Tensor] = []
         self._norms = _norm_modules(model)
@@ -438,12 +455,26 @@ class TrajectoryRecorder:
                 return float(g["lr"])
         raise ValueError(f"parameter {self.param_names[0]!r} is not in the optimizer")
 
-    @torch.no_grad()
+    def _slices(self, buf: torch.Tensor) -> list[torch.Tensor]:
+        """Return the views of `buf` that hold each fully alive parameter, shaped like it."""
+        offsets = [0]
+        for k in self.sizes:
+            offsets.append(offsets[-1] + k)
+        return [buf[offsets[i] : offsets[i + 1]].view(self.params[i].shape) for i in self._dense]
+
     def _gather(self, out: torch.Tensor) -> None:
+        """Copy the alive entries of every recorded parameter into the flat (d,) `out`."""
+        if self._dense:
+            dense = [self.params[i].detach() for i in self._dense]
+            if all(p.dtype == out.dtype for p in dense):
+                torch._foreach_copy_(self._views[id(out)], dense)
+            else:
+                for v, p in zip(self._views[id(out)], dense, strict=True):
+                    v.copy_(p)
         o = 0
         for p, idx, k in zip(self.params, self._index, self.sizes, strict=True):
-            flat = p.detach().reshape(-1)
-            out[o : o + k].copy_(flat if idx is None else flat.index_select(0, idx))
+            if idx is not None:
+                torch.index_select(p.detach().reshape(-1), 0, idx, out=out[o : o + k])
             o += k
 
     def _same_batch_after(self, pending: dict[str, Any]) -> torch.Tensor:
