@@ -135,6 +135,7 @@ class Design:
             self.Q = self.Z
             self.R = torch.zeros(0, 0, dtype=torch.float64)
             self.z_keep = torch.zeros(0, dtype=torch.bool)
+        self._xty: torch.Tensor | None = None
         self.y64 = y.detach().to("cpu", torch.float64)
         self.y = self.project(self.y64)  # (T,) float64, P y
 
@@ -219,9 +220,15 @@ class Design:
         return self.project(out)
 
     # --- objective and duality gap ---------------------------------------------------
+    def xty(self) -> torch.Tensor:
+        """Return (PX)ᵀPy as a (p,) float32 tensor, computed once (α_max and γ = 0 share it)."""
+        if self._xty is None:
+            self._xty = self.rmatvec(self.y)
+        return self._xty
+
     def alpha_max(self) -> float:
         """Return ‖(PX)ᵀPy‖_∞ / T, the smallest α whose solution is all zero."""
-        return float(self.rmatvec(self.y).abs().max()) / self.T
+        return float(self.xty().abs().max()) / self.T
 
     def residual(self, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Return (r = Py − PXγ, support indices, support columns or None), r float64.
@@ -241,7 +248,7 @@ class Design:
     def evaluate(self, coef: torch.Tensor, alpha: float) -> tuple[float, float, torch.Tensor, torch.Tensor]:
         """Return (objective, gap, residual r = Py − PXγ, Xᵀr) for the float64 CPU `coef`."""
         residual, nz, cols = self.residual(coef)
-        corr = self.rmatvec(residual).to("cpu", torch.float64)
+        corr = (self.xty() if len(nz) == 0 else self.rmatvec(residual)).to("cpu", torch.float64)
         if not torch.isfinite(corr).all():
             j = int(torch.nonzero(~torch.isfinite(corr))[0])
             raise ValueError(f"X contains NaN or Inf (column {j})")
