@@ -26,7 +26,7 @@ test: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: setup
-	$(BIN)/python -m causalprune.demo
+	$(BIN)/causalprune demo
 
 bench: setup
 	$(BIN)/python -m pip install -q -e '.[bench]' $(TORCH)

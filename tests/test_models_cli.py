@@ -33,6 +33,6 @@ def test_cli_list(capsys):
 
 
 def test_cli_bad_value_is_one_line_exit_2(capsys):
-    assert main(["demo", "--sparsity", "1.5"]) == 2
+    assert main(["run", "--set", "prune.sparsity=1.5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "[0, 1)" in err[0]
+    assert len(err) == 1 and "prune.sparsity" in err[0] and "[0, 1)" in err[0]

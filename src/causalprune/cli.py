@@ -1,17 +1,46 @@
-"""Command-line interface: thin subcommands over the library."""
+"""Command-line interface: thin subcommands over the library. Errors: one line, exit status 2."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from . import __version__, lasso, selection, trajectory
+from . import __version__, criteria, lasso, selection, trajectory
+
+DEMO = {"methods": "causal,magnitude,random", "sparsity": "0.9,0.98", "seeds": "0,1"}
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
+
+
+def _methods(text: str) -> list[str]:
+    names = sorted(criteria.METHODS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    for m in names:
+        criteria.get(m)  # raises, listing the valid names
+    return names
 
 
 def _cmd_list(_: argparse.Namespace) -> int:
+    from .data import DATASETS
     from .models import MODELS
 
     print("models:     " + ", ".join(sorted(MODELS)))
+    print("datasets:   " + ", ".join(sorted(DATASETS)))
+    print("methods:")
+    for name, c in sorted(criteria.METHODS.items()):
+        print(f"  {name:15s} {c.description if c else 'no pruning, same total epochs'}")
     print("solvers:    " + ", ".join(lasso.SOLVERS))
     print("delta_loss: " + ", ".join(trajectory.DELTA_LOSSES))
     print("schedules:  " + ", ".join(selection.SCHEDULES))
@@ -19,30 +48,90 @@ def _cmd_list(_: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .experiment import run_experiment
 
-    demo.main(sparsity=args.sparsity, seed=args.seed)
+    cfg = load_config(args.config, args.set)
+    run_experiment(cfg, args.out)
     return 0
+
+
+def _compare(config: str | None, overrides: list[str], methods: str, sparsity: str, seeds: str,
+             out: str | None, grid: list[str]) -> int:  # fmt: skip
+    from .compare import parse_grid, run_grid
+    from .config import load_config
+
+    cfg = load_config(config, overrides)
+    out_dir = Path(out) if out else Path("runs") / f"compare-{cfg.name}-{cfg.digest()}"
+    _, table = run_grid(cfg, _methods(methods), _floats(sparsity, "--sparsity"), _ints(seeds, "--seeds"),
+                        out_dir, parse_grid(grid))  # fmt: skip
+    print(table)
+    print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    return _compare(args.config, args.set, args.methods, args.sparsity, args.seeds, args.out, args.grid)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    return _compare(None, args.set, DEMO["methods"], DEMO["sparsity"], DEMO["seeds"], args.out, [])
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", default=None, help="YAML config (default: the built-in demo config)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set prune.sparsity=0.98 (repeatable)")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of the `causalprune` command."""
+    parser = argparse.ArgumentParser(prog="causalprune", description="Causal Pruning and its baselines.")
+    parser.add_argument("--version", action="version", version=f"causalprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run one experiment (Algorithm 1) into a resumable run folder")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="run folder (default: runs/<name>-<hash>/seed_<n>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (re-running the same command does the same)")  # fmt: skip
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("compare", help="run methods × sparsities × seeds and print a table")
+    _add_config_args(p)
+    p.add_argument("--out", default=None, help="folder for the runs and table.md / table.csv")
+    p.add_argument("--methods", default="causal,magnitude,random", help="comma list, or 'all'")
+    p.add_argument("--sparsity", default="0.9,0.98", help="comma list of final sparsities")
+    p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="also vary a config key, e.g. --grid causal.solver=cd,sgd (repeatable)")  # fmt: skip
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("demo", help="the built-in demo: MNIST-1D MLP, causal vs magnitude vs random")
+    p.add_argument("--out", default="runs/demo", help="folder for the runs and table.md (default runs/demo)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("list", help="list models, data sets, methods, solvers, loss changes, schedules")
+    p.set_defaults(func=_cmd_list)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `causalprune` command line; return the exit status."""
-    parser = argparse.ArgumentParser(prog="causalprune", description="Causal Pruning and its baselines.")
-    parser.add_argument("--version", action="version", version=f"causalprune {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("list", help="list models, Lasso solvers, loss changes, schedules and scopes")
-    p.set_defaults(func=_cmd_list)
-    p = sub.add_parser("demo", help="short library demo on scikit-learn's digits")
-    p.add_argument("--sparsity", type=float, default=0.9, help="fraction of prunable weights to zero (default 0.9)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_demo)
-    args = parser.parse_args(argv)
+    from .experiment import RunFolderError
+    from .train import TrainingDiverged
+
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, RunFolderError, TrainingDiverged) as e:
         print(f"causalprune: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("causalprune: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -332,7 +332,7 @@ def _solve_cd(D: Design, alpha: float, tol: float, max_iter: int, p0: int | None
             warnings.simplefilter("ignore")
             _, coefs, _ = enet_path(
                 Xw, yv, l1_ratio=1.0, alphas=[alpha], precompute=G, Xy=q,
-                coef_init=coef[W].numpy(), tol=max(inner_tol, 1e-13), max_iter=20_000,
+                coef_init=coef[W].numpy(), tol=max(inner_tol, 1e-13), max_iter=100_000,
                 check_input=False,
             )  # fmt: skip
         coef[W] = torch.from_numpy(coefs[:, 0])

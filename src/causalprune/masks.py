@@ -9,7 +9,6 @@ weight decay nor Adam's moments can revive a pruned weight.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
+
+from .io import save_torch
 
 #: Layer types whose ``.weight`` is prunable by default (SPEC §4).
 PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (
@@ -56,20 +57,6 @@ def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
             f"(looked for trainable .weight of {kinds})"
         )
     return out
-
-
-def _atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> None:
-    """Write `obj` with torch.save to a temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class MaskHandle:
@@ -200,7 +187,7 @@ class Mask(Mapping[str, torch.Tensor]):
     # --- persistence --------------------------------------------------------------
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save the mask atomically (temp file + rename) with torch.save."""
-        _atomic_torch_save({"format": "causalprune.Mask/1", "masks": self._masks}, path)
+        save_torch({"format": "causalprune.Mask/1", "masks": self._masks}, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Mask:

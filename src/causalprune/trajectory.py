@@ -114,7 +114,13 @@ class Trajectory:
 
 
 class _Store:
-    """Column-major chunked storage of rows, spilling to disk-backed files past a budget."""
+    """Column-major chunked storage of rows, spilling to disk-backed files past a budget.
+
+    Rows arrive one per step; writing one straight into a column-major buffer touches a
+    different cache line per weight. They are staged instead in a small row-major block
+    of `block_rows` rows and moved into the chunks by one blocked transpose when the block
+    fills (or when the trajectory is read).
+    """
 
     def __init__(
         self,
@@ -124,6 +130,7 @@ class _Store:
         chunk_rows: int,
         memory_budget: int | None,
         spill_dir: str | None,
+        block_rows: int = 32,
     ) -> None:
         self.d, self.dtype, self.device = d, dtype, device
         self.chunk_rows = chunk_rows
@@ -131,9 +138,11 @@ class _Store:
         self.spill_dir = spill_dir
         self._tmpdir: str | None = None
         self.chunks: list[torch.Tensor] = []  # each (d, rows)
-        self.rows = 0
+        self.rows = 0  # rows moved into the chunks
         self.in_memory_bytes = 0
         self.spilled = False
+        self.block = torch.empty(min(block_rows, chunk_rows), d, dtype=dtype, device=device)  # (B, d)
+        self.staged = 0
 
     def _bytes(self, rows: int) -> int:
         return self.d * rows * torch.tensor([], dtype=self.dtype).element_size()
@@ -154,17 +163,33 @@ class _Store:
         self.in_memory_bytes += nbytes
         return torch.empty(self.d, rows, dtype=self.dtype, device=self.device)
 
-    def column(self, t: int) -> torch.Tensor:
-        """Return the (d,) slot of row t, allocating a chunk when needed."""
-        capacity = sum(c.shape[1] for c in self.chunks)
-        if t >= capacity:
-            self.chunks.append(self._alloc(self.chunk_rows))
-            capacity += self.chunk_rows
-        o = capacity - self.chunks[-1].shape[1]
-        return self.chunks[-1][:, t - o]
+    def next_row(self) -> torch.Tensor:
+        """Return the (d,) slot of the next row."""
+        if self.staged == self.block.shape[0]:
+            self.flush()
+        row = self.block[self.staged]
+        self.staged += 1
+        return row
+
+    def flush(self) -> None:
+        """Move the staged rows into the column-major chunks (allocating chunks as needed)."""
+        done = 0
+        while done < self.staged:
+            capacity = sum(c.shape[1] for c in self.chunks)
+            if self.rows >= capacity:
+                self.chunks.append(self._alloc(self.chunk_rows))
+                capacity += self.chunk_rows
+            chunk = self.chunks[-1]
+            o = self.rows - (capacity - chunk.shape[1])
+            n = min(self.staged - done, chunk.shape[1] - o)
+            chunk[:, o : o + n].copy_(self.block[done : done + n].T)
+            done += n
+            self.rows += n
+        self.staged = 0
 
     def consolidate(self, rows: int) -> torch.Tensor:
         """Return the first `rows` rows as one (d, rows) buffer (a view when already one chunk)."""
+        self.flush()
         if len(self.chunks) == 1:
             return self.chunks[0][:, :rows]
         out = self._alloc(rows) if not self.spilled else self._disk_tensor(rows)
@@ -343,6 +368,7 @@ class TrajectoryRecorder:
         self._norms = _norm_modules(model)
         self._probe = self._probe_batches(probe_data) if probe_data is not None else []
         self._probe_seed = probe_seed
+        self._probe_rng: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._probe_cache: tuple[list[int], torch.Tensor] | None = None
         self._pending: dict[str, Any] | None = None
         self.scale: float | None = None
@@ -392,7 +418,7 @@ class TrajectoryRecorder:
         # x̃ = (θ^{t+1} − θ^t)² / η₀², written into column t of the store.
         self._gather(self._cur)
         self._cur.sub_(self._prev).square_().mul_(1.0 / self.scale)  # type: ignore[operator]
-        self._store.column(self.rows).copy_(self._cur, non_blocking=True)
+        self._store.next_row().copy_(self._cur, non_blocking=True)
         self._loss_before.append(before)
         self._loss_after.append(after)
         self.rows += 1
@@ -515,7 +541,10 @@ class TrajectoryRecorder:
         total = torch.zeros((), dtype=torch.float32, device=device)
         count = 0
         with torch.random.fork_rng(devices=devices), _FrozenRunningStats(self._norms):
-            torch.manual_seed(self._probe_seed)
+            if self._probe_rng is None:  # seeding every device is slow: do it once, then replay
+                torch.manual_seed(self._probe_seed)
+                self._probe_rng = _rng_state(device)
+            _set_rng_state(self._probe_rng, device)
             for inputs, targets in self._probe:
                 n = len(targets)
                 total += self.loss_fn(self.model(inputs), targets).detach().float() * n

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
 from .lenet import LeNet5
 from .resnet_cifar import resnet20, resnet32, resnet56
+from .small import MLP, CNN1d
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": MLP,
+    "cnn1d": CNN1d,
     "lenet5": LeNet5,
     "resnet20": resnet20,
     "resnet32": resnet32,
@@ -24,4 +29,21 @@ def create_model(name: str, **kwargs: object) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
-__all__ = ["MODELS", "LeNet5", "create_model", "resnet20", "resnet32", "resnet56"]
+def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    """Build the network a `ModelConfig` names for inputs of `input_shape` (one sample)."""
+    name = cfg.name
+    if name == "mlp":
+        return MLP(math.prod(input_shape), num_classes, tuple(cfg.widths), cfg.dropout, cfg.batchnorm)
+    if name == "cnn1d":
+        if len(input_shape) not in (1, 2):
+            raise ValueError(f"model cnn1d needs sequence inputs (L,) or (C, L), got samples of shape {input_shape}")
+        channels = 1 if len(input_shape) == 1 else input_shape[0]
+        return CNN1d(input_shape[-1], num_classes, tuple(cfg.widths), channels)
+    if len(input_shape) != 3:
+        raise ValueError(f"model {name} needs image inputs (C, H, W), got samples of shape {input_shape}")
+    if name == "lenet5":
+        return LeNet5(num_classes, in_channels=input_shape[0], image_size=input_shape[-1])
+    return create_model(name, num_classes=num_classes, in_channels=input_shape[0])
+
+
+__all__ = ["MLP", "MODELS", "CNN1d", "LeNet5", "build_model", "create_model", "resnet20", "resnet32", "resnet56"]

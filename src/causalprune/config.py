@@ -1,0 +1,329 @@
+"""Typed, frozen experiment configs; YAML in and out; ``--set a.b=value`` overrides.
+
+A config is a tree of frozen dataclasses. `load_config` reads YAML, applies overrides,
+and checks every key and type: an unknown key or a wrong type raises `ConfigError` naming
+the key and listing what is valid. `dump_config` writes the resolved config back to YAML.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key} must be one of {', '.join(valid)}; got {value!r}")
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data set, and how it is split."""
+
+    name: str = "mnist1d"  # digits | mnist1d | friedman
+    n_samples: int = 5000  # samples generated (mnist1d, friedman); digits has 1797
+    noise: float = 1.0  # friedman: standard deviation of the Gaussian noise on y
+    val_fraction: float = 0.1  # of the training pool, for model selection
+    test_fraction: float = 0.2  # of all samples, when the data set has no standard test split
+    root: str = "data"  # folder holding data sets on disk (torchvision-style)
+
+    def __post_init__(self) -> None:
+        from .data import DATASETS
+
+        _choice(self.name, tuple(sorted(DATASETS)), "data.name")
+        _positive(self.n_samples, "data.n_samples")
+        for key in ("val_fraction", "test_fraction"):
+            v = getattr(self, key)
+            if not 0 <= v < 0.9:
+                raise ConfigError(f"data.{key} must be in [0, 0.9), got {v}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network."""
+
+    name: str = "mlp"  # mlp | cnn1d | lenet5 | resnet20 | ...
+    widths: tuple[int, ...] = (256, 256)  # mlp hidden widths; cnn1d channels per conv layer
+    dropout: float = 0.0  # mlp: dropout after each hidden layer
+    batchnorm: bool = False  # mlp: BatchNorm1d after each hidden linear layer
+
+    def __post_init__(self) -> None:
+        from .models import MODELS
+
+        _choice(self.name, tuple(sorted(MODELS)), "model.name")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if any(w < 1 for w in self.widths):
+            raise ConfigError(f"model.widths must be positive integers, got {list(self.widths)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How every training stage trains (each stage restarts optimizer and LR schedule)."""
+
+    epochs: int | None = None  # dense baseline's epochs; None = n_pre + n_iter·n_prune + n_post
+    batch_size: int = 128
+    lr: float = 0.1  # base (peak for one-cycle) learning rate
+    optimizer: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9  # sgd
+    weight_decay: float = 5e-4
+    lr_schedule: str = "cosine"  # constant | cosine | onecycle (per stage)
+    device: str = "cpu"  # cpu | cuda | auto
+
+    def __post_init__(self) -> None:
+        if self.epochs is not None:
+            _positive(self.epochs, "train.epochs")
+        _positive(self.batch_size, "train.batch_size")
+        _positive(self.lr, "train.lr")
+        _choice(self.optimizer, ("sgd", "adamw"), "train.optimizer")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        _positive(self.weight_decay, "train.weight_decay", allow_zero=True)
+        _choice(self.lr_schedule, ("constant", "cosine", "onecycle"), "train.lr_schedule")
+        _choice(self.device, ("cpu", "cuda", "auto"), "train.device")
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """Algorithm 1's schedule (SPEC §5)."""
+
+    method: str = "causal"  # see `causalprune list`
+    sparsity: float = 0.9  # final fraction of prunable weights that are zero
+    schedule: str = "cubic"  # cubic | geometric | linear (cumulative sparsity per round)
+    scope: str = "global"  # global | layerwise
+    n_pre: int = 5  # epochs before pruning; θ_pre is the rewind point
+    n_iter: int = 5  # pruning rounds
+    n_prune: int = 2  # epochs per round (recorded for causal methods)
+    n_post: int = 20  # epochs of training with the final mask
+    rewind: bool = True  # reset alive weights to θ_pre after each round and before post-training
+    reset_bn: bool = False  # also reset BatchNorm running statistics when rewinding
+
+    def __post_init__(self) -> None:
+        from .criteria import METHODS
+        from .selection import SCHEDULES, SCOPES
+
+        _choice(self.method, tuple(sorted(METHODS)), "prune.method")
+        if not 0 <= self.sparsity < 1:
+            raise ConfigError(f"prune.sparsity must be in [0, 1), got {self.sparsity}")
+        _choice(self.schedule, SCHEDULES, "prune.schedule")
+        _choice(self.scope, SCOPES, "prune.scope")
+        if self.n_iter < 1:
+            raise ConfigError(f"prune.n_iter must be >= 1, got {self.n_iter}")
+        _positive(self.n_pre, "prune.n_pre", allow_zero=True)
+        _positive(self.n_prune, "prune.n_prune")
+        _positive(self.n_post, "prune.n_post", allow_zero=True)
+
+
+@dataclass(frozen=True)
+class CausalConfig:
+    """How causal scores are computed (SPEC §1–4)."""
+
+    delta_loss: str = "probe"  # probe | same_batch (SPEC §1)
+    probe_size: int = 256  # probe samples, held out of the training split
+    solver: str = "cd"  # auto | cd | fista | sgd | minnorm
+    alpha_ratio: float = 0.01  # α = alpha_ratio · α_max
+    score: str = "gamma"  # gamma: |γ| | gamma_theta2: |γ|·θ² (OBD-style)
+    tie_break: str = "kkt"  # kkt | none: order of weights tied at γ = 0
+    recorder: str = "train"  # train: the training optimizer records | sgd: a dedicated plain SGD
+    record_lr: float = 0.001  # learning rate of the dedicated SGD recorder
+    momentum_model: bool = False  # momentum features (SPEC §2) when the recorder has momentum
+    dtype: str = "float32"  # float32 | bfloat16 | float16 storage
+    placebo_seed: int = 12345  # seed of the ΔL permutation of causal-placebo
+
+    def __post_init__(self) -> None:
+        from .lasso import SOLVERS
+        from .trajectory import DELTA_LOSSES
+
+        _choice(self.delta_loss, DELTA_LOSSES, "causal.delta_loss")
+        _positive(self.probe_size, "causal.probe_size")
+        _choice(self.solver, SOLVERS, "causal.solver")
+        _positive(self.alpha_ratio, "causal.alpha_ratio")
+        _choice(self.score, ("gamma", "gamma_theta2"), "causal.score")
+        _choice(self.tie_break, ("kkt", "none"), "causal.tie_break")
+        _choice(self.recorder, ("train", "sgd"), "causal.recorder")
+        _positive(self.record_lr, "causal.record_lr")
+        _choice(self.dtype, ("float32", "bfloat16", "float16"), "causal.dtype")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One experiment: a seed, data, model, training, pruning and causal settings."""
+
+    name: str = "demo"  # used in run folder names
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    causal: CausalConfig = field(default_factory=CausalConfig)
+
+    def total_epochs(self) -> int:
+        """Return the epochs a pruning run trains in all: n_pre + n_iter·n_prune + n_post."""
+        p = self.prune
+        return p.n_pre + p.n_iter * p.n_prune + p.n_post
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as plain nested dicts/lists (YAML- and JSON-ready)."""
+        return _plain(dataclasses.asdict(self))
+
+    def digest(self, keys: tuple[str, ...] | None = None) -> str:
+        """Return a short hash of the config (or of the given top-level sections)."""
+        d = self.to_dict()
+        if keys is not None:
+            d = {k: d[k] for k in keys}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (lists → tuples, int → float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is tuple:
+        (inner, _) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__} {value!r}")
+        return tuple(_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float:
+        if isinstance(value, str):  # PyYAML reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        where = prefix or "the config"
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        key = f"{prefix}{unknown[0]}"
+        raise ConfigError(f"unknown config key {key!r}; valid keys{' under ' + prefix[:-1] if prefix else ''}: "
+                          f"{', '.join(fields)}")  # fmt: skip
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, f"{prefix}{name}")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix[:-1] or 'config'}: {e}") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=value`` (value read as YAML: 0.9 → float, true → bool, [1, 2] → list)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.sub=value")
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of the nested dict `data` with ``key.sub=value`` overrides applied."""
+    out = json.loads(json.dumps(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Build a checked `Config` from nested dicts plus overrides."""
+    return _build(Config, apply_overrides(data or {}, list(overrides or [])), "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (None: the built-in demo config) and apply overrides."""
+    if path is None:
+        path = Path(__file__).parent / "configs" / "demo.yaml"
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping of keys to values")
+    data.setdefault("name", path.stem)
+    return config_from_dict(data, overrides)
+
+
+def dump_config(cfg: Config) -> str:
+    """Return the resolved config as YAML."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,90 @@
+"""Data sets: name → loader returning tensors and a deterministic train/val/probe/test split.
+
+Every loader returns a `Pool` (training pool, fixed test set). `make_splits` then carves a
+validation split (model selection) and a probe set (the `probe` loss change, SPEC §1) out
+of the training pool, deterministically from the seed; the test set never changes with
+the seed, so runs of different methods and seeds are evaluated on the same samples.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .tabular import load_digits_pool, load_friedman_pool, load_mnist1d_pool
+
+
+@dataclass(frozen=True)
+class Pool:
+    """A data set before splitting: training pool and fixed test set."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    task: str  # classification | regression
+    num_classes: int  # 1 for regression (one output)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Tensors of every split; `probe` is held out of `train`."""
+
+    train: tuple[torch.Tensor, torch.Tensor]
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+    probe: tuple[torch.Tensor, torch.Tensor]
+    task: str
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample."""
+        return tuple(self.train[0].shape[1:])
+
+
+DATASETS: dict[str, Callable[..., Pool]] = {
+    "digits": load_digits_pool,
+    "mnist1d": load_mnist1d_pool,
+    "friedman": load_friedman_pool,
+}
+
+
+def load_pool(name: str, **options: object) -> Pool:
+    """Load the data set `name` (see `DATASETS`); repeated calls in a process reuse it."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown data set {name!r}; valid: {', '.join(sorted(DATASETS))}")
+    return _cached_pool(name, tuple(sorted(options.items())))
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_pool(name: str, options: tuple[tuple[str, object], ...]) -> Pool:
+    return DATASETS[name](**dict(options))
+
+
+def make_splits(pool: Pool, seed: int, val_fraction: float, probe_size: int) -> Splits:
+    """Split the training pool into train / val / probe, deterministically from `seed`."""
+    n = len(pool.y_train)
+    n_val = round(val_fraction * n)
+    if n_val + probe_size >= n:
+        raise ValueError(
+            f"training pool of {n} samples cannot hold {n_val} validation and {probe_size} probe samples "
+            "(lower data.val_fraction or causal.probe_size)"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, probe, train = perm[:n_val], perm[n_val : n_val + probe_size], perm[n_val + probe_size :]
+    x, y = pool.x_train, pool.y_train
+    return Splits(
+        train=(x[train], y[train]),
+        val=(x[val], y[val]),
+        test=(pool.x_test, pool.y_test),
+        probe=(x[probe], y[probe]),
+        task=pool.task,
+        num_classes=pool.num_classes,
+    )
+
+
+__all__ = ["DATASETS", "Pool", "Splits", "load_pool", "make_splits"]

@@ -1,0 +1,108 @@
+"""Run summaries → tables: mean ± std per method and sparsity, paired differences, evidence.
+
+Paired differences compare two methods on the same seed (same data split, same θ_pre),
+so seed-to-seed variation cancels: mean ± standard error over seeds, and wins out of n.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _fmt(mean: float, spread: float, pct: bool) -> str:
+    k = 100.0 if pct else 1.0
+    return f"{k * mean:.2f} ± {k * spread:.2f}" if pct else f"{mean:.4f} ± {spread:.4f}"
+
+
+def metric_of(summary: dict[str, Any]) -> str:
+    """Return 'accuracy' or 'mse' for a summary."""
+    return "accuracy" if summary.get("task", "classification") == "classification" else "mse"
+
+
+def paired(a: dict[int, float], b: dict[int, float], higher_is_better: bool) -> tuple[float, float, int, int] | None:
+    """Return (mean diff a − b, standard error, wins of a, n) over seeds present in both."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    diffs = [a[s] - b[s] for s in seeds]
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    wins = sum(1 for d in diffs if (d > 0 if higher_is_better else d < 0))
+    return mean, se, wins, len(diffs)
+
+
+def table_rows(summaries: Sequence[dict[str, Any]], baselines: Sequence[str] = ("magnitude",)) -> list[dict[str, Any]]:
+    """Group summaries by (label, sparsity); return one row per group with statistics."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
+    for s in summaries:
+        groups[(s.get("label", s["method"]), s["sparsity_target"])].append(s)
+    rows = []
+    for (label, sparsity), runs in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        metric = metric_of(runs[0])
+        final = {r["seed"]: r["pruned"][f"test_{metric}"] for r in runs}
+        at_val = {r["seed"]: r["pruned"][f"test_{metric}_at_best_val"] for r in runs}
+        row: dict[str, Any] = {
+            "method": label, "sparsity": sparsity, "n": len(runs), "metric": metric,
+            "final": _mean_std(list(final.values())), "at_best_val": _mean_std(list(at_val.values())),
+            "best_test": _mean_std([r["pruned"][f"best_test_{metric}"] for r in runs]),
+            "sparsity_actual": statistics.fmean(r["sparsity_actual"] for r in runs),
+            "time_s": statistics.fmean(r["timing"]["total_s"] for r in runs),
+            "_final_by_seed": final,
+        }  # fmt: skip
+        rows.append(row)
+    for row in rows:
+        for base in baselines:
+            ref = next((r for r in rows if r["method"] == base and r["sparsity"] == row["sparsity"]), None)
+            if ref is not None and ref is not row:
+                row[f"vs_{base}"] = paired(row["_final_by_seed"], ref["_final_by_seed"], row["metric"] == "accuracy")
+    return rows
+
+
+def markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] = ("magnitude",)) -> str:
+    """Render rows as a markdown table (accuracy in %; mean ± std over seeds)."""
+    if not rows:
+        return "(no finished runs)\n"
+    pct = rows[0]["metric"] == "accuracy"
+    unit = "test accuracy %" if pct else "test MSE"
+    head = ["method", "sparsity", "n", f"{unit} (final)", f"{unit} (at best val)", f"{unit} (best, paper's way)"]
+    head += [f"Δ vs {b} (paired, ± SE, wins/n)" for b in baselines]
+    head += ["sparsity actual", "time s"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], f"{r['sparsity']:.3g}", str(r["n"]), _fmt(*r["final"], pct),
+                 _fmt(*r["at_best_val"], pct), _fmt(*r["best_test"], pct)]  # fmt: skip
+        for b in baselines:
+            p = r.get(f"vs_{b}")
+            if p is None:
+                cells.append("—")
+            else:
+                k = 100.0 if pct else 1.0
+                cells.append(f"{k * p[0]:+.2f} ± {k * p[1]:.2f} ({p[2]}/{p[3]})")
+        cells += [f"{r['sparsity_actual']:.4f}", f"{r['time_s']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """Render rows as CSV (one column per statistic)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["method", "sparsity", "n", "metric", "final_mean", "final_std", "at_best_val_mean",
+                "at_best_val_std", "best_test_mean", "best_test_std", "vs_magnitude_mean", "vs_magnitude_se",
+                "vs_magnitude_wins", "sparsity_actual", "time_s"])  # fmt: skip
+    for r in rows:
+        p = r.get("vs_magnitude") or (None, None, None, None)
+        w.writerow([r["method"], r["sparsity"], r["n"], r["metric"], *r["final"], *r["at_best_val"],
+                    *r["best_test"], p[0], p[1], p[2], r["sparsity_actual"], r["time_s"]])  # fmt: skip
+    return buf.getvalue()

@@ -1,0 +1,140 @@
+"""The training loop: one screen; recording, masks, evaluation and logging come in as callbacks.
+
+`fit` runs whole epochs over in-memory tensors. A `step` function replaces the plain
+training step when a stage records (``TrajectoryRecorder.step``); masks are enforced by
+the optimizer hook `Mask.attach` installs; `Callback.on_epoch_end` evaluates and logs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or Inf."""
+
+
+class Callback:
+    """Hooks into `fit`; override what you need."""
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        """Called after each epoch with at least ``train_loss`` and ``lr``; may add entries."""
+
+
+class SquaredError(nn.Module):
+    """Mean squared error between (N, 1) or (N,) outputs and (N,) targets."""
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Return the mean of (out − target)²."""
+        return nn.functional.mse_loss(out.reshape(target.shape), target)
+
+
+def loss_function(task: str) -> nn.Module:
+    """Cross-entropy for classification, mean squared error for regression."""
+    return nn.CrossEntropyLoss() if task == "classification" else SquaredError()
+
+
+def make_optimizer(params: Any, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """Build the configured optimizer (SGD with momentum and weight decay, or AdamW)."""
+    lr = cfg.lr if lr is None else lr
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int) -> Any:
+    """Per-step LR schedule over one stage: constant, cosine (to 0) or one-cycle (peak = base lr)."""
+    total_steps = max(total_steps, 1)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if kind == "onecycle":
+        peak = [g["lr"] for g in optimizer.param_groups]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator, device: torch.device):
+    """Yield shuffled (inputs, targets) minibatches on `device` (the last one may be smaller)."""
+    for idx in torch.randperm(len(y), generator=generator).split(batch_size):
+        yield x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, device: torch.device,
+             batch_size: int = 1024) -> dict[str, float]:  # fmt: skip
+    """Return {"loss", "accuracy"} (classification) or {"loss", "mse"} (regression), eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_fn = loss_function(task)
+    total, correct, n = 0.0, 0, 0
+    for a in range(0, len(y), batch_size):
+        xb, yb = x[a : a + batch_size].to(device), y[a : a + batch_size].to(device)
+        out = model(xb)
+        total += float(loss_fn(out, yb)) * len(yb)
+        if task == "classification":
+            correct += int((out.argmax(1) == yb).sum())
+        n += len(yb)
+    model.train(was_training)
+    metrics = {"loss": total / n}
+    metrics["accuracy" if task == "classification" else "mse"] = correct / n if task == "classification" else total / n
+    return metrics
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train_data: tuple[torch.Tensor, torch.Tensor],
+    *,
+    epochs: int,
+    batch_size: int,
+    task: str,
+    seed: int,
+    lr_schedule: str = "constant",
+    step: StepFn | None = None,
+    callbacks: Sequence[Callback] = (),
+    desc: str = "train",
+) -> list[dict[str, float]]:
+    """Train `model` for `epochs` epochs; return one log dict per epoch.
+
+    Raises `TrainingDiverged` naming the epoch when the training loss stops being finite.
+    """
+    device = next(model.parameters()).device
+    loss_fn = loss_function(task)
+    x, y = train_data
+    steps_per_epoch = math.ceil(len(y) / batch_size)
+    scheduler = make_scheduler(optimizer, lr_schedule, epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(seed)
+
+    def plain_step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    step = step or plain_step
+    history = []
+    model.train()
+    # disable=None: bars on a terminal only, so logs and CI output stay clean
+    for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=None if epochs else True):
+        total = torch.zeros((), device=device)  # summed on the device: no per-step sync
+        for xb, yb in batches(x, y, batch_size, generator, device):
+            total += step(xb, yb) * len(yb)
+            scheduler.step()
+        logs = {"epoch": epoch + 1, "train_loss": float(total) / len(y), "lr": optimizer.param_groups[0]["lr"]}
+        if not math.isfinite(logs["train_loss"]):
+            raise TrainingDiverged(f"training loss is {logs['train_loss']} in epoch {epoch + 1} of {desc}")
+        for cb in callbacks:
+            cb.on_epoch_end(epoch + 1, logs)
+        history.append(logs)
+    return history

@@ -1,0 +1,102 @@
+"""The command line: runs, compare tables, and one-line errors with exit status 2."""
+
+import subprocess
+import sys
+
+import yaml
+
+from causalprune.cli import main
+
+from .conftest import TINY
+
+
+def _config(tmp_path, **changes):
+    d = yaml.safe_load(yaml.safe_dump(TINY))
+    for k, v in changes.items():
+        sec, key = k.split("__")
+        d[sec][key] = v
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return str(path)
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("causalprune: error:")
+    for n in needles:
+        assert n in err[0], err[0]
+
+
+def test_run_writes_a_run_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", _config(tmp_path), "--out", str(out), "--set", "prune.method=magnitude"]) == 0
+    assert (out / "summary.json").exists()
+    assert "magnitude seed 0" in capsys.readouterr().out
+    assert main(["run", _config(tmp_path), "--out", str(out), "--set", "prune.method=magnitude", "--resume"]) == 0
+
+
+def test_compare_prints_and_writes_tables(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    code = main(["compare", _config(tmp_path), "--out", str(out), "--methods", "causal,magnitude,random",
+                 "--sparsity", "0.5,0.8", "--seeds", "0,1"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    table = (out / "table.md").read_text()
+    assert "| causal | 0.5 | 2 |" in table and "| random | 0.8 | 2 |" in table
+    assert "Δ vs magnitude" in table and "(paired" in table
+    assert table.splitlines()[-1] in printed
+    csv = (out / "table.csv").read_text().splitlines()
+    assert csv[0].startswith("method,sparsity,n") and len(csv) == 1 + 6
+    # Both seeds of every method start from the same θ_pre (one pre-training per seed).
+    assert len(list((out / "_pre").glob("pre-*"))) == 2
+
+
+def test_compare_grid_varies_causal_keys_only_for_causal_methods(tmp_path, capsys):
+    out = tmp_path / "grid"
+    assert main(["compare", _config(tmp_path), "--out", str(out), "--methods", "causal,magnitude",
+                 "--sparsity", "0.8", "--seeds", "0", "--grid", "causal.solver=cd,minnorm"]) == 0  # fmt: skip
+    table = (out / "table.md").read_text()
+    assert "causal[solver=cd]" in table and "causal[solver=minnorm]" in table
+    assert "magnitude[" not in table
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for word in ("mlp", "mnist1d", "causal-placebo", "energy", "minnorm", "probe", "geometric"):
+        assert word in out
+
+
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    assert main(["run", str(tmp_path / "missing.yaml")]) == 2
+    _one_line_error(capsys, "config file not found", "missing.yaml")
+    assert main(["run", cfg, "--set", "prune.colour=red"]) == 2
+    _one_line_error(capsys, "prune.colour", "valid keys under prune")
+    assert main(["run", cfg, "--set", "prune.n_iter=0"]) == 2
+    _one_line_error(capsys, "prune.n_iter must be >= 1")
+    assert main(["compare", cfg, "--methods", "causal,snap"]) == 2
+    _one_line_error(capsys, "unknown method 'snap'", "valid:")
+    assert main(["compare", cfg, "--sparsity", "0.9,lots"]) == 2
+    _one_line_error(capsys, "--sparsity")
+
+
+def test_out_folder_of_another_config_is_refused(tmp_path, capsys):
+    out = str(tmp_path / "r")
+    assert main(["run", _config(tmp_path), "--out", out, "--set", "prune.method=random"]) == 0
+    capsys.readouterr()
+    assert main(["run", _config(tmp_path), "--out", out, "--set", "prune.method=magnitude"]) == 2
+    _one_line_error(capsys, "different config", "prune.method")
+
+
+def test_nan_loss_exit_2_names_the_epoch(tmp_path, capsys):
+    assert main(["run", _config(tmp_path), "--out", str(tmp_path / "r"), "--set", "train.lr=1e30"]) == 2
+    _one_line_error(capsys, "epoch 1")
+
+
+def test_entry_point_has_no_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "causalprune.cli", "run", "--set", "prune.sparsity=1.2"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "prune.sparsity must be in [0, 1), got 1.2" in r.stderr

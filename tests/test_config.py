@@ -1,0 +1,60 @@
+import pytest
+
+from causalprune.config import Config, ConfigError, dump_config, load_config
+
+
+def test_builtin_demo_config_loads_and_roundtrips(tmp_path):
+    cfg = load_config(None)
+    assert cfg.name == "demo" and cfg.data.name == "mnist1d" and cfg.model.name == "mlp"
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path).to_dict() == cfg.to_dict()
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["prune.sparsity=0.98", "model.widths=[64, 32]", "seed=3", "prune.rewind=false"])
+    assert cfg.prune.sparsity == 0.98 and cfg.model.widths == (64, 32) and cfg.seed == 3
+    assert cfg.prune.rewind is False
+    assert isinstance(load_config(None, ["train.lr=1"]).train.lr, float)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("prune.sparsity=1.2", r"prune.sparsity must be in \[0, 1\), got 1.2"),
+        ("prune.n_iter=0", "prune.n_iter must be >= 1"),
+        ("prune.bogus=1", "unknown config key 'prune.bogus'; valid keys under prune: method, sparsity"),
+        ("bogus=1", "unknown config key 'bogus'; valid keys: name, seed, data"),
+        ("train.batch_size=abc", "train.batch_size must be an integer, got str"),
+        ("train.lr=true", "train.lr must be a number"),
+        ("data.name=cifar99", "data.name must be one of digits, friedman, mnist1d"),
+        ("prune.method=snap", "prune.method must be one of"),
+        ("causal.solver=lars", "causal.solver must be one of auto, cd, fista, sgd, minnorm"),
+        ("causal.delta_loss=full", "causal.delta_loss must be one of same_batch, probe"),
+        ("model.widths=12", "model.widths must be a list"),
+        ("prune=3", "prune. must be a mapping|prune must be a mapping"),
+        ("novalue", "must look like key.sub=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def test_missing_and_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prune: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listy)
+
+
+def test_configs_are_frozen():
+    cfg = Config()
+    with pytest.raises(AttributeError):
+        cfg.seed = 3  # type: ignore[misc]

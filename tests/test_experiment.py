@@ -1,0 +1,120 @@
+"""Algorithm 1 end to end on a tiny task (digits, MLP 64-32-10), for every method."""
+
+import json
+
+import pytest
+import torch
+
+from causalprune import Mask, criteria
+from causalprune.experiment import RunFolderError, run_experiment
+
+SUMMARY_KEYS = {"method", "seed", "model", "dataset", "sparsity_target", "sparsity_actual", "params_prunable",
+                "params_nonzero", "dense", "pruned", "timing", "device", "torch_version"}  # fmt: skip
+
+
+@pytest.mark.parametrize("method", sorted(criteria.METHODS))
+def test_every_method_runs_end_to_end(method, tiny_config, tmp_path):
+    cfg = tiny_config(f"prune.method={method}")
+    s = run_experiment(cfg, tmp_path / "run", quiet=True)
+    assert SUMMARY_KEYS <= set(s)
+    assert {"test_accuracy"} <= set(s["dense"])
+    assert {"test_accuracy", "test_accuracy_at_best_val", "best_test_accuracy"} <= set(s["pruned"])
+    assert {"total_s", "record_s", "solve_s"} <= set(s["timing"])
+    prunable = s["params_prunable"]
+    assert prunable == 64 * 32 + 32 * 10
+    target = 0.0 if method == "dense" else 0.8
+    assert abs(s["sparsity_actual"] * prunable - target * prunable) <= 1  # within one weight
+    # Pruned weights are exactly zero in the saved model, and the saved mask says which.
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    mask = Mask.load(tmp_path / "run" / "mask.pt")
+    for name, m in mask.items():
+        assert torch.all(state[name][~m] == 0)
+    for f in ("config.yaml", "env.json", "metrics.jsonl", "summary.json"):
+        assert (tmp_path / "run" / f).exists()
+    if method != "dense":
+        assert (tmp_path / "run" / "level_2" / "mask.pt").exists()
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+
+
+def test_same_seed_same_masks_and_other_seed_differs(tiny_config, tmp_path):
+    masks = []
+    for i, seed in enumerate((0, 0, 1)):
+        run_experiment(tiny_config(f"seed={seed}"), tmp_path / str(i), quiet=True)
+        masks.append(Mask.load(tmp_path / str(i) / "mask.pt"))
+    assert masks[0] == masks[1]
+    assert masks[0] != masks[2]
+
+
+def test_kill_and_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch):
+    cfg = tiny_config("prune.n_iter=3")
+    run_experiment(cfg, tmp_path / "full", quiet=True)
+
+    calls = {"n": 0}
+    original = criteria.METHODS["causal"]
+
+    def dies_in_round_2(inp):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # the process is stopped mid-run
+        return original.fn(inp)
+
+    monkeypatch.setitem(criteria.METHODS, "causal", criteria.Criterion("causal", True, dies_in_round_2, "", True))
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(cfg, tmp_path / "resumed", quiet=True)
+    assert (tmp_path / "resumed" / "level_1" / "mask.pt").exists()
+    assert not (tmp_path / "resumed" / "level_2" / "mask.pt").exists()
+    monkeypatch.setitem(criteria.METHODS, "causal", original)
+    s = run_experiment(cfg, tmp_path / "resumed", quiet=True)
+    for k in (1, 2, 3):
+        assert Mask.load(tmp_path / "full" / f"level_{k}" / "mask.pt") == Mask.load(
+            tmp_path / "resumed" / f"level_{k}" / "mask.pt"
+        )
+    full = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert s["pruned"] == full["pruned"]
+
+
+def test_finished_run_is_not_redone(tiny_config, tmp_path):
+    cfg = tiny_config()
+    s1 = run_experiment(cfg, tmp_path / "r", quiet=True)
+    stamp = (tmp_path / "r" / "model.pt").stat().st_mtime_ns
+    assert run_experiment(cfg, tmp_path / "r", quiet=True) == s1
+    assert (tmp_path / "r" / "model.pt").stat().st_mtime_ns == stamp
+
+
+def test_out_folder_with_other_config_is_refused(tiny_config, tmp_path):
+    run_experiment(tiny_config(), tmp_path / "r", quiet=True)
+    before = (tmp_path / "r" / "config.yaml").read_text()
+    with pytest.raises(RunFolderError, match="different config.*prune.sparsity"):
+        run_experiment(tiny_config("prune.sparsity=0.5"), tmp_path / "r", quiet=True)
+    assert (tmp_path / "r" / "config.yaml").read_text() == before
+
+
+def test_regression_reports_mse(tiny_config, tmp_path):
+    cfg = tiny_config("data.name=friedman", "data.n_samples=600", "prune.method=magnitude")
+    s = run_experiment(cfg, tmp_path / "r", quiet=True)
+    assert s["task"] == "regression"
+    assert {"test_mse", "test_mse_at_best_val", "best_test_mse"} <= set(s["pruned"])
+    assert "test_mse" in s["dense"]
+
+
+def test_causal_variants_and_controls_run(tiny_config, tmp_path):
+    variants = [
+        ["causal.delta_loss=same_batch", "causal.solver=sgd"],
+        ["causal.solver=minnorm", "causal.score=gamma_theta2"],
+        ["causal.recorder=sgd", "causal.tie_break=none", "causal.dtype=bfloat16"],
+        ["causal.momentum_model=true"],
+        ["prune.scope=layerwise", "prune.schedule=geometric", "prune.rewind=false"],
+    ]
+    for i, v in enumerate(variants):
+        s = run_experiment(tiny_config(*v), tmp_path / str(i), quiet=True)
+        assert abs(s["sparsity_actual"] - 0.8) < 0.01, v
+
+
+def test_nan_loss_stops_with_the_epoch(tiny_config, tmp_path):
+    from causalprune.train import TrainingDiverged
+
+    cfg = tiny_config("train.lr=1e30", "prune.method=magnitude")
+    with pytest.raises(TrainingDiverged, match="epoch 1"):
+        run_experiment(cfg, tmp_path / "r", quiet=True)
+    assert (tmp_path / "r" / "config.yaml").exists()
+    assert not (tmp_path / "r" / "summary.json").exists()
