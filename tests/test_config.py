@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 
+import causalprune
 from causalprune.config import Config, ConfigError, dump_config, load_config
 
 
@@ -58,3 +61,17 @@ def test_configs_are_frozen():
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.seed = 3  # type: ignore[misc]
+
+
+SHIPPED = sorted((Path(causalprune.__file__).parent / "configs").glob("*.yaml"))
+
+
+def test_configs_folder_is_shipped():
+    assert {p.name for p in SHIPPED} >= {"demo.yaml", "mlp-digits.yaml", "cnn1d-mnist1d.yaml", "mlp-friedman.yaml"}
+    assert (Path(__file__).parents[1] / "configs" / "demo.yaml").is_file()  # the repo's configs/ link
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem

@@ -61,11 +61,18 @@ def table_rows(summaries: Sequence[dict[str, Any]], baselines: Sequence[str] = (
             "_final_by_seed": final,
         }  # fmt: skip
         rows.append(row)
+    higher = rows[0]["metric"] == "accuracy" if rows else True
     for row in rows:
         for base in baselines:
             ref = next((r for r in rows if r["method"] == base and r["sparsity"] == row["sparsity"]), None)
             if ref is not None and ref is not row:
-                row[f"vs_{base}"] = paired(row["_final_by_seed"], ref["_final_by_seed"], row["metric"] == "accuracy")
+                row[f"vs_{base}"] = paired(row["_final_by_seed"], ref["_final_by_seed"], higher)
+        # A causal variant against its own placebo (same settings, ΔL permuted).
+        if row["method"].startswith("causal") and not row["method"].startswith("causal-placebo"):
+            partner = "causal-placebo" + row["method"][len("causal"):]
+            ref = next((r for r in rows if r["method"] == partner and r["sparsity"] == row["sparsity"]), None)
+            if ref is not None:
+                row["vs_placebo"] = paired(row["_final_by_seed"], ref["_final_by_seed"], higher)
     return rows
 
 
@@ -76,14 +83,17 @@ def markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] = ("magnit
     pct = rows[0]["metric"] == "accuracy"
     unit = "test accuracy %" if pct else "test MSE"
     head = ["method", "sparsity", "n", f"{unit} (final)", f"{unit} (at best val)", f"{unit} (best, paper's way)"]
+    with_placebo = any("vs_placebo" in r for r in rows)
     head += [f"Δ vs {b} (paired, ± SE, wins/n)" for b in baselines]
+    if with_placebo:
+        head.append("Δ vs own placebo (paired, ± SE, wins/n)")
     head += ["sparsity actual", "time s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], f"{r['sparsity']:.3g}", str(r["n"]), _fmt(*r["final"], pct),
                  _fmt(*r["at_best_val"], pct), _fmt(*r["best_test"], pct)]  # fmt: skip
-        for b in baselines:
-            p = r.get(f"vs_{b}")
+        for key in [f"vs_{b}" for b in baselines] + (["vs_placebo"] if with_placebo else []):
+            p = r.get(key)
             if p is None:
                 cells.append("—")
             else:
