@@ -156,3 +156,20 @@ def test_bad_data():
         lasso.solve(X_nan, y, alpha=0.1)
     with pytest.raises(ValueError, match="float32, bfloat16 or float16"):
         lasso.solve(X.double(), y, alpha=0.1)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_feature_sign_polish_is_exact(seed):
+    """The working-set polish reaches scikit-learn's optimum from a rough start (or declines)."""
+    from causalprune.lasso import _polish
+
+    X, y = _trajectory_like(30, 80, seed=seed)
+    Xn, yn = X.double().numpy(), y.double().numpy()
+    alpha = 0.02 * np.abs(Xn.T @ yn).max() / 30
+    ref, sk_coef = _sklearn_objective(X, y, alpha)
+    rough = np.where(np.abs(sk_coef) > 0, sk_coef * 0.5, 0.0)  # right support, wrong values
+    rough[np.argmin(np.abs(Xn.T @ yn))] = 1e-3  # plus a wrong entry
+    out = _polish(Xn.T @ Xn, Xn.T @ yn, rough, 30 * alpha)
+    assert out is not None
+    r = yn - Xn @ out
+    assert 0.5 * r @ r / 30 + alpha * np.abs(out).sum() <= ref * (1 + 1e-9)

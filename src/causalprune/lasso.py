@@ -366,12 +366,12 @@ def _polish(G: np.ndarray, q: np.ndarray, coef: np.ndarray, lam: float, max_step
         return float(0.5 * v @ G @ v - q @ v + lam * np.abs(v).sum())
 
     theta = np.sign(x)
+    slack = 1e-10 * max(lam, 1e-300) + 1e-12 * np.abs(q).max()  # rounding allowance
     for _ in range(max_steps):
         grad = G @ x - q
         A = np.flatnonzero(theta)
         # Optimality on the support: grad_i + λθ_i = 0; off the support: |grad_i| ≤ λ.
-        on_ok = len(A) == 0 or np.abs(grad[A] + lam * theta[A]).max() <= 1e-10 * max(lam, 1e-300) + 1e-12 * np.abs(q).max()
-        if on_ok:
+        if len(A) == 0 or np.abs(grad[A] + lam * theta[A]).max() <= slack:
             zero = np.flatnonzero(theta == 0)
             if len(zero) == 0:
                 return x
