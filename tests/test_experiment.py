@@ -118,3 +118,15 @@ def test_nan_loss_stops_with_the_epoch(tiny_config, tmp_path):
         run_experiment(cfg, tmp_path / "r", quiet=True)
     assert (tmp_path / "r" / "config.yaml").exists()
     assert not (tmp_path / "r" / "summary.json").exists()
+
+
+def test_bad_input_writes_no_run_folder(tiny_config, tmp_path):
+    with pytest.raises(ValueError, match="probe"):
+        run_experiment(tiny_config("causal.probe_size=5000"), tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match="n_prune must be >= 1"):
+        run_experiment(tiny_config("prune.n_prune=0"), tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r").exists()
+    # A non-recording method may score right at θ_pre (n_prune = 0, SNIP-style).
+    s = run_experiment(tiny_config("prune.n_prune=0", "prune.method=snip"), tmp_path / "r", quiet=True)
+    assert abs(s["sparsity_actual"] - 0.8) < 0.01

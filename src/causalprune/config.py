@@ -112,6 +112,7 @@ class PruneConfig:
     n_iter: int = 5  # pruning rounds
     n_prune: int = 2  # epochs per round (recorded for causal methods)
     n_post: int = 20  # epochs of training with the final mask
+    score_batches: int = 10  # training batches that data-driven criteria (snip, grasp, ...) score on
     rewind: bool = True  # reset alive weights to θ_pre after each round and before post-training
     reset_bn: bool = False  # also reset BatchNorm running statistics when rewinding
 
@@ -127,7 +128,8 @@ class PruneConfig:
         if self.n_iter < 1:
             raise ConfigError(f"prune.n_iter must be >= 1, got {self.n_iter}")
         _positive(self.n_pre, "prune.n_pre", allow_zero=True)
-        _positive(self.n_prune, "prune.n_prune")
+        _positive(self.n_prune, "prune.n_prune", allow_zero=True)  # 0: score at θ_pre (SNIP-style)
+        _positive(self.score_batches, "prune.score_batches")
         _positive(self.n_post, "prune.n_post", allow_zero=True)
 
 

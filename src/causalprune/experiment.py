@@ -122,6 +122,13 @@ class Run:
         self.timing[key] = self.timing.get(key, 0.0) + seconds
 
     # --- pieces -------------------------------------------------------------------
+    def score_batches(self, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Return `prune.score_batches` shuffled training batches for data-driven criteria."""
+        x, y = self.data.train
+        perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+        bs = self.cfg.train.batch_size
+        return [(x[i], y[i]) for i in perm.split(bs)[: self.cfg.prune.score_batches]]
+
     def new_model(self) -> nn.Module:
         torch.manual_seed(stage_seed(self.cfg.seed, "init"))
         model = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes)
@@ -223,23 +230,27 @@ def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | 
                    quiet: bool = False) -> dict[str, Any]:  # fmt: skip
     """Run (or continue) one experiment in its run folder; return its summary."""
     t_start = time.perf_counter()
+    criterion = criteria.get(cfg.prune.method)
+    if criterion is not None and criterion.records and cfg.prune.n_prune < 1:
+        raise ConfigError(f"prune.n_prune must be >= 1 for {cfg.prune.method}, which records the round's training")
     path = Path(out) if out is not None else default_run_dir(cfg)
-    _check_run_folder(path, cfg)
     summary_path = path / "summary.json"
     if summary_path.exists():
+        _check_run_folder(path, cfg)
         return json.loads(summary_path.read_text())
+    # Everything that can fail on bad input is checked before the run folder is written.
     device = device_of(cfg)
     pool = load_pool(cfg.data.name, n_samples=cfg.data.n_samples, noise=cfg.data.noise,
                      test_fraction=cfg.data.test_fraction, root=cfg.data.root)  # fmt: skip
     data = make_splits(pool, cfg.seed, cfg.data.val_fraction, cfg.causal.probe_size)
     run = Run(cfg, path, data, device, Path(pre_cache) if pre_cache else None)
+    model = run.new_model()
+    _check_run_folder(path, cfg)
     if not (path / "env.json").exists():
         save_json(environment(device), path / "env.json")
     timing_path = path / "timing.json"
     if timing_path.exists():
         run.timing = json.loads(timing_path.read_text())
-    criterion = criteria.get(cfg.prune.method)
-    model = run.new_model()
 
     if criterion is None:  # dense baseline: the same total epochs, no pruning
         epochs = cfg.train.epochs if cfg.train.epochs is not None else cfg.total_epochs()
@@ -269,8 +280,14 @@ def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | 
         recorder = run.train_stage(model, stage, cfg.prune.n_prune, mask, record=criterion.records)
         t0 = time.perf_counter()
         traj = recorder.trajectory() if recorder is not None else None
-        scored = criterion.fn(ScoreInput(model, mask, cfg, stage_seed(cfg.seed, stage + "/score"), traj))
-        new_mask = select(scored.scores, target, scope=cfg.prune.scope, mask=mask, tie_break=scored.tie_break)
+        seed = stage_seed(cfg.seed, stage + "/score")
+        batches = run.score_batches(seed) if criterion.needs_data or criterion.name == "synflow" else []
+        scored = criterion.fn(ScoreInput(model, mask, cfg, seed, traj, batches, loss_function(data.task), target))
+        scores, tie = scored.scores, scored.tie_break
+        if not criterion.higher_is_important:  # e.g. GraSP prunes its largest scores
+            scores = {n: -v for n, v in scores.items()}
+            tie = {n: -v for n, v in tie.items()} if tie is not None else None
+        new_mask = select(scores, target, scope=cfg.prune.scope, mask=mask, tie_break=tie)
         run.add_time("solve_s", time.perf_counter() - t0)
         if recorder is not None:
             recorder.close()

@@ -24,9 +24,11 @@ def _theta2(inp: ScoreInput) -> dict[str, torch.Tensor]:
 
 
 def _fit(inp: ScoreInput, placebo: bool) -> Scored:
+    from ..config import CausalConfig
+
     traj = inp.trajectory
     assert traj is not None, "causal criteria need a recorded trajectory"
-    c = inp.cfg.causal
+    c = inp.cfg.causal if inp.cfg is not None else CausalConfig(**inp.options)
     blocks, y, Z = traj.design()
     if placebo:
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(c.placebo_seed + inp.seed))

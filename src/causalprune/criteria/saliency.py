@@ -1,0 +1,115 @@
+"""Gradient-based saliency criteria, scored on (inputs, targets) batches.
+
+| name | score per weight | source |
+|---|---|---|
+| snip | |g ⊙ θ| | Lee et al. 2019 (connection sensitivity) |
+| grasp | −θ ⊙ (H g), largest pruned | Wang et al. 2020 (gradient-signal preservation) |
+| taylor | Σ_b (g_b ⊙ θ)² | Molchanov et al. 2019 (first-order Taylor) |
+| fisher | ½ θ² · mean_b g_b² | LeCun et al. 1990 (OBD) with the empirical Fisher diagonal |
+| gradient | |g| | Redman et al. 2022-style gradient magnitude |
+
+g is the gradient of the mean loss over all batches (batch-size weighted); g_b is one
+batch's gradient; H g is a Hessian-vector product by double backprop. Weights already
+pruned are zero in the model, so they contribute nothing to any forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..masks import prunable_parameters
+from . import Scored, ScoreInput, register
+
+
+def _setup(inp: ScoreInput) -> tuple[list[str], list[nn.Parameter], Callable[[Any, Any], torch.Tensor]]:
+    if not inp.data or inp.loss_fn is None:
+        raise ValueError("this criterion needs data batches and a loss function")
+    params = prunable_parameters(inp.model)
+    names = [n for n in params if n in inp.mask]
+    return names, [params[n] for n in names], inp.loss_fn
+
+
+def _batch_grads(model: nn.Module, params: Sequence[nn.Parameter], loss_fn: Callable[[Any, Any], torch.Tensor],
+                 data: Sequence[tuple[Any, Any]]):  # fmt: skip
+    """Yield (batch size, gradients of the batch's mean loss w.r.t. `params`)."""
+    device = params[0].device
+    for x, y in data:
+        x, y = x.to(device), y.to(device)
+        loss = loss_fn(model(x), y)
+        yield len(y), torch.autograd.grad(loss, params)
+
+
+def _mean_grad(inp: ScoreInput, names, params, loss_fn) -> list[torch.Tensor]:
+    total = [torch.zeros_like(p) for p in params]
+    n = 0
+    for b, grads in _batch_grads(inp.model, params, loss_fn, inp.data):
+        for t, g in zip(total, grads, strict=True):
+            t.add_(g, alpha=b)
+        n += b
+    return [t / n for t in total]
+
+
+def _out(names: list[str], values: list[torch.Tensor]) -> Scored:
+    return Scored({n: v.detach().float().cpu() for n, v in zip(names, values, strict=True)})
+
+
+@register("snip", needs_data=True, description="|g ⊙ θ| (SNIP, Lee et al. 2019)")
+def snip(inp: ScoreInput) -> Scored:
+    """Connection sensitivity: |∂L/∂θ ⊙ θ|."""
+    names, params, loss_fn = _setup(inp)
+    g = _mean_grad(inp, names, params, loss_fn)
+    return _out(names, [(gi * p).abs() for gi, p in zip(g, params, strict=True)])
+
+
+@register("gradient", needs_data=True, description="|g| (gradient magnitude, Redman et al. 2022)")
+def gradient(inp: ScoreInput) -> Scored:
+    """Gradient magnitude |∂L/∂θ|."""
+    names, params, loss_fn = _setup(inp)
+    return _out(names, [gi.abs() for gi in _mean_grad(inp, names, params, loss_fn)])
+
+
+@register("taylor", needs_data=True, description="Σ_b (g_b ⊙ θ)² (Molchanov et al. 2019)")
+def taylor(inp: ScoreInput) -> Scored:
+    """First-order Taylor importance accumulated over batches."""
+    names, params, loss_fn = _setup(inp)
+    acc = [torch.zeros_like(p) for p in params]
+    for _, grads in _batch_grads(inp.model, params, loss_fn, inp.data):
+        for a, g, p in zip(acc, grads, params, strict=True):
+            a.add_((g * p.detach()) ** 2)
+    return _out(names, acc)
+
+
+@register("fisher", needs_data=True, description="½ θ² · E_b[g_b²] (OBD, empirical Fisher diagonal)")
+def fisher(inp: ScoreInput) -> Scored:
+    """Optimal Brain Damage saliency with the empirical Fisher as the Hessian diagonal."""
+    names, params, loss_fn = _setup(inp)
+    acc = [torch.zeros_like(p) for p in params]
+    n = 0
+    for _, grads in _batch_grads(inp.model, params, loss_fn, inp.data):
+        for a, g in zip(acc, grads, strict=True):
+            a.add_(g * g)
+        n += 1
+    return _out(names, [0.5 * p.detach() ** 2 * a / n for a, p in zip(acc, params, strict=True)])
+
+
+@register("grasp", needs_data=True, higher_is_important=False,
+          description="−θ ⊙ (H g), largest pruned (GraSP, Wang et al. 2020)")  # fmt: skip
+def grasp(inp: ScoreInput) -> Scored:
+    """GraSP: −θ ⊙ Hg; removing the weights with the largest score preserves gradient flow most."""
+    names, params, loss_fn = _setup(inp)
+    g = [gi.detach() for gi in _mean_grad(inp, names, params, loss_fn)]
+    hg = [torch.zeros_like(p) for p in params]
+    device = params[0].device
+    n = 0
+    for x, y in inp.data:
+        x, y = x.to(device), y.to(device)
+        grads = torch.autograd.grad(loss_fn(inp.model(x), y), params, create_graph=True)
+        z = sum((gb * gi).sum() for gb, gi in zip(grads, g, strict=True))
+        for acc, h in zip(hg, torch.autograd.grad(z, params), strict=True):  # (H_b g) for this batch
+            acc.add_(h, alpha=len(y))
+        n += len(y)
+    return _out(names, [-p.detach() * h / n for p, h in zip(params, hg, strict=True)])
