@@ -34,6 +34,7 @@ from .criteria import ScoreInput
 from .data import Splits, load_pool, make_splits
 from .io import append_jsonl, save_json, save_text, save_torch
 from .masks import Mask, prunable_parameters
+from .metrics import efficiency
 from .models import build_model
 from .selection import schedule, select
 from .train import Callback, evaluate, fit, loss_function, make_optimizer
@@ -392,6 +393,7 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
             "n_post": cfg.prune.n_post,
             "total": len(history) if cfg.prune.method == "dense" else cfg.total_epochs(),
         },
+        "efficiency": efficiency(model, run.data.input_shape),
         "timing": {k: round(v, 3) for k, v in run.timing.items()},
         "device": str(run.device),
         "torch_version": torch.__version__,

@@ -14,6 +14,8 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
+EFFICIENCY = ("size_nz", "compression_ratio", "flops_nz", "theoretical_speedup")
+
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     mean = statistics.fmean(values)
@@ -57,6 +59,11 @@ def table_rows(summaries: Sequence[dict[str, Any]], baselines: Sequence[str] = (
             "final": _mean_std(list(final.values())), "at_best_val": _mean_std(list(at_val.values())),
             "best_test": _mean_std([r["pruned"][f"best_test_{metric}"] for r in runs]),
             "sparsity_actual": statistics.fmean(r["sparsity_actual"] for r in runs),
+            **(
+                {k: statistics.fmean(r["efficiency"][k] for r in runs) for k in EFFICIENCY}
+                if all("efficiency" in r for r in runs)
+                else {}
+            ),
             "time_s": statistics.fmean(r["timing"]["total_s"] for r in runs),
             "_final_by_seed": final,
         }  # fmt: skip
@@ -87,7 +94,7 @@ def markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] = ("magnit
     head += [f"Δ vs {b} (paired, ± SE, wins/n)" for b in baselines]
     if with_placebo:
         head.append("Δ vs own placebo (paired, ± SE, wins/n)")
-    head += ["sparsity actual", "time s"]
+    head += ["sparsity actual", "compression", "speed-up (theoretical)", "time s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["method"], f"{r['sparsity']:.3g}", str(r["n"]), _fmt(*r["final"], pct),
@@ -99,7 +106,8 @@ def markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] = ("magnit
             else:
                 k = 100.0 if pct else 1.0
                 cells.append(f"{k * p[0]:+.2f} ± {k * p[1]:.2f} ({p[2]}/{p[3]})")
-        cells += [f"{r['sparsity_actual']:.4f}", f"{r['time_s']:.1f}"]
+        eff = [f"{r[k]:.1f}×" if k in r else "—" for k in ("compression_ratio", "theoretical_speedup")]
+        cells += [f"{r['sparsity_actual']:.4f}", *eff, f"{r['time_s']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -110,9 +118,10 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     w = csv.writer(buf)
     w.writerow(["method", "sparsity", "n", "metric", "final_mean", "final_std", "at_best_val_mean",
                 "at_best_val_std", "best_test_mean", "best_test_std", "vs_magnitude_mean", "vs_magnitude_se",
-                "vs_magnitude_wins", "sparsity_actual", "time_s"])  # fmt: skip
+                "vs_magnitude_wins", "sparsity_actual", *EFFICIENCY, "time_s"])  # fmt: skip
     for r in rows:
         p = r.get("vs_magnitude") or (None, None, None, None)
         w.writerow([r["method"], r["sparsity"], r["n"], r["metric"], *r["final"], *r["at_best_val"],
-                    *r["best_test"], p[0], p[1], p[2], r["sparsity_actual"], r["time_s"]])  # fmt: skip
+                    *r["best_test"], p[0], p[1], p[2], r["sparsity_actual"], *[r.get(k) for k in EFFICIENCY],
+                    r["time_s"]])  # fmt: skip
     return buf.getvalue()
