@@ -100,3 +100,15 @@ def test_entry_point_has_no_traceback(tmp_path):
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "prune.sparsity must be in [0, 1), got 1.2" in r.stderr
+
+
+def test_report_rebuilds_the_table(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", _config(tmp_path), "--out", str(out), "--methods", "magnitude,random",
+                 "--sparsity", "0.8", "--seeds", "0"]) == 0  # fmt: skip
+    first = (out / "table.md").read_text()
+    (out / "table.md").unlink()
+    assert main(["report", str(out)]) == 0
+    rebuilt = (out / "table.md").read_text()
+    assert first.splitlines()[2:] == rebuilt.splitlines()[2:]  # same rows; the header differs
+    assert main(["report", str(tmp_path / "nothing")]) == 2

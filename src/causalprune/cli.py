@@ -75,6 +75,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return _compare(args.config, args.set, args.methods, args.sparsity, args.seeds, args.out, args.grid)
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .compare import collect, write_table
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no such folder: {folder}")
+    summaries = collect(folder)
+    if not summaries:
+        raise ValueError(f"no finished runs (summary.json) under {folder}")
+    seeds = sorted({s["seed"] for s in summaries})
+    header = f"{folder}: {len(summaries)} finished runs, seeds {','.join(map(str, seeds))}\n\n"
+    print(write_table(summaries, folder, header))
+    print(f"wrote {folder / 'table.md'} and {folder / 'table.csv'}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     return _compare(None, args.set, DEMO["methods"], DEMO["sparsity"], DEMO["seeds"], args.out, [])
 
@@ -112,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="folder for the runs and table.md (default runs/demo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("report", help="turn the finished run folders under a folder into table.md / table.csv")
+    p.add_argument("folder", help="a compare output folder (or any folder of run folders)")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("list", help="list models, data sets, methods, solvers, loss changes, schedules")
     p.set_defaults(func=_cmd_list)

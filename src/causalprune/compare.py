@@ -75,9 +75,8 @@ def run_grid(cfg: Config, methods: list[str], sparsities: list[float], seeds: li
         folder = out / _slug(label) / f"p{rc.prune.sparsity:g}" / f"seed_{rc.seed}"
         print(f"[{i}/{len(runs)}] {label} sparsity {rc.prune.sparsity:g} seed {rc.seed}", flush=True)
         s = run_experiment(rc, folder, pre_cache=out / "_pre", quiet=True)
+        save_text(label + "\n", folder / "label.txt")
         summaries.append({**s, "label": label})
-    baselines = [b for b in ("magnitude",) if b in methods]
-    rows = report.table_rows(summaries, baselines)
     header = (
         f"{cfg.name}: {cfg.data.name}, {cfg.model.name}, seeds {','.join(map(str, seeds))}; "
         f"n_pre {cfg.prune.n_pre}, n_iter {cfg.prune.n_iter}, n_prune {cfg.prune.n_prune}, "
@@ -85,10 +84,35 @@ def run_grid(cfg: Config, methods: list[str], sparsities: list[float], seeds: li
         f"device {summaries[0]['device'] if summaries else '?'}, torch {torch.__version__}; "
         f"{len(runs)} runs in {time.perf_counter() - t0:.0f} s\n\n"
     )
+    return summaries, write_table(summaries, out, header)
+
+
+def collect(folder: Path) -> list[dict[str, Any]]:
+    """Return the summaries of every finished run under `folder` (label from the run's path)."""
+    import json
+
+    out = []
+    for path in sorted(folder.rglob("summary.json")):
+        s = json.loads(path.read_text())
+        label_file = path.parent / "label.txt"
+        parts = path.parent.relative_to(folder).parts  # <label>/p<sparsity>/seed_<n> in a compare folder
+        if label_file.exists():
+            s["label"] = label_file.read_text().strip()
+        else:
+            s["label"] = parts[0] if len(parts) >= 3 else s["method"]
+        out.append(s)
+    return out
+
+
+def write_table(summaries: list[dict[str, Any]], out: Path, header: str) -> str:
+    """Write table.md and table.csv for `summaries` under `out`; return the markdown."""
+    methods = {s["method"] for s in summaries}
+    baselines = [b for b in ("magnitude",) if b in methods]
+    rows = report.table_rows(summaries, baselines)
     table = header + report.markdown(rows, baselines)
     save_text(table, out / "table.md")
     save_text(report.to_csv(rows), out / "table.csv")
-    return summaries, table
+    return table
 
 
-__all__ = ["parse_grid", "plan", "run_grid"]
+__all__ = ["collect", "parse_grid", "plan", "run_grid", "write_table"]
