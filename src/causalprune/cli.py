@@ -91,6 +91,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_friedman(args: argparse.Namespace) -> int:
+    import json
+
+    from .analysis.friedman import run_friedman
+
+    r = run_friedman(instances=args.instances, seed=args.seed, noise=args.noise, out=args.out)
+    print(json.dumps(r["summary"], indent=2))
+    print(f"{args.instances} instances in {r['time_s']} s; wrote {Path(args.out) / 'friedman.json'} and friedman.png")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     return _compare(None, args.set, DEMO["methods"], DEMO["sparsity"], DEMO["seeds"], args.out, [])
 
@@ -128,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="folder for the runs and table.md (default runs/demo)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("friedman", help="the paper's Fig. 1: causal coefficients vs Lasso on Friedman #1")
+    p.add_argument("--instances", type=int, default=1000, help="data instantiations (default 1000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=1.0, help="Friedman noise standard deviation (default 1.0)")
+    p.add_argument("--out", default="runs/friedman", help="output folder (default runs/friedman)")
+    p.set_defaults(func=_cmd_friedman)
 
     p = sub.add_parser("report", help="turn the finished run folders under a folder into table.md / table.csv")
     p.add_argument("folder", help="a compare output folder (or any folder of run folders)")
