@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+
 from causalprune.analysis.friedman import pairwise_auc, run_friedman, separation
 from causalprune.cli import main
 

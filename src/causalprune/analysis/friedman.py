@@ -46,10 +46,10 @@ def _instances(n_instances: int, n_samples: int, noise: float, seed: int) -> tup
 def _train_and_record(x: torch.Tensor, y: torch.Tensor, epochs: int, batch_size: int, lr: float,
                       seed: int) -> dict[str, torch.Tensor]:  # fmt: skip
     """SGD on I independent linear models; return x̃ (I, T, 10) and ΔL (I, T) for both ΔL kinds."""
-    I, n, d = x.shape
+    n_inst, n, d = x.shape
     g = torch.Generator().manual_seed(seed)
-    theta = torch.zeros(I, d, dtype=torch.float64)
-    bias = torch.zeros(I, 1, dtype=torch.float64)
+    theta = torch.zeros(n_inst, d, dtype=torch.float64)
+    bias = torch.zeros(n_inst, 1, dtype=torch.float64)
 
     def loss(xb: torch.Tensor, yb: torch.Tensor, th: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         r = (xb @ th[:, :, None])[..., 0] + b - yb  # (I, m)
@@ -133,7 +133,7 @@ def run_friedman(
         "causal_same_batch": causal_sb.tolist(),
         "settings": {"instances": instances, "seed": seed, "noise": noise, "n_samples": n_samples, "epochs": epochs,
                      "batch_size": batch_size, "lr": lr, "lasso_alpha": lasso_alpha, "alpha_ratio": alpha_ratio,
-                     "steps": int(traj["X"].shape[1])},  # fmt: skip
+                     "steps": int(traj["X"].shape[1])},
         "summary": {
             "separation_lasso": separation(ref),
             "separation_causal": separation(causal),
