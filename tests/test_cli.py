@@ -112,3 +112,20 @@ def test_report_rebuilds_the_table(tmp_path, capsys):
     rebuilt = (out / "table.md").read_text()
     assert first.splitlines()[2:] == rebuilt.splitlines()[2:]  # same rows; the header differs
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_analyze_writes_per_run_results_and_figures(tmp_path, capsys):
+    runs = []
+    for method in ("causal", "magnitude"):
+        out = tmp_path / method
+        assert main(["run", _config(tmp_path), "--out", str(out), "--set", f"prune.method={method}"]) == 0
+        runs.append(str(out))
+    figs = tmp_path / "figs"
+    assert main(["analyze", *runs, "--hessian", "--flatness", "--histogram", "--samples", "128", "--draws", "5",
+                 "--out", str(figs)]) == 0  # fmt: skip
+    for r in runs:
+        assert (tmp_path / r / "analysis" / "hessian.json").exists()
+        assert (tmp_path / r / "analysis" / "flatness.json").exists()
+    for f in ("eigenvalues.png", "flatness.png", "histogram.png", "analysis.json"):
+        assert (figs / f).exists()
+    assert main(["analyze", str(tmp_path / "nope")]) == 2

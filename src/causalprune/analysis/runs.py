@@ -1,0 +1,128 @@
+"""`causalprune analyze`: the paper's analyses on finished run folders, and comparison figures.
+
+Per run (written under RUN_DIR/analysis/): ``hessian.json`` (top eigenvalues on the alive
+weights, Hutchinson trace), ``flatness.json`` (eq. 16–17), ``landscape.npz`` + figure, and
+``weights.npy`` (the remaining non-zero weights, for histograms). Across runs (under
+--out): eigenvalue vs sparsity per method (paper Fig. 2a), flatness curves (Fig. 4), and
+overlaid histograms of the remaining weights (Fig. 2b), plus ``analysis.json`` with every
+run's numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import load_config
+from ..data import load_pool, make_splits
+from ..io import save_json
+from ..masks import Mask, prunable_parameters
+from ..models import build_model
+from ..train import loss_function
+from .flatness import flatness
+from .hessian import top_eigenvalues, trace
+from .landscape import landscape
+
+
+def load_run(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
+    """Rebuild a finished run's config, trained model, mask and data splits."""
+    run_dir = Path(run_dir)
+    for f in ("config.yaml", "model.pt", "mask.pt", "summary.json"):
+        if not (run_dir / f).exists():
+            raise FileNotFoundError(f"{run_dir} is not a finished run folder (no {f})")
+    cfg = load_config(run_dir / "config.yaml")
+    pool = load_pool(cfg.data.name, n_samples=cfg.data.n_samples, noise=cfg.data.noise,
+                     test_fraction=cfg.data.test_fraction, root=cfg.data.root)  # fmt: skip
+    data = make_splits(pool, cfg.seed, cfg.data.val_fraction, cfg.causal.probe_size)
+    model = build_model(cfg.model, data.input_shape, data.num_classes)
+    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
+    return cfg, model, Mask.load(run_dir / "mask.pt"), data
+
+
+def analyze_run(run_dir: Path, hessian: bool, flat: bool, land: bool, histogram: bool, samples: int = 512,
+                k: int = 3, draws: int = 100) -> dict[str, Any]:  # fmt: skip
+    """Run the selected analyses on one run folder; return its numbers."""
+    _, model, mask, data = load_run(run_dir)
+    out = Path(run_dir) / "analysis"
+    out.mkdir(exist_ok=True)
+    x, y = data.train
+    batches = [(x[a : a + 256], y[a : a + 256]) for a in range(0, min(samples, len(y)), 256)]
+    loss_fn = loss_function(data.task)
+    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    result: dict[str, Any] = {"run": str(run_dir), "method": summary["method"], "seed": summary["seed"],
+                              "sparsity": summary["sparsity_target"]}  # fmt: skip
+    alive_mask = mask if summary["method"] != "dense" else None
+    if hessian:
+        eig = top_eigenvalues(model, loss_fn, batches, k=k, mask=alive_mask, max_iter=200, tol=1e-4)
+        tr, se = trace(model, loss_fn, batches, mask=alive_mask, n_samples=50)
+        result["hessian"] = {"top_eigenvalues": eig, "trace": tr, "trace_se": se, "samples": samples}
+        save_json(result["hessian"], out / "hessian.json")
+    if flat:
+        result["flatness"] = flatness(model, loss_fn, batches, draws=draws, mask=alive_mask, out=out)
+    if land:
+        landscape(model, loss_fn, batches, steps=15, mask=alive_mask, out=out)
+    if histogram:
+        params = prunable_parameters(model)
+        w = torch.cat([params[n].detach()[mask[n]].reshape(-1) for n in mask]).numpy()
+        np.save(out / "weights.npy", w)
+        result["weights"] = {"n": len(w), "mean_abs": float(np.abs(w).mean()), "std": float(w.std())}
+    return result
+
+
+def compare_figures(results: list[dict[str, Any]], run_dirs: list[Path], out: Path) -> None:
+    """Eigenvalue vs sparsity (Fig. 2a), flatness curves (Fig. 4), weight histograms (Fig. 2b)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    by_method: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in results:
+        by_method[r["method"]].append(r)
+    if any("hessian" in r for r in results):
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for m, rs in sorted(by_method.items()):
+            pts = sorted((r["sparsity"], r["hessian"]["top_eigenvalues"][0]) for r in rs if "hessian" in r)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
+        ax.set_xlabel("sparsity")
+        ax.set_ylabel("top Hessian eigenvalue")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "eigenvalues.png", dpi=110)
+        plt.close(fig)
+    if any("flatness" in r for r in results):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for r in results:
+            if "flatness" in r:
+                f = r["flatness"]
+                lab = f"{r['method']} {r['sparsity']:g} s{r['seed']}"
+                axes[0].plot(f["sigma"], f["relative_loss"], "o-", label=lab)
+                axes[1].plot(f["sigma"], f["max_loss"], "o-", label=lab)
+        for ax, t in zip(axes, ("relative loss (eq. 16)", "maximum loss (eq. 17)"), strict=True):
+            ax.set_xscale("log")
+            ax.set_xlabel("σ")
+            ax.set_title(t)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "flatness.png", dpi=110)
+        plt.close(fig)
+    weights = [(r, Path(d) / "analysis" / "weights.npy") for r, d in zip(results, run_dirs, strict=True)]
+    weights = [(r, p) for r, p in weights if p.exists()]
+    if weights:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r, p in weights:
+            ax.hist(np.load(p), bins=80, histtype="step", density=True,
+                    label=f"{r['method']} {r['sparsity']:g} s{r['seed']}")  # fmt: skip
+        ax.set_xlabel("remaining weight value")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "histogram.png", dpi=110)
+        plt.close(fig)
+    save_json(results, out / "analysis.json")
