@@ -92,6 +92,16 @@ def pairwise_auc(coefs: np.ndarray) -> float:
     return float(np.mean((inf > noise) + 0.5 * (inf == noise)))
 
 
+def noise_level(coefs: np.ndarray) -> float:
+    """Median |coefficient| of the noise features over that of the linear informative ones (x0, x1, x3, x4).
+
+    x2 enters Friedman #1 only through (x2 − ½)², which a linear model cannot use, so it is
+    left out of the reference level.
+    """
+    a = np.abs(coefs)
+    return float(np.median(a[:, INFORMATIVE:]) / max(np.median(a[:, [0, 1, 3, 4]]), 1e-300))
+
+
 def spearman_vs(a: np.ndarray, b: np.ndarray) -> float:
     """Mean over instances of Spearman's rank correlation between |a| and |b|."""
     from scipy.stats import spearmanr
@@ -141,6 +151,9 @@ def run_friedman(
             "auc_lasso": pairwise_auc(ref),
             "auc_causal": pairwise_auc(causal),
             "auc_causal_same_batch": pairwise_auc(causal_sb),
+            "noise_level_lasso": noise_level(ref),
+            "noise_level_causal": noise_level(causal),
+            "noise_level_causal_same_batch": noise_level(causal_sb),
             "spearman_causal_vs_lasso": spearman_vs(causal, ref),
             "spearman_causal_same_batch_vs_lasso": spearman_vs(causal_sb, ref),
         },
