@@ -129,3 +129,23 @@ def test_analyze_writes_per_run_results_and_figures(tmp_path, capsys):
     for f in ("eigenvalues.png", "flatness.png", "histogram.png", "analysis.json"):
         assert (figs / f).exists()
     assert main(["analyze", str(tmp_path / "nope")]) == 2
+
+
+def test_sweep_runs_in_parallel_and_resumes(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {cfg}\nname: s\nset: {{prune.method: magnitude}}\n"
+                     "grid:\n  prune.n_pre: [0, 1]\n  seed: [0, 1]\n")  # fmt: skip
+    out = tmp_path / "sw"
+    assert main(["sweep", str(sweep), "--out", str(out), "--jobs", "2"]) == 0
+    assert len(list(out.rglob("summary.json"))) == 4
+    assert (out / "table.md").exists() and (out / "boxplots.png").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    capsys.readouterr()
+    assert main(["sweep", str(sweep), "--out", str(out)]) == 0
+    assert "4 already finished, 0 to run" in capsys.readouterr().out
+    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: {prune.sparsity: [1.5]}\n")
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "b")]) == 2
+    assert not (tmp_path / "b").exists()

@@ -123,6 +123,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .compare import collect, write_table
+    from .sweep import run_sweep
+
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.sweep).stem}"
+    n = run_sweep(args.sweep, out, jobs=args.jobs)
+    print(write_table(collect(out), out, f"{args.sweep}: {n} runs\n\n"))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     return _compare(None, args.set, DEMO["methods"], DEMO["sparsity"], DEMO["seeds"], args.out, [])
 
@@ -178,6 +188,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise", type=float, default=1.0, help="Friedman noise standard deviation (default 1.0)")
     p.add_argument("--out", default="runs/friedman", help="output folder (default runs/friedman)")
     p.set_defaults(func=_cmd_friedman)
+
+    p = sub.add_parser("sweep", help="run a grid of configs (SWEEP.yaml) in parallel processes, resumably")
+    p.add_argument("sweep", help="sweep file: base, name, set, grid")
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--out", default=None, help="output folder (default runs/sweep-<name>)")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="turn the finished run folders under a folder into table.md / table.csv")
     p.add_argument("folder", help="a compare output folder (or any folder of run folders)")

@@ -112,6 +112,7 @@ def write_table(summaries: list[dict[str, Any]], out: Path, header: str) -> str:
     table = header + report.markdown(rows, baselines)
     save_text(table, out / "table.md")
     save_text(report.to_csv(rows), out / "table.csv")
+    report.boxplots(summaries, out / "boxplots.png")
     return table
 
 

@@ -125,3 +125,32 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
                     *r["best_test"], p[0], p[1], p[2], r["sparsity_actual"], *[r.get(k) for k in EFFICIENCY],
                     r["time_s"]])  # fmt: skip
     return buf.getvalue()
+
+
+def boxplots(summaries: Sequence[dict[str, Any]], path: str | Any) -> None:
+    """Fig. 3-style boxplots: final test metric per label, one panel per sparsity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not summaries:
+        return
+    metric = metric_of(summaries[0])
+    sparsities = sorted({s["sparsity_target"] for s in summaries})
+    n_labels = len({s.get("label", s["method"]) for s in summaries})
+    width = 2 + 0.6 * n_labels
+    fig, axes = plt.subplots(1, len(sparsities), figsize=(width * len(sparsities), 4.5), squeeze=False)
+    for ax, sp in zip(axes[0], sparsities, strict=True):
+        groups: dict[str, list[float]] = defaultdict(list)
+        for s in summaries:
+            if s["sparsity_target"] == sp:
+                groups[s.get("label", s["method"])].append(s["pruned"][f"test_{metric}"])
+        labels = sorted(groups)
+        ax.boxplot([groups[k] for k in labels], tick_labels=labels)
+        ax.set_title(f"sparsity {sp:g}")
+        ax.set_ylabel(f"test {metric} (final)")
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
