@@ -63,7 +63,15 @@ def test_configs_are_frozen():
         cfg.seed = 3  # type: ignore[misc]
 
 
-SHIPPED = sorted((Path(causalprune.__file__).parent / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(causalprune.__file__).parent / "configs"
+SHIPPED = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("sweep-"))
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("sweep-*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_plans(path, tmp_path):
+    from causalprune.sweep import plan_sweep
+
+    assert len(plan_sweep(path, tmp_path)) > 1
 
 
 def test_configs_folder_is_shipped():
