@@ -130,3 +130,11 @@ def test_bad_input_writes_no_run_folder(tiny_config, tmp_path):
     # A non-recording method may score right at θ_pre (n_prune = 0, SNIP-style).
     s = run_experiment(tiny_config("prune.n_prune=0", "prune.method=snip"), tmp_path / "r", quiet=True)
     assert abs(s["sparsity_actual"] - 0.8) < 0.01
+
+
+def test_mnist1d_is_generated_offline():
+    from causalprune.data import load_pool
+
+    pool = load_pool("mnist1d", n_samples=300)
+    assert pool.x_train.shape == (240, 40) and pool.x_test.shape == (60, 40)
+    assert pool.num_classes == 10 and set(pool.y_train.tolist()) <= set(range(10))
