@@ -15,7 +15,6 @@ the masks an uninterrupted run would.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import platform
@@ -410,17 +409,3 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
         print(f"{cfg.prune.method} seed {cfg.seed}: sparsity {summary['sparsity_actual']:.4f}, "
               f"test {metric} {final[f'test_{metric}']:.4f} ({run.path})")  # fmt: skip
     return summary
-
-
-def copy_config(cfg: Config, **sections: dict[str, Any]) -> Config:
-    """Return `cfg` with some keys replaced, e.g. copy_config(cfg, prune={"method": "random"})."""
-    from .config import config_from_dict
-
-    d = copy.deepcopy(cfg.to_dict())
-    for sec, values in sections.items():
-        if isinstance(values, dict):
-            d[sec].update(values)
-        else:
-            d[sec] = values
-    return config_from_dict(d)
-
