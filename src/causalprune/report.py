@@ -139,7 +139,7 @@ def boxplots(summaries: Sequence[dict[str, Any]], path: str | Any) -> None:
     metric = metric_of(summaries[0])
     sparsities = sorted({s["sparsity_target"] for s in summaries})
     n_labels = len({s.get("label", s["method"]) for s in summaries})
-    width = 2 + 0.6 * n_labels
+    width = min(2 + 0.6 * n_labels, 14.0)
     fig, axes = plt.subplots(1, len(sparsities), figsize=(width * len(sparsities), 4.5), squeeze=False)
     for ax, sp in zip(axes[0], sparsities, strict=True):
         groups: dict[str, list[float]] = defaultdict(list)
