@@ -12,13 +12,23 @@ from causalprune.models import MODELS, create_model
         ("resnet20", 269_722, 268_336),
         ("resnet32", 464_154, 461_872),
         ("lenet5", 62_006, 450 + 2400 + 48_000 + 10_080 + 840),  # conv1, conv2, fc1, fc2, fc3
+        ("resnet18", 11_173_962, None),
+        ("vgg16", 14_724_042, None),
     ],
 )
 def test_parameter_counts_and_output_shape(name, n_params, n_prunable):
     model = create_model(name, num_classes=10)
     assert sum(p.numel() for p in model.parameters()) == n_params
-    assert sum(p.numel() for p in prunable_parameters(model).values()) == n_prunable
+    if n_prunable is not None:
+        assert sum(p.numel() for p in prunable_parameters(model).values()) == n_prunable
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(("name", "n_params"), [("mobilenet_v1", 4_231_976), ("resnet50", 25_557_032)])
+def test_imagenet_models(name, n_params):
+    model = create_model(name, num_classes=1000)
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    assert model.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
 
 
 def test_unknown_model_lists_valid_names():

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from .imagenet_cifar import MobileNetV1, ResNet18Cifar, VGG16Cifar, resnet50
 from .lenet import LeNet5
 from .resnet_cifar import resnet20, resnet32, resnet56
 from .small import MLP, CNN1d
@@ -19,6 +20,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet56": resnet56,
+    "resnet18": ResNet18Cifar,
+    "vgg16": VGG16Cifar,
+    "mobilenet_v1": MobileNetV1,
+    "resnet50": resnet50,
 }
 
 
