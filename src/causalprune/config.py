@@ -42,7 +42,8 @@ class DataConfig:
     noise: float = 1.0  # friedman: standard deviation of the Gaussian noise on y
     val_fraction: float = 0.1  # of the training pool, for model selection
     test_fraction: float = 0.2  # of all samples, when the data set has no standard test split
-    root: str = "data"  # folder holding data sets on disk (torchvision-style)
+    root: str = "data"  # folder holding the data set's own top folder (torchvision-style)
+    download: bool = False  # let torchvision download cifar10 / mnist / fashionmnist into root
 
     def __post_init__(self) -> None:
         from .data import DATASETS

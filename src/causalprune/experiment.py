@@ -30,7 +30,7 @@ from torch import nn
 from . import __version__, criteria
 from .config import Config, ConfigError, dump_config, load_config
 from .criteria import ScoreInput
-from .data import Splits, load_pool, make_splits
+from .data import AUGMENTATIONS, Splits, load_pool, make_splits
 from .io import append_jsonl, save_json, save_text, save_torch
 from .masks import Mask, prunable_parameters
 from .metrics import efficiency
@@ -121,6 +121,11 @@ class Run:
     def add_time(self, key: str, seconds: float) -> None:
         self.timing[key] = self.timing.get(key, 0.0) + seconds
 
+    @property
+    def augment(self) -> Any:
+        """The training-batch augmentation of the data set, or None."""
+        return AUGMENTATIONS[self.data.augment] if self.data.augment else None
+
     # --- pieces -------------------------------------------------------------------
     def score_batches(self, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Return `prune.score_batches` shuffled training batches for data-driven criteria."""
@@ -164,7 +169,7 @@ class Run:
             fit(
                 model, opt, self.data.train, epochs=epochs, batch_size=cfg.train.batch_size,
                 task=self.data.task, seed=stage_seed(cfg.seed, stage + "/batches"),
-                lr_schedule="constant" if dedicated else cfg.train.lr_schedule, step=step,
+                lr_schedule="constant" if dedicated else cfg.train.lr_schedule, step=step, augment=self.augment,
                 callbacks=[_Logger(self, stage, model, evaluate_sets=stage == "pre")], desc=stage,
             )  # fmt: skip
         finally:
@@ -241,7 +246,7 @@ def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | 
     # Everything that can fail on bad input is checked before the run folder is written.
     device = device_of(cfg)
     pool = load_pool(cfg.data.name, n_samples=cfg.data.n_samples, noise=cfg.data.noise,
-                     test_fraction=cfg.data.test_fraction, root=cfg.data.root)  # fmt: skip
+                     test_fraction=cfg.data.test_fraction, root=cfg.data.root, download=cfg.data.download)  # fmt: skip
     data = make_splits(pool, cfg.seed, cfg.data.val_fraction, cfg.causal.probe_size)
     run = Run(cfg, path, data, device, Path(pre_cache) if pre_cache else None)
     model = run.new_model()
@@ -344,7 +349,7 @@ def _final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, sta
     t0 = time.perf_counter()
     fit(model, opt, run.data.train, epochs=epochs, batch_size=cfg.train.batch_size, task=run.data.task,
         seed=stage_seed(cfg.seed, stage + "/batches"), lr_schedule=cfg.train.lr_schedule,
-        callbacks=[_Logger(run, stage, model), _Keep()], desc=stage)  # fmt: skip
+        callbacks=[_Logger(run, stage, model), _Keep()], desc=stage, augment=run.augment)  # fmt: skip
     if handle is not None:
         handle.remove()
     run.add_time("train_s", time.perf_counter() - t0)

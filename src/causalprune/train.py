@@ -103,6 +103,7 @@ def fit(
     step: StepFn | None = None,
     callbacks: Sequence[Callback] = (),
     desc: str = "train",
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` for `epochs` epochs; return one log dict per epoch.
 
@@ -129,6 +130,8 @@ def fit(
     for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=None if epochs else True):
         total = torch.zeros((), device=device)  # summed on the device: no per-step sync
         for xb, yb in batches(x, y, batch_size, generator, device):
+            if augment is not None:
+                xb = augment(xb, generator)
             total += step(xb, yb) * len(yb)
             scheduler.step()
         logs = {"epoch": epoch + 1, "train_loss": float(total) / len(y), "lr": optimizer.param_groups[0]["lr"]}

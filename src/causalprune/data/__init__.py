@@ -15,6 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from .tabular import load_digits_pool, load_friedman_pool, load_mnist1d_pool
+from .vision import crop_flip, load_cifar10_pool, load_fashionmnist_pool, load_mnist_pool
+
+#: Training-batch augmentations by name: fn(batch, generator) -> batch.
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {"crop_flip": crop_flip}
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class Pool:
     y_test: torch.Tensor
     task: str  # classification | regression
     num_classes: int  # 1 for regression (one output)
+    augment: str | None = None  # training-batch augmentation: None | crop_flip
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class Splits:
     probe: tuple[torch.Tensor, torch.Tensor]
     task: str
     num_classes: int
+    augment: str | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -50,6 +56,9 @@ DATASETS: dict[str, Callable[..., Pool]] = {
     "digits": load_digits_pool,
     "mnist1d": load_mnist1d_pool,
     "friedman": load_friedman_pool,
+    "cifar10": load_cifar10_pool,
+    "mnist": load_mnist_pool,
+    "fashionmnist": load_fashionmnist_pool,
 }
 
 
@@ -84,7 +93,8 @@ def make_splits(pool: Pool, seed: int, val_fraction: float, probe_size: int) -> 
         probe=(x[probe], y[probe]),
         task=pool.task,
         num_classes=pool.num_classes,
+        augment=pool.augment,
     )
 
 
-__all__ = ["DATASETS", "Pool", "Splits", "load_pool", "make_splits"]
+__all__ = ["AUGMENTATIONS", "DATASETS", "Pool", "Splits", "load_pool", "make_splits"]
