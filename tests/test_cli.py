@@ -149,3 +149,14 @@ def test_sweep_runs_in_parallel_and_resumes(tmp_path, capsys):
     bad.write_text("grid: {prune.sparsity: [1.5]}\n")
     assert main(["sweep", str(bad), "--out", str(tmp_path / "b")]) == 2
     assert not (tmp_path / "b").exists()
+
+
+def test_dry_run_plans_without_training(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["run", "--dry-run", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "78,336 prunable" in text and "0.4392, 0.7056" in text and not out.exists()
+    assert main(["run", "--dry-run", "--set", "data.name=cifar10", "--set", "model.name=resnet20",
+                 "--set", f"data.root={tmp_path / 'none'}"]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert "NOT PRESENT" in text and "268,336 prunable" in text

@@ -53,6 +53,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .experiment import run_experiment
 
     cfg = load_config(args.config, args.set)
+    if args.dry_run:
+        from .experiment import dry_run
+
+        print(dry_run(cfg))
+        return 0
     run_experiment(cfg, args.out)
     return 0
 
@@ -154,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default: runs/<name>-<hash>/seed_<n>)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run (re-running the same command does the same)")  # fmt: skip
+    p.add_argument(
+        "--dry-run", action="store_true", help="resolve the config, build the model, check the data; train nothing"
+    )
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("compare", help="run methods × sparsities × seeds and print a table")

@@ -414,3 +414,38 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
         print(f"{cfg.prune.method} seed {cfg.seed}: sparsity {summary['sparsity_actual']:.4f}, "
               f"test {metric} {final[f'test_{metric}']:.4f} ({run.path})")  # fmt: skip
     return summary
+
+
+def dry_run(cfg: Config) -> str:
+    """Resolve the config, build the model, check whether the data is present; train nothing.
+
+    Returns the plan as text. A missing data set is reported, not raised.
+    """
+    from .data import SHAPES
+    from .models import build_model as _build
+
+    criterion = criteria.get(cfg.prune.method)
+    device = device_of(cfg)
+    lines = [f"config {cfg.name} (seed {cfg.seed}), device {device}"]
+    try:
+        pool = load_pool(cfg.data.name, n_samples=cfg.data.n_samples, noise=cfg.data.noise,
+                         test_fraction=cfg.data.test_fraction, root=cfg.data.root, download=False)  # fmt: skip
+        lines.append(f"data {cfg.data.name}: present ({len(pool.y_train)} training / {len(pool.y_test)} test samples)")
+    except ValueError as e:
+        lines.append(f"data {cfg.data.name}: NOT PRESENT — {e}")
+    shape, classes = SHAPES[cfg.data.name]
+    model = _build(cfg.model, shape, classes)
+    n_all = sum(p.numel() for p in model.parameters())
+    n_prunable = sum(p.numel() for p in prunable_parameters(model).values())
+    lines.append(f"model {cfg.model.name}: {n_all:,} parameters, {n_prunable:,} prunable, input {shape}")
+    if criterion is None:
+        epochs = cfg.train.epochs if cfg.train.epochs is not None else cfg.total_epochs()
+        lines.append(f"method dense: {epochs} epochs, no pruning")
+    else:
+        targets = schedule(cfg.prune.schedule, cfg.prune.sparsity, cfg.prune.n_iter)
+        p = cfg.prune
+        recorded = " (recorded)" if criterion.records else ""
+        lines.append(f"method {p.method}: pre {p.n_pre} epochs; {p.n_iter} rounds × {p.n_prune} epochs{recorded}; "
+                     f"post {p.n_post} epochs; total {cfg.total_epochs()}")  # fmt: skip
+        lines.append("sparsity after each round: " + ", ".join(f"{t:.4f}" for t in targets))
+    return "\n".join(lines)

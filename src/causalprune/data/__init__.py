@@ -17,6 +17,12 @@ import torch
 from .tabular import load_digits_pool, load_friedman_pool, load_mnist1d_pool
 from .vision import crop_flip, load_cifar10_pool, load_fashionmnist_pool, load_mnist_pool
 
+#: (input shape of one sample, outputs) of each data set, known without loading it (dry runs).
+SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
+    "digits": ((64,), 10), "mnist1d": ((40,), 10), "friedman": ((10,), 1), "cifar10": ((3, 32, 32), 10),
+    "mnist": ((1, 28, 28), 10), "fashionmnist": ((1, 28, 28), 10),
+}  # fmt: skip
+
 #: Training-batch augmentations by name: fn(batch, generator) -> batch.
 AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {"crop_flip": crop_flip}
 
@@ -97,4 +103,4 @@ def make_splits(pool: Pool, seed: int, val_fraction: float, probe_size: int) -> 
     )
 
 
-__all__ = ["AUGMENTATIONS", "DATASETS", "Pool", "Splits", "load_pool", "make_splits"]
+__all__ = ["AUGMENTATIONS", "DATASETS", "SHAPES", "Pool", "Splits", "load_pool", "make_splits"]
