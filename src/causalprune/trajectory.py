@@ -28,12 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batching import Batch, as_batches
 from .masks import Mask, prunable_parameters
 
 DELTA_LOSSES = ("same_batch", "probe")
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-Batch = tuple[Any, Any]
 
 
 @dataclass(frozen=True)
@@ -366,7 +366,7 @@ class TrajectoryRecorder:
         self._loss_before: list[torch.Tensor] = []
         self._loss_after: list[torch.Tensor] = []
         self._norms = _norm_modules(model)
-        self._probe = self._probe_batches(probe_data) if probe_data is not None else []
+        self._probe = as_batches(probe_data, "probe_data") if probe_data is not None else []
         self._probe_seed = probe_seed
         self._probe_rng: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._probe_cache: tuple[list[int], torch.Tensor] | None = None
@@ -514,15 +514,6 @@ class TrajectoryRecorder:
                 return self.loss_fn(out, pending["targets"]).detach().float().reshape(())
         finally:
             _set_rng_state(resume, device)
-
-    @staticmethod
-    def _probe_batches(data: Batch | Iterable[Batch]) -> list[Batch]:
-        if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-            return [data]
-        batches = list(data)  # type: ignore[arg-type]
-        if not batches:
-            raise ValueError("probe_data is empty")
-        return batches
 
     def _versions(self) -> list[int]:
         return [p._version for p in self.model.parameters()]

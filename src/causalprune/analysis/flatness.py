@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..batching import Batch, as_batches
 from ..io import save_json
 from ..masks import Mask
-
-Batch = tuple[Any, Any]
 
 
 @torch.no_grad()
@@ -51,9 +50,7 @@ def flatness(
     out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Return (and with `out`, write as flatness.json) eq. 16–17 on the σ grid."""
-    batches = [data] if isinstance(data, tuple) else list(data)
-    if not batches:
-        raise ValueError("data is empty")
+    batches = as_batches(data)
     params = [p for p in model.parameters() if p.requires_grad]
     named = dict(model.named_parameters())
     keep = {id(named[n]): mask[n].to(named[n].device, named[n].dtype) for n in mask} if mask is not None else {}

@@ -17,18 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..batching import Batch, as_batches
 from ..masks import Mask, prunable_parameters
-
-Batch = tuple[Any, Any]
-
-
-def _batches(data: Batch | Iterable[Batch]) -> list[Batch]:
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        return [data]
-    out = list(data)  # type: ignore[arg-type]
-    if not out:
-        raise ValueError("data is empty: give one (inputs, targets) batch or an iterable of them")
-    return out
 
 
 class HVP:
@@ -37,7 +27,7 @@ class HVP:
     def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor],
                  data: Batch | Iterable[Batch], mask: Mask | None = None) -> None:  # fmt: skip
         self.model, self.loss_fn = model, loss_fn
-        self.batches = _batches(data)
+        self.batches = as_batches(data)
         params = prunable_parameters(model)
         self.names = list(mask) if mask is not None else list(params)
         self.params = [params[n] for n in self.names]

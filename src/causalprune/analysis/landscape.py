@@ -10,7 +10,7 @@ as Li et al. recommend. The loss L(θ + a d₁ + b d₂) is evaluated on a grid 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..batching import Batch, as_batches
 from ..masks import Mask
 from .flatness import mean_loss
-
-Batch = tuple[Any, Any]
 
 
 def filter_normalise(direction: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -58,7 +57,7 @@ def landscape(
     out: str | Path | None = None,
 ) -> dict[str, np.ndarray]:
     """Return {"alpha", "beta", "loss"} with loss[i, j] = L(θ + α_i d₁ + β_j d₂); write npz + figure."""
-    batches: Sequence[Batch] = [data] if isinstance(data, tuple) else list(data)
+    batches = as_batches(data)
     g = torch.Generator(device="cpu").manual_seed(seed)
     d1, d2 = random_direction(model, mask, g), random_direction(model, mask, g)
     params = list(model.parameters())
