@@ -64,7 +64,7 @@ def test_configs_are_frozen():
 
 
 CONFIG_DIR = Path(causalprune.__file__).parent / "configs"
-SHIPPED = sorted(p for p in CONFIG_DIR.glob("*.yaml") if not p.name.startswith("sweep-"))
+SHIPPED = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("sweep-"))
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("sweep-*.yaml")), ids=lambda p: p.name)
@@ -83,3 +83,11 @@ def test_configs_folder_is_shipped():
 def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert cfg.name == path.stem
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_dry_runs(path):
+    from causalprune.experiment import dry_run
+
+    plan = dry_run(load_config(path, ["train.device=cpu"]))
+    assert "prunable" in plan and ("present" in plan or "NOT PRESENT" in plan)
