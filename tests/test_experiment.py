@@ -138,3 +138,10 @@ def test_mnist1d_is_generated_offline():
     pool = load_pool("mnist1d", n_samples=300)
     assert pool.x_train.shape == (240, 40) and pool.x_test.shape == (60, 40)
     assert pool.num_classes == 10 and set(pool.y_train.tolist()) <= set(range(10))
+
+
+def test_bf16_autocast_and_channels_last_run(tiny_config, tmp_path):
+    s = run_experiment(tiny_config("train.amp=true"), tmp_path / "amp", quiet=True)
+    assert abs(s["sparsity_actual"] - 0.8) < 0.01 and 0 < s["pruned"]["test_accuracy"] <= 1
+    cfg = tiny_config("train.channels_last=true", "data.name=digits", "prune.method=magnitude")
+    assert run_experiment(cfg, tmp_path / "cl", quiet=True)["sparsity_actual"] > 0.79

@@ -305,3 +305,15 @@ def test_norm_running_stats_untouched_by_extra_forwards(train_mode):
         for (k, a), b in zip(m.state_dict().items(), p.state_dict().values(), strict=True):
             assert torch.equal(a, b), (delta_loss, k)
         assert all(bn.track_running_stats for bn in (m[1], m[2]))
+
+
+def test_autocast_region_does_not_freeze_the_after_loss():
+    """Autocast caches cast weights; the recorder must evaluate θ^{t+1}, not the cached θ^t."""
+    model = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
+    rec = TrajectoryRecorder(model, LOSS, torch.optim.SGD(model.parameters(), lr=0.5))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for x, y in _batches(4):
+            rec.step(x, y)
+    tr = rec.trajectory()
+    assert torch.all(tr.y != 0)
+    assert len(set(tr.loss_before.tolist())) == 4

@@ -87,6 +87,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     lr_schedule: str = "cosine"  # constant | cosine | onecycle (per stage)
     device: str = "cpu"  # cpu | cuda | auto
+    amp: bool = False  # bfloat16 autocast for training forwards (recorded steps included)
+    channels_last: bool = False  # NHWC memory format for conv nets on GPUs
 
     def __post_init__(self) -> None:
         if self.epochs is not None:

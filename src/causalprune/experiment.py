@@ -138,7 +138,10 @@ class Run:
         torch.manual_seed(stage_seed(self.cfg.seed, "init"))
         model = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes)
         prunable_parameters(model)  # fails early, naming the model, if nothing is prunable
-        return model.to(self.device)
+        model = model.to(self.device)
+        if self.cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return model
 
     def train_stage(self, model: nn.Module, stage: str, epochs: int, mask: Mask | None,
                     record: bool = False) -> TrajectoryRecorder | None:  # fmt: skip
@@ -170,6 +173,7 @@ class Run:
                 model, opt, self.data.train, epochs=epochs, batch_size=cfg.train.batch_size,
                 task=self.data.task, seed=stage_seed(cfg.seed, stage + "/batches"),
                 lr_schedule="constant" if dedicated else cfg.train.lr_schedule, step=step, augment=self.augment,
+                amp=cfg.train.amp,
                 callbacks=[_Logger(self, stage, model, evaluate_sets=stage == "pre")], desc=stage,
             )  # fmt: skip
         finally:
@@ -349,7 +353,8 @@ def _final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, sta
     t0 = time.perf_counter()
     fit(model, opt, run.data.train, epochs=epochs, batch_size=cfg.train.batch_size, task=run.data.task,
         seed=stage_seed(cfg.seed, stage + "/batches"), lr_schedule=cfg.train.lr_schedule,
-        callbacks=[_Logger(run, stage, model), _Keep()], desc=stage, augment=run.augment)  # fmt: skip
+        callbacks=[_Logger(run, stage, model), _Keep()], desc=stage, augment=run.augment,
+        amp=cfg.train.amp)  # fmt: skip
     if handle is not None:
         handle.remove()
     run.add_time("train_s", time.perf_counter() - t0)

@@ -104,6 +104,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     desc: str = "train",
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    amp: bool = False,
 ) -> list[dict[str, float]]:
     """Train `model` for `epochs` epochs; return one log dict per epoch.
 
@@ -132,7 +133,9 @@ def fit(
         for xb, yb in batches(x, y, batch_size, generator, device):
             if augment is not None:
                 xb = augment(xb, generator)
-            total += step(xb, yb) * len(yb)
+            # No cast cache: a recorder's "after" forward must see the weights the step just changed.
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
+                total += step(xb, yb).float() * len(yb)
             scheduler.step()
         logs = {"epoch": epoch + 1, "train_loss": float(total) / len(y), "lr": optimizer.param_groups[0]["lr"]}
         if not math.isfinite(logs["train_loss"]):
