@@ -69,7 +69,38 @@ def main(steps: int = 200, warmup: int = 20) -> None:
     out["cd_cpu"] = {"time_s": round(c.time_s, 2), "objective": c.objective, "gap": c.gap, "n_iter": c.n_iter,
                      "nnz": int((c.coef != 0).sum())}  # fmt: skip
     out["fista_over_cd_objective"] = g.objective / c.objective
+    out["amp_channels_last"] = amp_check(base, x, y, steps, warmup)
     print(json.dumps(out))
+
+
+def amp_check(base: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, warmup: int) -> dict:
+    """Plain vs recorded steps under bf16 autocast with channels_last (the train.amp path)."""
+    xs = x.to(memory_format=torch.channels_last)
+    models = {k: copy.deepcopy(base).to(memory_format=torch.channels_last) for k in ("plain", "recorded")}
+    opts = {k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()}
+    rec = TrajectoryRecorder(models["recorded"], LOSS, opts["recorded"], dtype=torch.bfloat16,
+                             capacity=steps + warmup)  # fmt: skip
+
+    def plain() -> None:
+        opts["plain"].zero_grad(set_to_none=True)
+        LOSS(models["plain"](xs), y).backward()
+        opts["plain"].step()
+
+    res = {}
+    for k, fn in (("plain", plain), ("recorded", lambda: rec.step(xs, y))):
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            for _ in range(warmup):
+                fn()
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            torch.cuda.synchronize()
+        res[f"{k}_step_ms"] = round(1000 * (time.perf_counter() - t0) / steps, 3)
+    traj = rec.trajectory()
+    res["ratio_recorded_over_plain"] = round(res["recorded_step_ms"] / res["plain_step_ms"], 3)
+    res["delta_loss_nonzero_fraction"] = float((traj.y != 0).float().mean())
+    return res
 
 
 if __name__ == "__main__":
