@@ -18,6 +18,7 @@ from torch import nn
 
 from causalprune import TrajectoryRecorder, lasso
 from causalprune.models import create_model
+from gpu_recorder_ab import time_steps  # sibling script: benchmarks/ is sys.path[0]
 
 LOSS = nn.CrossEntropyLoss()
 
@@ -89,14 +90,7 @@ def amp_check(base: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, war
     res = {}
     for k, fn in (("plain", plain), ("recorded", lambda: rec.step(xs, y))):
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
-            for _ in range(warmup):
-                fn()
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            torch.cuda.synchronize()
-        res[f"{k}_step_ms"] = round(1000 * (time.perf_counter() - t0) / steps, 3)
+            res[f"{k}_step_ms"] = round(time_steps(fn, steps, warmup), 3)
     traj = rec.trajectory()
     res["ratio_recorded_over_plain"] = round(res["recorded_step_ms"] / res["plain_step_ms"], 3)
     res["delta_loss_nonzero_fraction"] = float((traj.y != 0).float().mean())

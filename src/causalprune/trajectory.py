@@ -409,8 +409,10 @@ class TrajectoryRecorder:
             raise RuntimeError("after_step called without before_step")
         pending, self._pending = self._pending, None
         # Inside an autocast region the cast copies of the weights are cached from the training
-        # forward; the step changed the weights, so drop them before evaluating θ^{t+1}.
-        torch.clear_autocast_cache()
+        # forward; the step changed the weights, so drop them before evaluating θ^{t+1}
+        # (only then: clearing costs ~0.4 ms per step on a GPU).
+        if torch.is_autocast_enabled(self._prev.device.type):
+            torch.clear_autocast_cache()
         if self.delta_loss == "same_batch":
             before = loss.detach().float().reshape(())
             after = self._same_batch_after(pending)
