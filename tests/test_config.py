@@ -30,7 +30,7 @@ def test_overrides_are_typed():
         ("bogus=1", "unknown config key 'bogus'; valid keys: name, seed, data"),
         ("train.batch_size=abc", "train.batch_size must be an integer, got str"),
         ("train.lr=true", "train.lr must be a number"),
-        ("data.name=cifar99", "data.name must be one of cifar10, digits, fashionmnist, friedman, mnist, mnist1d"),
+        ("data.name=cifar99", "data.name must be one of cifar10, digits, fashionmnist, friedman, imagenet, mnist, mnist1d, tinyimagenet"),
         ("prune.method=snap", "prune.method must be one of"),
         ("causal.solver=lars", "causal.solver must be one of auto, cd, fista, sgd, minnorm"),
         ("causal.delta_loss=full", "causal.delta_loss must be one of same_batch, probe"),

@@ -37,19 +37,39 @@ def _positive(value: float, key: str, allow_zero: bool = False) -> None:
 class DataConfig:
     """Which data set, and how it is split."""
 
-    name: str = "mnist1d"  # digits | mnist1d | friedman
+    name: str = "mnist1d"  # digits | mnist1d | friedman | cifar10 | mnist | fashionmnist | tinyimagenet | imagenet
     n_samples: int = 5000  # samples generated (mnist1d, friedman); digits has 1797
     noise: float = 1.0  # friedman: standard deviation of the Gaussian noise on y
     val_fraction: float = 0.1  # of the training pool, for model selection
     test_fraction: float = 0.2  # of all samples, when the data set has no standard test split
     root: str = "data"  # folder holding the data set's own top folder (torchvision-style)
     download: bool = False  # let torchvision download cifar10 / mnist / fashionmnist into root
+    workers: int = 4  # DataLoader worker processes of the image-folder data sets (tinyimagenet, imagenet)
+    image_size: int | None = None  # tinyimagenet / imagenet side length; None: 64 / 224
+    on_device: bool = False  # hold in-memory splits on the training device (e.g. CIFAR-10 on a GPU)
 
     def __post_init__(self) -> None:
-        from .data import DATASETS
+        from .data import DATASETS, RESIZABLE
 
         _choice(self.name, tuple(sorted(DATASETS)), "data.name")
         _positive(self.n_samples, "data.n_samples")
+        _positive(self.workers, "data.workers", allow_zero=True)
+        if self.image_size is not None:
+            if self.name not in RESIZABLE:
+                raise ConfigError(f"data.image_size applies to {', '.join(RESIZABLE)} only, not {self.name}; "
+                                  "leave it null")
+            if self.image_size < 16:
+                raise ConfigError(f"data.image_size must be >= 16, got {self.image_size}")
+        if self.on_device and self.name in RESIZABLE:
+            raise ConfigError(f"data.on_device needs an in-memory data set; {self.name} is streamed from files")
+
+    def pool_options(self) -> dict[str, Any]:
+        """Keyword arguments of `causalprune.data.load_pool` for this data set."""
+        opts: dict[str, Any] = {"n_samples": self.n_samples, "noise": self.noise, "test_fraction": self.test_fraction,
+                                "root": self.root, "download": self.download, "workers": self.workers}  # fmt: skip
+        if self.image_size is not None:
+            opts["image_size"] = self.image_size
+        return opts
         for key in ("val_fraction", "test_fraction"):
             v = getattr(self, key)
             if not 0 <= v < 0.9:
@@ -64,11 +84,15 @@ class ModelConfig:
     widths: tuple[int, ...] = (256, 256)  # mlp hidden widths; cnn1d channels per conv layer
     dropout: float = 0.0  # mlp: dropout after each hidden layer
     batchnorm: bool = False  # mlp: BatchNorm1d after each hidden linear layer
+    pretrained: str | None = None  # a state-dict file, or "torchvision" (resnet50's ImageNet weights)
 
     def __post_init__(self) -> None:
         from .models import MODELS
 
         _choice(self.name, tuple(sorted(MODELS)), "model.name")
+        if self.pretrained == "torchvision" and self.name != "resnet50":
+            raise ConfigError(f"model.pretrained: torchvision weights exist for resnet50 only, not {self.name}; "
+                              "give the path of a state-dict file instead")  # fmt: skip
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if any(w < 1 for w in self.widths):
@@ -89,6 +113,12 @@ class TrainConfig:
     device: str = "cpu"  # cpu | cuda | auto
     amp: bool = False  # bfloat16 autocast for training forwards (recorded steps included)
     channels_last: bool = False  # NHWC memory format for conv nets on GPUs
+    compile: bool = False  # torch.compile the model's forward (Module.compile: parameter names unchanged)
+    # Post-training (the final stage) may use its own optimizer, as the paper's ImageNet rows do
+    # (AdamW, lr 0.01, weight decay 0.01); None: the same as the other stages.
+    post_optimizer: str | None = None  # sgd | adamw
+    post_lr: float | None = None
+    post_weight_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs is not None:
@@ -101,6 +131,23 @@ class TrainConfig:
         _positive(self.weight_decay, "train.weight_decay", allow_zero=True)
         _choice(self.lr_schedule, ("constant", "cosine", "onecycle"), "train.lr_schedule")
         _choice(self.device, ("cpu", "cuda", "auto"), "train.device")
+        if self.post_optimizer is not None:
+            _choice(self.post_optimizer, ("sgd", "adamw"), "train.post_optimizer")
+        if self.post_lr is not None:
+            _positive(self.post_lr, "train.post_lr")
+        if self.post_weight_decay is not None:
+            _positive(self.post_weight_decay, "train.post_weight_decay", allow_zero=True)
+
+    def for_stage(self, stage: str) -> TrainConfig:
+        """The settings stage `stage` trains with (``post`` applies the post_* overrides)."""
+        if stage != "post":
+            return self
+        return dataclasses.replace(
+            self,
+            optimizer=self.post_optimizer or self.optimizer,
+            lr=self.post_lr if self.post_lr is not None else self.lr,
+            weight_decay=self.post_weight_decay if self.post_weight_decay is not None else self.weight_decay,
+        )
 
 
 @dataclass(frozen=True)
@@ -153,6 +200,8 @@ class CausalConfig:
     momentum_model: bool = False  # momentum features (SPEC §2) when the recorder has momentum
     dtype: str = "float32"  # float32 | bfloat16 | float16 storage
     placebo_seed: int = 12345  # seed of the ΔL permutation of causal-placebo
+    record_steps: int | None = None  # record only the last N steps of each round (None: all of them)
+    memory_budget_gb: float | None = None  # GiB of trajectory kept in memory; the rest spills to disk
 
     def __post_init__(self) -> None:
         from .lasso import SOLVERS
@@ -167,6 +216,10 @@ class CausalConfig:
         _choice(self.recorder, ("train", "sgd"), "causal.recorder")
         _positive(self.record_lr, "causal.record_lr")
         _choice(self.dtype, ("float32", "bfloat16", "float16"), "causal.dtype")
+        if self.record_steps is not None:
+            _positive(self.record_steps, "causal.record_steps")
+        if self.memory_budget_gb is not None:
+            _positive(self.memory_budget_gb, "causal.memory_budget_gb")
 
 
 @dataclass(frozen=True)

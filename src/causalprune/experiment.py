@@ -30,13 +30,13 @@ from torch import nn
 from . import __version__, criteria
 from .config import Config, ConfigError, dump_config, load_config
 from .criteria import ScoreInput
-from .data import AUGMENTATIONS, Splits, load_pool, make_splits
+from .data import AUGMENTATIONS, Splits, load_pool, make_splits, materialize, shape_of
 from .io import append_jsonl, save_json, save_text, save_torch
 from .masks import Mask, prunable_parameters
 from .metrics import efficiency
-from .models import build_model
+from .models import build_model, load_pretrained, pretrained_status
 from .selection import schedule, select
-from .train import Callback, evaluate, fit, loss_function, make_optimizer
+from .train import Callback, StepFn, evaluate, fit, loss_function, make_optimizer, plain_step
 from .trajectory import TrajectoryRecorder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -132,15 +132,19 @@ class Run:
         x, y = self.data.train
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
         bs = self.cfg.train.batch_size
-        return [(x[i], y[i]) for i in perm.split(bs)[: self.cfg.prune.score_batches]]
+        return [(materialize(x[i]), y[i]) for i in perm.split(bs)[: self.cfg.prune.score_batches]]
 
     def new_model(self) -> nn.Module:
         torch.manual_seed(stage_seed(self.cfg.seed, "init"))
         model = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes)
         prunable_parameters(model)  # fails early, naming the model, if nothing is prunable
+        if self.cfg.model.pretrained:
+            load_pretrained(model, self.cfg.model.name, self.cfg.model.pretrained)
         model = model.to(self.device)
         if self.cfg.train.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if self.cfg.train.compile:  # in place: state_dict names stay those of the plain model
+            model.compile()
         return model
 
     def train_stage(self, model: nn.Module, stage: str, epochs: int, mask: Mask | None,
@@ -160,13 +164,16 @@ class Run:
             loss_fn = loss_function(self.data.task)
             px, py = self.data.probe
             momentum = (not dedicated) and cfg.train.optimizer == "sgd" and cfg.train.momentum > 0
+            budget = cfg.causal.memory_budget_gb
             recorder = TrajectoryRecorder(
                 model, loss_fn, opt, mask=mask, dtype=DTYPES[cfg.causal.dtype],
-                delta_loss=cfg.causal.delta_loss, probe_data=(px.to(self.device), py.to(self.device)),
+                delta_loss=cfg.causal.delta_loss,
+                probe_data=(materialize(px).to(self.device), py.to(self.device)),
                 momentum_features=cfg.causal.momentum_model and momentum,
                 probe_seed=stage_seed(cfg.seed, "probe"),
+                memory_budget=None if budget is None else int(budget * 2**30),
             )  # fmt: skip
-            step = recorder.step
+            step = self._recorded_steps(recorder.step, plain_step(model, opt, loss_fn), epochs)
         t0 = time.perf_counter()
         try:
             fit(
@@ -181,6 +188,21 @@ class Run:
                 handle.remove()
         self.add_time("record_s" if record else "pre_s" if stage == "pre" else "train_s", time.perf_counter() - t0)
         return recorder
+
+    def _recorded_steps(self, recorded: StepFn, plain: StepFn, epochs: int) -> StepFn:
+        """The round's step function: plain steps, then recorded ones for the last `causal.record_steps`."""
+        limit = self.cfg.causal.record_steps
+        total = epochs * -(-len(self.data.train[1]) // self.cfg.train.batch_size)
+        if limit is None or limit >= total:
+            return recorded
+        taken = 0
+
+        def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            nonlocal taken
+            taken += 1
+            return recorded(xb, yb) if taken > total - limit else plain(xb, yb)
+
+        return step
 
 
 def _rewind(model: nn.Module, theta_pre: dict[str, torch.Tensor], reset_bn: bool) -> None:
@@ -249,9 +271,10 @@ def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | 
         return json.loads(summary_path.read_text())
     # Everything that can fail on bad input is checked before the run folder is written.
     device = device_of(cfg)
-    pool = load_pool(cfg.data.name, n_samples=cfg.data.n_samples, noise=cfg.data.noise,
-                     test_fraction=cfg.data.test_fraction, root=cfg.data.root, download=cfg.data.download)  # fmt: skip
+    pool = load_pool(cfg.data.name, **cfg.data.pool_options())
     data = make_splits(pool, cfg.seed, cfg.data.val_fraction, cfg.causal.probe_size)
+    if cfg.data.on_device:
+        data = data.to(device)
     run = Run(cfg, path, data, device, Path(pre_cache) if pre_cache else None)
     model = run.new_model()
     _check_run_folder(path, cfg)
@@ -348,7 +371,7 @@ def _final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, sta
 
     cfg = run.cfg
     torch.manual_seed(stage_seed(cfg.seed, stage))
-    opt = make_optimizer(model.parameters(), cfg.train)
+    opt = make_optimizer(model.parameters(), cfg.train.for_stage(stage))
     handle = mask.attach(model, opt) if mask is not None else None
     t0 = time.perf_counter()
     fit(model, opt, run.data.train, epochs=epochs, batch_size=cfg.train.batch_size, task=run.data.task,
@@ -426,20 +449,20 @@ def dry_run(cfg: Config) -> str:
 
     Returns the plan as text. A missing data set is reported, not raised.
     """
-    from .data import SHAPES
     from .models import build_model as _build
 
     criterion = criteria.get(cfg.prune.method)
     device = device_of(cfg)
     lines = [f"config {cfg.name} (seed {cfg.seed}), device {device}"]
     try:
-        pool = load_pool(cfg.data.name, n_samples=cfg.data.n_samples, noise=cfg.data.noise,
-                         test_fraction=cfg.data.test_fraction, root=cfg.data.root, download=False)  # fmt: skip
+        pool = load_pool(cfg.data.name, **{**cfg.data.pool_options(), "download": False})
         lines.append(f"data {cfg.data.name}: present ({len(pool.y_train)} training / {len(pool.y_test)} test samples)")
     except ValueError as e:
         lines.append(f"data {cfg.data.name}: NOT PRESENT — {e}")
-    shape, classes = SHAPES[cfg.data.name]
+    shape, classes = shape_of(cfg.data.name, cfg.data.image_size)
     model = _build(cfg.model, shape, classes)
+    if cfg.model.pretrained:
+        lines.append(f"pretrained weights {cfg.model.pretrained}: {pretrained_status(cfg.model.pretrained)}")
     n_all = sum(p.numel() for p in model.parameters())
     n_prunable = sum(p.numel() for p in prunable_parameters(model).values())
     lines.append(f"model {cfg.model.name}: {n_all:,} parameters, {n_prunable:,} prunable, input {shape}")

@@ -1,6 +1,7 @@
 """The training loop: one screen; recording, masks, evaluation and logging come in as callbacks.
 
-`fit` runs whole epochs over in-memory tensors. A `step` function replaces the plain
+`fit` runs whole epochs over a split's inputs (tensors, or image files streamed by a
+DataLoader: `causalprune.data.iterate`). A `step` function replaces the plain
 training step when a stage records (``TrajectoryRecorder.step``); masks are enforced by
 the optimizer hook `Mask.attach` installs; `Callback.on_epoch_end` evaluates and logs.
 """
@@ -16,6 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
+from .data import Inputs, iterate
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -63,28 +65,36 @@ def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator, device: torch.device):
-    """Yield shuffled (inputs, targets) minibatches on `device` (the last one may be smaller)."""
-    for idx in torch.randperm(len(y), generator=generator).split(batch_size):
-        yield x[idx].to(device, non_blocking=True), y[idx].to(device, non_blocking=True)
+def plain_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module) -> StepFn:
+    """Return the ordinary training step: zero grads, forward, backward, optimizer step."""
+
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, device: torch.device,
+def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, task: str, device: torch.device,
              batch_size: int = 1024) -> dict[str, float]:  # fmt: skip
     """Return {"loss", "accuracy"} (classification) or {"loss", "mse"} (regression), eval mode."""
     was_training = model.training
     model.eval()
     loss_fn = loss_function(task)
-    total, correct, n = 0.0, 0, 0
-    for a in range(0, len(y), batch_size):
-        xb, yb = x[a : a + batch_size].to(device), y[a : a + batch_size].to(device)
+    sums = torch.zeros(2, dtype=torch.float64, device=device)  # (summed loss, correct): no per-batch sync
+    n = 0
+    for xb, yb in iterate(x, y, batch_size, device):
         out = model(xb)
-        total += float(loss_fn(out, yb)) * len(yb)
+        sums[0] += loss_fn(out, yb).double() * len(yb)
         if task == "classification":
-            correct += int((out.argmax(1) == yb).sum())
+            sums[1] += (out.argmax(1) == yb).sum()
         n += len(yb)
     model.train(was_training)
+    total, correct = sums.tolist()
     metrics = {"loss": total / n}
     metrics["accuracy" if task == "classification" else "mse"] = correct / n if task == "classification" else total / n
     return metrics
@@ -93,7 +103,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, devi
 def fit(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    train_data: tuple[torch.Tensor, torch.Tensor],
+    train_data: tuple[Inputs, torch.Tensor],
     *,
     epochs: int,
     batch_size: int,
@@ -117,20 +127,13 @@ def fit(
     scheduler = make_scheduler(optimizer, lr_schedule, epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(seed)
 
-    def plain_step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xb), yb)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    step = step or plain_step
+    step = step or plain_step(model, optimizer, loss_fn)
     history = []
     model.train()
     # disable=None: bars on a terminal only, so logs and CI output stay clean
     for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=None if epochs else True):
         total = torch.zeros((), device=device)  # summed on the device: no per-step sync
-        for xb, yb in batches(x, y, batch_size, generator, device):
+        for xb, yb in iterate(x, y, batch_size, device, generator, train=True):
             if augment is not None:
                 xb = augment(xb, generator)
             # No cast cache: a recorder's "after" forward must see the weights the step just changed.

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..config import load_config
-from ..data import load_pool, make_splits
+from ..data import load_pool, make_splits, materialize
 from ..io import save_json
 from ..masks import Mask, prunable_parameters
 from ..models import build_model
@@ -36,8 +36,7 @@ def load_run(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
         if not (run_dir / f).exists():
             raise FileNotFoundError(f"{run_dir} is not a finished run folder (no {f})")
     cfg = load_config(run_dir / "config.yaml")
-    pool = load_pool(cfg.data.name, n_samples=cfg.data.n_samples, noise=cfg.data.noise,
-                     test_fraction=cfg.data.test_fraction, root=cfg.data.root)  # fmt: skip
+    pool = load_pool(cfg.data.name, **{**cfg.data.pool_options(), "download": False})
     data = make_splits(pool, cfg.seed, cfg.data.val_fraction, cfg.causal.probe_size)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
@@ -51,7 +50,7 @@ def analyze_run(run_dir: Path, hessian: bool, flat: bool, land: bool, histogram:
     out = Path(run_dir) / "analysis"
     out.mkdir(exist_ok=True)
     x, y = data.train
-    batches = [(x[a : a + 256], y[a : a + 256]) for a in range(0, min(samples, len(y)), 256)]
+    batches = [(materialize(x[a : a + 256]), y[a : a + 256]) for a in range(0, min(samples, len(y)), 256)]
     loss_fn = loss_function(data.task)
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     result: dict[str, Any] = {"run": str(run_dir), "method": summary["method"], "seed": summary["seed"],

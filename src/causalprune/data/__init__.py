@@ -1,6 +1,8 @@
 """Data sets: name → loader returning tensors and a deterministic train/val/probe/test split.
 
-Every loader returns a `Pool` (training pool, fixed test set). `make_splits` then carves a
+Every loader returns a `Pool` (training pool, fixed test set). Inputs are tensors held in
+memory, or an `ImageFiles` (a lazy image set read from disk by a DataLoader) for the
+image-folder data sets; `iterate` and `materialize` treat both alike. `make_splits` then carves a
 validation split (model selection) and a probe set (the `probe` loss change, SPEC §1) out
 of the training pool, deterministically from the seed; the test set never changes with
 the seed, so runs of different methods and seeds are evaluated on the same samples.
@@ -8,12 +10,15 @@ the seed, so runs of different methods and seeds are evaluated on the same sampl
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from .folder import ImageFiles, load_imagenet_pool, load_tinyimagenet_pool
+from .loading import Inputs, iterate, materialize
 from .tabular import load_digits_pool, load_friedman_pool, load_mnist1d_pool
 from .vision import crop_flip, load_cifar10_pool, load_fashionmnist_pool, load_mnist_pool
 
@@ -21,7 +26,19 @@ from .vision import crop_flip, load_cifar10_pool, load_fashionmnist_pool, load_m
 SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
     "digits": ((64,), 10), "mnist1d": ((40,), 10), "friedman": ((10,), 1), "cifar10": ((3, 32, 32), 10),
     "mnist": ((1, 28, 28), 10), "fashionmnist": ((1, 28, 28), 10),
+    "tinyimagenet": ((3, 64, 64), 200), "imagenet": ((3, 224, 224), 1000),
 }  # fmt: skip
+
+#: Data sets whose side length `data.image_size` sets (the others have a fixed shape).
+RESIZABLE = ("tinyimagenet", "imagenet")
+
+
+def shape_of(name: str, image_size: int | None = None) -> tuple[tuple[int, ...], int]:
+    """(input shape of one sample, outputs) of data set `name`, known without loading it."""
+    shape, outputs = SHAPES[name]
+    if name in RESIZABLE and image_size:
+        shape = (shape[0], image_size, image_size)
+    return shape, outputs
 
 #: Training-batch augmentations by name: fn(batch, generator) -> batch.
 AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {"crop_flip": crop_flip}
@@ -31,9 +48,9 @@ AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 class Pool:
     """A data set before splitting: training pool and fixed test set."""
 
-    x_train: torch.Tensor
+    x_train: Inputs
     y_train: torch.Tensor
-    x_test: torch.Tensor
+    x_test: Inputs
     y_test: torch.Tensor
     task: str  # classification | regression
     num_classes: int  # 1 for regression (one output)
@@ -44,10 +61,10 @@ class Pool:
 class Splits:
     """Tensors of every split; `probe` is held out of `train`."""
 
-    train: tuple[torch.Tensor, torch.Tensor]
-    val: tuple[torch.Tensor, torch.Tensor]
-    test: tuple[torch.Tensor, torch.Tensor]
-    probe: tuple[torch.Tensor, torch.Tensor]
+    train: tuple[Inputs, torch.Tensor]
+    val: tuple[Inputs, torch.Tensor]
+    test: tuple[Inputs, torch.Tensor]
+    probe: tuple[Inputs, torch.Tensor]
     task: str
     num_classes: int
     augment: str | None = None
@@ -57,6 +74,16 @@ class Splits:
         """Shape of one input sample."""
         return tuple(self.train[0].shape[1:])
 
+    def to(self, device: torch.device) -> Splits:
+        """The same splits with every in-memory tensor on `device` (image files stay on disk)."""
+
+        def move(split: tuple[Inputs, torch.Tensor]) -> tuple[Inputs, torch.Tensor]:
+            x, y = split
+            return (x.to(device) if isinstance(x, torch.Tensor) else x), y.to(device)
+
+        return dataclasses.replace(self, train=move(self.train), val=move(self.val), test=move(self.test),
+                                   probe=move(self.probe))  # fmt: skip
+
 
 DATASETS: dict[str, Callable[..., Pool]] = {
     "digits": load_digits_pool,
@@ -65,6 +92,8 @@ DATASETS: dict[str, Callable[..., Pool]] = {
     "cifar10": load_cifar10_pool,
     "mnist": load_mnist_pool,
     "fashionmnist": load_fashionmnist_pool,
+    "tinyimagenet": load_tinyimagenet_pool,
+    "imagenet": load_imagenet_pool,
 }
 
 
@@ -103,4 +132,5 @@ def make_splits(pool: Pool, seed: int, val_fraction: float, probe_size: int) -> 
     )
 
 
-__all__ = ["AUGMENTATIONS", "DATASETS", "SHAPES", "Pool", "Splits", "load_pool", "make_splits"]
+__all__ = ["AUGMENTATIONS", "DATASETS", "SHAPES", "ImageFiles", "Inputs", "Pool", "Splits", "iterate", "load_pool",
+           "make_splits", "materialize", "shape_of"]

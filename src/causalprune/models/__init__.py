@@ -10,6 +10,7 @@ from torch import nn
 
 from .imagenet_cifar import MobileNetV1, ResNet18Cifar, VGG16Cifar, resnet50
 from .lenet import LeNet5
+from .pretrained import load_pretrained, pretrained_status
 from .resnet_cifar import resnet20, resnet32, resnet56
 from .small import MLP, CNN1d
 
@@ -51,4 +52,5 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.
     return create_model(name, num_classes=num_classes, in_channels=input_shape[0])
 
 
-__all__ = ["MLP", "MODELS", "CNN1d", "LeNet5", "build_model", "create_model", "resnet20", "resnet32", "resnet56"]
+__all__ = ["MLP", "MODELS", "CNN1d", "LeNet5", "build_model", "create_model", "load_pretrained", "pretrained_status",
+           "resnet20", "resnet32", "resnet56"]
