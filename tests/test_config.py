@@ -30,7 +30,13 @@ def test_overrides_are_typed():
         ("bogus=1", "unknown config key 'bogus'; valid keys: name, seed, data"),
         ("train.batch_size=abc", "train.batch_size must be an integer, got str"),
         ("train.lr=true", "train.lr must be a number"),
-        ("data.name=cifar99", "data.name must be one of cifar10, digits, fashionmnist, friedman, imagenet, mnist, mnist1d, tinyimagenet"),
+        ("data.name=cifar99",
+         "data.name must be one of cifar10, digits, fashionmnist, friedman, imagenet, mnist, mnist1d, tinyimagenet"),
+        ("data.image_size=32", "data.image_size applies to tinyimagenet, imagenet only, not mnist1d"),
+        ("model.pretrained=torchvision", "torchvision weights exist for resnet50 only, not mlp"),
+        ("train.post_optimizer=lbfgs", "train.post_optimizer must be one of sgd, adamw"),
+        ("causal.record_steps=0", "causal.record_steps must be > 0"),
+        ("data.workers=-1", "data.workers must be >= 0"),
         ("prune.method=snap", "prune.method must be one of"),
         ("causal.solver=lars", "causal.solver must be one of auto, cd, fista, sgd, minnorm"),
         ("causal.delta_loss=full", "causal.delta_loss must be one of same_batch, probe"),
@@ -91,3 +97,8 @@ def test_every_shipped_config_dry_runs(path):
 
     plan = dry_run(load_config(path, ["train.device=cpu"]))
     assert "prunable" in plan and ("present" in plan or "NOT PRESENT" in plan)
+
+
+def test_streamed_data_sets_cannot_live_on_the_device():
+    with pytest.raises(ConfigError, match="data.on_device needs an in-memory data set; imagenet is streamed"):
+        load_config(None, ["data.name=imagenet", "data.on_device=true"])

@@ -1,6 +1,7 @@
 """Algorithm 1 end to end on a tiny task (digits, MLP 64-32-10), for every method."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -145,3 +146,60 @@ def test_bf16_autocast_and_channels_last_run(tiny_config, tmp_path):
     assert abs(s["sparsity_actual"] - 0.8) < 0.01 and 0 < s["pruned"]["test_accuracy"] <= 1
     cfg = tiny_config("train.channels_last=true", "data.name=digits", "prune.method=magnitude")
     assert run_experiment(cfg, tmp_path / "cl", quiet=True)["sparsity_actual"] > 0.79
+
+
+def _events(run_dir, event):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["event"] == event]
+
+
+def test_record_steps_records_only_the_last_steps(tiny_config, tmp_path):
+    run_experiment(tiny_config("causal.record_steps=3"), tmp_path / "a", quiet=True)
+    assert [e["T"] for e in _events(tmp_path / "a", "level")] == [3, 3]
+    run_experiment(tiny_config("causal.record_steps=100000"), tmp_path / "b", quiet=True)
+    full = [e["T"] for e in _events(tmp_path / "b", "level")]
+    run_experiment(tiny_config(), tmp_path / "c", quiet=True)
+    assert full == [e["T"] for e in _events(tmp_path / "c", "level")] and full[0] > 3
+
+
+def test_post_training_optimizer_overrides(tiny_config, tmp_path):
+    cfg = tiny_config("train.post_optimizer=adamw", "train.post_lr=0.002", "train.post_weight_decay=0.01")
+    run_experiment(cfg, tmp_path / "r", quiet=True)
+    lrs = {e["stage"]: e["lr"] for e in _events(tmp_path / "r", "epoch")}
+    assert lrs["pre"] == 0.1 and lrs["post"] == 0.002  # constant schedule: the configured rates
+    post = cfg.train.for_stage("post")
+    assert (post.optimizer, post.weight_decay, cfg.train.for_stage("pre").optimizer) == ("adamw", 0.01, "sgd")
+
+
+def test_on_device_splits_give_the_same_run(tiny_config, tmp_path):
+    a = run_experiment(tiny_config("data.on_device=true"), tmp_path / "a", quiet=True)
+    b = run_experiment(tiny_config(), tmp_path / "b", quiet=True)
+    assert a["pruned"] == b["pruned"]
+
+
+def test_pretrained_state_dict_is_the_starting_point(tiny_config, tmp_path, capsys):
+    from causalprune.cli import main
+    from causalprune.models import build_model
+
+    cfg = tiny_config()
+    model = build_model(cfg.model, (64,), 10)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    s = run_experiment(tiny_config(f"model.pretrained={tmp_path / 'w.pt'}", "prune.n_pre=0"), tmp_path / "r",
+                       quiet=True)  # fmt: skip
+    theta_pre = torch.load(tmp_path / "r" / "pre" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(theta_pre[k], v) for k, v in model.state_dict().items()) and s["sparsity_actual"] > 0.79
+    torch.save({"fc.weight": torch.zeros(3)}, tmp_path / "bad.pt")
+    capsys.readouterr()
+    assert main(["run", "--set", f"model.pretrained={tmp_path / 'bad.pt'}", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not fit model mlp" in err[0] and not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None, reason="inductor needs a C++ compiler")
+def test_compiled_model_runs_the_same_and_keeps_parameter_names(tiny_config, tmp_path):
+    a = run_experiment(tiny_config("train.compile=true"), tmp_path / "a", quiet=True)
+    b = run_experiment(tiny_config(), tmp_path / "b", quiet=True)
+    assert a["pruned"]["test_accuracy"] == pytest.approx(b["pruned"]["test_accuracy"], abs=0.02)
+    names = set(torch.load(tmp_path / "a" / "model.pt", weights_only=True))
+    assert names == set(torch.load(tmp_path / "b" / "model.pt", weights_only=True))
+    assert not any("_orig_mod" in n for n in names)

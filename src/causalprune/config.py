@@ -47,6 +47,7 @@ class DataConfig:
     workers: int = 4  # DataLoader worker processes of the image-folder data sets (tinyimagenet, imagenet)
     image_size: int | None = None  # tinyimagenet / imagenet side length; None: 64 / 224
     on_device: bool = False  # hold in-memory splits on the training device (e.g. CIFAR-10 on a GPU)
+    max_samples: int | None = None  # keep a fixed random subset of this many training / test samples (smoke runs)
 
     def __post_init__(self) -> None:
         from .data import DATASETS, RESIZABLE
@@ -54,6 +55,8 @@ class DataConfig:
         _choice(self.name, tuple(sorted(DATASETS)), "data.name")
         _positive(self.n_samples, "data.n_samples")
         _positive(self.workers, "data.workers", allow_zero=True)
+        if self.max_samples is not None:
+            _positive(self.max_samples, "data.max_samples")
         if self.image_size is not None:
             if self.name not in RESIZABLE:
                 raise ConfigError(f"data.image_size applies to {', '.join(RESIZABLE)} only, not {self.name}; "

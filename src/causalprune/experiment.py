@@ -271,10 +271,7 @@ def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | 
         return json.loads(summary_path.read_text())
     # Everything that can fail on bad input is checked before the run folder is written.
     device = device_of(cfg)
-    pool = load_pool(cfg.data.name, **cfg.data.pool_options())
-    data = make_splits(pool, cfg.seed, cfg.data.val_fraction, cfg.causal.probe_size)
-    if cfg.data.on_device:
-        data = data.to(device)
+    data = load_splits(cfg, device)
     run = Run(cfg, path, data, device, Path(pre_cache) if pre_cache else None)
     model = run.new_model()
     _check_run_folder(path, cfg)
@@ -338,6 +335,18 @@ def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | 
     mask.apply_(model)
     history = _final_stage(run, model, mask, cfg.prune.n_post, "post")
     return _finish(run, model, mask, history, dense_test, t_start, quiet)
+
+
+def load_splits(cfg: Config, device: torch.device | None = None, download: bool | None = None) -> Splits:
+    """Load the config's data set and split it for its seed (on `device` if ``data.on_device``)."""
+    options = cfg.data.pool_options()
+    if download is not None:
+        options["download"] = download
+    pool = load_pool(cfg.data.name, **options)
+    if cfg.data.max_samples is not None:
+        pool = pool.limit(cfg.data.max_samples)
+    data = make_splits(pool, cfg.seed, cfg.data.val_fraction, cfg.causal.probe_size)
+    return data.to(device) if cfg.data.on_device and device is not None else data
 
 
 def _pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -455,8 +464,9 @@ def dry_run(cfg: Config) -> str:
     device = device_of(cfg)
     lines = [f"config {cfg.name} (seed {cfg.seed}), device {device}"]
     try:
-        pool = load_pool(cfg.data.name, **{**cfg.data.pool_options(), "download": False})
-        lines.append(f"data {cfg.data.name}: present ({len(pool.y_train)} training / {len(pool.y_test)} test samples)")
+        data = load_splits(cfg, download=False)
+        sizes = "/".join(str(len(getattr(data, s)[1])) for s in ("train", "val", "probe", "test"))
+        lines.append(f"data {cfg.data.name}: present (train/val/probe/test {sizes} samples)")
     except ValueError as e:
         lines.append(f"data {cfg.data.name}: NOT PRESENT — {e}")
     shape, classes = shape_of(cfg.data.name, cfg.data.image_size)

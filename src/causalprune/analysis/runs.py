@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..config import load_config
-from ..data import load_pool, make_splits, materialize
+from ..data import materialize
+from ..experiment import load_splits
 from ..io import save_json
 from ..masks import Mask, prunable_parameters
 from ..models import build_model
@@ -36,8 +37,7 @@ def load_run(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
         if not (run_dir / f).exists():
             raise FileNotFoundError(f"{run_dir} is not a finished run folder (no {f})")
     cfg = load_config(run_dir / "config.yaml")
-    pool = load_pool(cfg.data.name, **{**cfg.data.pool_options(), "download": False})
-    data = make_splits(pool, cfg.seed, cfg.data.val_fraction, cfg.causal.probe_size)
+    data = load_splits(cfg, download=False)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
     return cfg, model, Mask.load(run_dir / "mask.pt"), data

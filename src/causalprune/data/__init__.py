@@ -56,6 +56,14 @@ class Pool:
     num_classes: int  # 1 for regression (one output)
     augment: str | None = None  # training-batch augmentation: None | crop_flip
 
+    def limit(self, n: int) -> Pool:
+        """At most `n` training and `n` test samples: a fixed random subset (the same for every seed)."""
+        g = torch.Generator().manual_seed(0)
+        keep_train = torch.randperm(len(self.y_train), generator=g)[:n].sort().values
+        keep_test = torch.randperm(len(self.y_test), generator=g)[:n].sort().values
+        return dataclasses.replace(self, x_train=self.x_train[keep_train], y_train=self.y_train[keep_train],
+                                   x_test=self.x_test[keep_test], y_test=self.y_test[keep_test])  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Splits:
