@@ -73,7 +73,7 @@ CONFIG_DIR = Path(causalprune.__file__).parent / "configs"
 SHIPPED = sorted(p for p in CONFIG_DIR.rglob("*.yaml") if not p.name.startswith("sweep-"))
 
 
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("sweep-*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.rglob("sweep-*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_sweep_plans(path, tmp_path):
     from causalprune.sweep import plan_sweep
 
@@ -92,10 +92,11 @@ def test_every_shipped_config_loads(path):
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-def test_every_shipped_config_dry_runs(path):
-    from causalprune.experiment import dry_run
+def test_every_shipped_config_dry_runs(path, capsys):
+    from causalprune.cli import main
 
-    plan = dry_run(load_config(path, ["train.device=cpu"]))
+    assert main(["run", str(path), "--dry-run", "--set", "train.device=cpu"]) == 0
+    plan = capsys.readouterr().out
     assert "prunable" in plan and ("present" in plan or "NOT PRESENT" in plan)
 
 

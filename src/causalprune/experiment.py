@@ -165,15 +165,17 @@ class Run:
             px, py = self.data.probe
             momentum = (not dedicated) and cfg.train.optimizer == "sgd" and cfg.train.momentum > 0
             budget = cfg.causal.memory_budget_gb
+            total = epochs * -(-len(self.data.train[1]) // cfg.train.batch_size)  # optimizer steps
+            recorded = min(total, cfg.causal.record_steps or total)
             recorder = TrajectoryRecorder(
                 model, loss_fn, opt, mask=mask, dtype=DTYPES[cfg.causal.dtype],
                 delta_loss=cfg.causal.delta_loss,
                 probe_data=(materialize(px).to(self.device), py.to(self.device)),
                 momentum_features=cfg.causal.momentum_model and momentum,
                 probe_seed=stage_seed(cfg.seed, "probe"),
-                memory_budget=None if budget is None else int(budget * 2**30),
+                memory_budget=None if budget is None else int(budget * 2**30), capacity=max(recorded, 1),
             )  # fmt: skip
-            step = self._recorded_steps(recorder.step, plain_step(model, opt, loss_fn), epochs)
+            step = _last_steps_recorded(recorder.step, plain_step(model, opt, loss_fn), total - recorded)
         t0 = time.perf_counter()
         try:
             fit(
@@ -189,20 +191,18 @@ class Run:
         self.add_time("record_s" if record else "pre_s" if stage == "pre" else "train_s", time.perf_counter() - t0)
         return recorder
 
-    def _recorded_steps(self, recorded: StepFn, plain: StepFn, epochs: int) -> StepFn:
-        """The round's step function: plain steps, then recorded ones for the last `causal.record_steps`."""
-        limit = self.cfg.causal.record_steps
-        total = epochs * -(-len(self.data.train[1]) // self.cfg.train.batch_size)
-        if limit is None or limit >= total:
-            return recorded
-        taken = 0
+def _last_steps_recorded(recorded: StepFn, plain: StepFn, skip: int) -> StepFn:
+    """A round's step function: `skip` plain steps, then recorded ones (``causal.record_steps``)."""
+    if skip <= 0:
+        return recorded
+    taken = 0
 
-        def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            nonlocal taken
-            taken += 1
-            return recorded(xb, yb) if taken > total - limit else plain(xb, yb)
+    def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        nonlocal taken
+        taken += 1
+        return recorded(xb, yb) if taken > skip else plain(xb, yb)
 
-        return step
+    return step
 
 
 def _rewind(model: nn.Module, theta_pre: dict[str, torch.Tensor], reset_bn: bool) -> None:

@@ -210,6 +210,8 @@ class Design:
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
         """Return the columns `idx` of PX as a (T, len(idx)) float64 CPU tensor."""
         idx = idx.to("cpu", torch.long)
+        if len(idx) == self.p and bool((idx == torch.arange(self.p)).all()):  # all of them: no gather
+            return self.project(torch.cat([b.to("cpu", torch.float64) for b in self.blocks], dim=1))
         out = torch.empty(self.T, len(idx), dtype=torch.float64)
         for i, b in enumerate(self.blocks):
             lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
@@ -255,7 +257,7 @@ class Design:
         # Recompute exactly (float64) where it decides the dual point: the support and the
         # largest |x_jᵀr|, whose float32 rounding would otherwise inflate ‖Xᵀr‖∞.
         k = min(self.p, 2 * len(nz) + 64)
-        top = torch.topk(corr.abs(), k).indices
+        top = torch.topk(corr.abs(), k).indices if k < self.p else torch.arange(self.p)  # a dense fit: all
         if cols is not None and len(nz):
             corr[nz] = cols.T @ residual
             top = top[~torch.isin(top, nz)]

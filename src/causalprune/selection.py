@@ -132,21 +132,21 @@ def select(
                 "pruned weights cannot be revived"
             )
         k = target_zeros - current_zeros
-        # Candidates: alive entries of every tensor, with (tensor id, flat index).
+        # Candidates: alive entries of every tensor, concatenated; tensor j owns [start_j, end_j).
         idx = [torch.nonzero(alive[n]).squeeze(1) for n in names]
-        owner = torch.cat([torch.full((len(i),), j, dtype=torch.long) for j, i in enumerate(idx)])
-        flat_idx = torch.cat(idx)
+        ends = torch.tensor([len(i) for i in idx]).cumsum(0).tolist()
+        starts = [0, *ends[:-1]]
         key1 = torch.cat([prim[n][i] for n, i in zip(names, idx, strict=True)])
         key2 = torch.cat([sec[n][i] for n, i in zip(names, idx, strict=True)]) if sec else None
         order = _ranking(key1, key2)  # least important first
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(len(order))  # position of each candidate in the ranking
         # Guard: the `min_alive` most important alive entries of every tensor are protected.
-        protected = torch.zeros(len(order), dtype=torch.bool)
-        rank_owner = owner[order]
-        for j in range(len(names)):
-            pos = torch.nonzero(rank_owner == j).squeeze(1)
-            keep = min(min_alive, len(pos))
+        protected = torch.zeros(len(order), dtype=torch.bool)  # indexed by ranking position
+        for a, b in zip(starts, ends, strict=True):
+            keep = min(min_alive, b - a)
             if keep:
-                protected[pos[-keep:]] = True
+                protected[rank[a:b].topk(keep).values] = True
         candidates = order[~protected]
         if k > len(candidates):
             raise ValueError(
@@ -154,12 +154,13 @@ def select(
                 f"{current_zeros + len(candidates)} of {total} weights can be pruned while keeping "
                 f"{min_alive} weight(s) alive in each of {len(names)} tensors"
             )
-        chosen = candidates[:k]
+        pruned = torch.zeros(len(order), dtype=torch.bool)  # indexed by candidate
+        pruned[candidates[:k]] = True
         # The guard fired where a protected entry ranks among the k least important.
-        guarded = [names[j] for j in sorted(set(rank_owner[:k][protected[:k]].tolist()))]
-        for j, n in enumerate(names):
-            sel = chosen[owner[chosen] == j]
-            new_alive[n][flat_idx[sel]] = False
+        fired = set(torch.bucketize(order[:k][protected[:k]], torch.tensor(ends), right=True).tolist())
+        guarded = [names[j] for j in sorted(fired)]
+        for n, i, a, b in zip(names, idx, starts, ends, strict=True):
+            new_alive[n][i[pruned[a:b]]] = False
     else:
         for n in names:
             a = alive[n]

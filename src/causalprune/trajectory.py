@@ -131,9 +131,14 @@ class _Store:
         memory_budget: int | None,
         spill_dir: str | None,
         block_rows: int = 32,
+        exact: bool = False,
     ) -> None:
         self.d, self.dtype, self.device = d, dtype, device
-        self.chunk_rows = chunk_rows
+        row_bytes = max(self._bytes(1), 1)
+        # Big models: no chunk over ~1 GiB and no staging block over 256 MiB (ResNet-50 rows are
+        # 100 MB in float32), unless the caller sized the chunk exactly (`capacity`).
+        self.chunk_rows = chunk_rows if exact else min(chunk_rows, max(8, 2**30 // row_bytes))
+        block_rows = max(1, min(block_rows, 2**28 // row_bytes))
         self.budget = memory_budget
         self.spill_dir = spill_dir
         self._tmpdir: str | None = None
@@ -141,7 +146,7 @@ class _Store:
         self.rows = 0  # rows moved into the chunks
         self.in_memory_bytes = 0
         self.spilled = False
-        self.block = torch.empty(min(block_rows, chunk_rows), d, dtype=dtype, device=device)  # (B, d)
+        self.block = torch.empty(min(block_rows, self.chunk_rows), d, dtype=dtype, device=device)  # (B, d)
         self.staged = 0
 
     def _bytes(self, rows: int) -> int:
@@ -356,7 +361,7 @@ class TrajectoryRecorder:
             raise ValueError("nothing to record: every prunable weight is pruned")
         self.device = torch.device(storage_device) if storage_device is not None else device
         self._store = _Store(
-            self.d, dtype, self.device, capacity or chunk_rows, memory_budget, spill_dir
+            self.d, dtype, self.device, capacity or chunk_rows, memory_budget, spill_dir, exact=capacity is not None
         )
         self._prev = torch.empty(self.d, dtype=torch.float32, device=device)
         self._cur = torch.empty_like(self._prev)
