@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # pinning stops pip from fetching a multi-GB CUDA wheel it was not asked for.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test demo bench lint clean
+.PHONY: setup test demo bench gpu-check lint clean
 
 setup: $(STAMP)
 
@@ -32,6 +32,9 @@ bench: setup
 	$(BIN)/python -m pip install -q -e '.[bench]' $(TORCH)
 	$(BIN)/python benchmarks/recorder.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/lasso.py $(BENCH_ARGS)
+
+gpu-check: setup
+	bash benchmarks/gpu_check.sh $(BIN)/python
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
