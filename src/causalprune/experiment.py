@@ -482,8 +482,15 @@ def dry_run(cfg: Config) -> str:
     else:
         targets = schedule(cfg.prune.schedule, cfg.prune.sparsity, cfg.prune.n_iter)
         p = cfg.prune
-        recorded = " (recorded)" if criterion.records else ""
+        last = f", last {cfg.causal.record_steps} steps" if cfg.causal.record_steps else ""
+        recorded = f" (recorded{last})" if criterion.records else ""
         lines.append(f"method {p.method}: pre {p.n_pre} epochs; {p.n_iter} rounds × {p.n_prune} epochs{recorded}; "
                      f"post {p.n_post} epochs; total {cfg.total_epochs()}")  # fmt: skip
         lines.append("sparsity after each round: " + ", ".join(f"{t:.4f}" for t in targets))
+    t, post = cfg.train, cfg.train.for_stage("post")
+    fast = [k for k in ("amp", "channels_last", "compile") if getattr(t, k)]
+    fast += ["data on device"] if cfg.data.on_device else []
+    lines.append(f"training: batch {t.batch_size}, {t.optimizer} lr {t.lr} ({t.lr_schedule}), weight decay "
+                 f"{t.weight_decay}; post-training {post.optimizer} lr {post.lr}, weight decay {post.weight_decay}"
+                 + (f"; {', '.join(fast)}" if fast else ""))  # fmt: skip
     return "\n".join(lines)
