@@ -32,6 +32,7 @@ bench: setup
 	$(BIN)/python -m pip install -q -e '.[bench]' $(TORCH)
 	$(BIN)/python benchmarks/recorder.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/lasso.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/loader.py $(BENCH_ARGS)
 
 gpu-check: setup
 	bash benchmarks/gpu_check.sh $(BIN)/python
