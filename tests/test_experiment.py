@@ -203,3 +203,16 @@ def test_compiled_model_runs_the_same_and_keeps_parameter_names(tiny_config, tmp
     names = set(torch.load(tmp_path / "a" / "model.pt", weights_only=True))
     assert names == set(torch.load(tmp_path / "b" / "model.pt", weights_only=True))
     assert not any("_orig_mod" in n for n in names)
+
+
+def test_onecycle_starts_at_initial_lr_and_peaks_at_lr():
+    from causalprune.train import make_scheduler
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = make_scheduler(opt, "onecycle", 100, initial_lr=0.001)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.001) and max(lrs) == pytest.approx(0.1, rel=1e-3) and lrs[-1] < 0.001

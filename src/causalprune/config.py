@@ -113,6 +113,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd
     weight_decay: float = 5e-4
     lr_schedule: str = "cosine"  # constant | cosine | onecycle (per stage)
+    initial_lr: float | None = None  # one-cycle's starting rate (it peaks at lr); None: lr / 25
     device: str = "cpu"  # cpu | cuda | auto
     amp: bool = False  # bfloat16 autocast for training forwards (recorded steps included)
     channels_last: bool = False  # NHWC memory format for conv nets on GPUs
@@ -133,6 +134,8 @@ class TrainConfig:
             raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum}")
         _positive(self.weight_decay, "train.weight_decay", allow_zero=True)
         _choice(self.lr_schedule, ("constant", "cosine", "onecycle"), "train.lr_schedule")
+        if self.initial_lr is not None and not 0 < self.initial_lr <= self.lr:
+            raise ConfigError(f"train.initial_lr must be in (0, train.lr = {self.lr}], got {self.initial_lr}")
         _choice(self.device, ("cpu", "cuda", "auto"), "train.device")
         if self.post_optimizer is not None:
             _choice(self.post_optimizer, ("sgd", "adamw"), "train.post_optimizer")
@@ -150,6 +153,7 @@ class TrainConfig:
             optimizer=self.post_optimizer or self.optimizer,
             lr=self.post_lr if self.post_lr is not None else self.lr,
             weight_decay=self.post_weight_decay if self.post_weight_decay is not None else self.weight_decay,
+            initial_lr=self.initial_lr if self.post_lr is None else None,  # with post_lr: post_lr / 25
         )
 
 

@@ -182,7 +182,7 @@ class Run:
                 model, opt, self.data.train, epochs=epochs, batch_size=cfg.train.batch_size,
                 task=self.data.task, seed=stage_seed(cfg.seed, stage + "/batches"),
                 lr_schedule="constant" if dedicated else cfg.train.lr_schedule, step=step, augment=self.augment,
-                amp=cfg.train.amp,
+                amp=cfg.train.amp, initial_lr=cfg.train.initial_lr,
                 callbacks=[_Logger(self, stage, model, evaluate_sets=stage == "pre")], desc=stage,
             )  # fmt: skip
         finally:
@@ -386,7 +386,7 @@ def _final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, sta
     fit(model, opt, run.data.train, epochs=epochs, batch_size=cfg.train.batch_size, task=run.data.task,
         seed=stage_seed(cfg.seed, stage + "/batches"), lr_schedule=cfg.train.lr_schedule,
         callbacks=[_Logger(run, stage, model), _Keep()], desc=stage, augment=run.augment,
-        amp=cfg.train.amp)  # fmt: skip
+        amp=cfg.train.amp, initial_lr=cfg.train.for_stage(stage).initial_lr)  # fmt: skip
     if handle is not None:
         handle.remove()
     run.add_time("train_s", time.perf_counter() - t0)

@@ -54,14 +54,20 @@ def make_optimizer(params: Any, cfg: TrainConfig, lr: float | None = None) -> to
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int) -> Any:
-    """Per-step LR schedule over one stage: constant, cosine (to 0) or one-cycle (peak = base lr)."""
+def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,
+                   initial_lr: float | None = None) -> Any:  # fmt: skip
+    """Per-step LR schedule over one stage: constant, cosine (to 0) or one-cycle.
+
+    One-cycle peaks at the optimizer's lr and starts from `initial_lr` (None: lr / 25,
+    PyTorch's default; the paper's CIFAR runs start at 0.001 and peak at 0.1).
+    """
     total_steps = max(total_steps, 1)
     if kind == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
     if kind == "onecycle":
         peak = [g["lr"] for g in optimizer.param_groups]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps)
+        div = peak[0] / initial_lr if initial_lr is not None else 25.0
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, div_factor=div)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
@@ -115,6 +121,7 @@ def fit(
     desc: str = "train",
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     amp: bool = False,
+    initial_lr: float | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` for `epochs` epochs; return one log dict per epoch.
 
@@ -124,7 +131,7 @@ def fit(
     loss_fn = loss_function(task)
     x, y = train_data
     steps_per_epoch = math.ceil(len(y) / batch_size)
-    scheduler = make_scheduler(optimizer, lr_schedule, epochs * steps_per_epoch)
+    scheduler = make_scheduler(optimizer, lr_schedule, epochs * steps_per_epoch, initial_lr)
     generator = torch.Generator().manual_seed(seed)
 
     step = step or plain_step(model, optimizer, loss_fn)
