@@ -37,6 +37,8 @@ def test_overrides_are_typed():
         ("train.post_optimizer=lbfgs", "train.post_optimizer must be one of sgd, adamw"),
         ("causal.record_steps=0", "causal.record_steps must be > 0"),
         ("data.workers=-1", "data.workers must be >= 0"),
+        ("data.val_fraction=-0.1", r"data.val_fraction must be in \[0, 0.9\), got -0.1"),
+        ("data.test_fraction=0.95", r"data.test_fraction must be in \[0, 0.9\)"),
         ("prune.method=snap", "prune.method must be one of"),
         ("causal.solver=lars", "causal.solver must be one of auto, cd, fista, sgd, minnorm"),
         ("causal.delta_loss=full", "causal.delta_loss must be one of same_batch, probe"),

@@ -65,6 +65,10 @@ class DataConfig:
                 raise ConfigError(f"data.image_size must be >= 16, got {self.image_size}")
         if self.on_device and self.name in RESIZABLE:
             raise ConfigError(f"data.on_device needs an in-memory data set; {self.name} is streamed from files")
+        for key in ("val_fraction", "test_fraction"):
+            v = getattr(self, key)
+            if not 0 <= v < 0.9:
+                raise ConfigError(f"data.{key} must be in [0, 0.9), got {v}")
 
     def pool_options(self) -> dict[str, Any]:
         """Keyword arguments of `causalprune.data.load_pool` for this data set."""
@@ -73,10 +77,6 @@ class DataConfig:
         if self.image_size is not None:
             opts["image_size"] = self.image_size
         return opts
-        for key in ("val_fraction", "test_fraction"):
-            v = getattr(self, key)
-            if not 0 <= v < 0.9:
-                raise ConfigError(f"data.{key} must be in [0, 0.9), got {v}")
 
 
 @dataclass(frozen=True)
