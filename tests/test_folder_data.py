@@ -1,5 +1,6 @@
 """Tiny-ImageNet and ImageNet from tiny image trees in their real layouts, end to end on CPU."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -45,6 +46,8 @@ def write_tinyimagenet(root, per_class=4, reorganised=False):
             lines.append(f"{name}\t{wnid}\t0\t0\t63\t63")
     if not reorganised:
         (top / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
+    else:  # reorganisation scripts move the images but leave the annotations file behind
+        (top / "val" / "val_annotations.txt").write_text("val_0.JPEG\tn01443537\t0\t0\t63\t63\n")
     (top / "test" / "images").mkdir(parents=True)  # unlabelled; never read
     return top
 
@@ -161,3 +164,26 @@ def test_streamed_runs_are_reproducible_with_workers(tmp_path):
     assert list(masks[0]) == list(masks[1]) and all(torch.equal(masks[0][k], masks[1][k]) for k in masks[0])
     a, b = (json.loads((tmp_path / o / "summary.json").read_text())["pruned"] for o in ("a", "b"))
     assert a == b
+
+
+def test_augmentation_does_not_depend_on_the_worker_count(tmp_path):
+    write_imagenet(tmp_path)
+    pool = load_pool("imagenet", root=str(tmp_path), workers=0, image_size=32)
+    runs = []
+    for workers in (0, 1, 2):
+        x = dataclasses.replace(pool.x_train, workers=workers)
+        g = torch.Generator().manual_seed(7)
+        runs.append(torch.cat([xb for xb, _ in iterate(x, pool.y_train, 4, torch.device("cpu"), g, train=True)]))
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+    g = torch.Generator().manual_seed(8)  # another epoch seed: other crops
+    other = torch.cat([xb for xb, _ in iterate(pool.x_train, pool.y_train, 4, torch.device("cpu"), g, train=True)])
+    assert not torch.equal(runs[0], other)
+
+
+def test_image_files_index_like_a_tensor(tmp_path):
+    write_imagenet(tmp_path)
+    x = load_pool("imagenet", root=str(tmp_path), workers=0).x_train
+    mask = torch.zeros(len(x), dtype=torch.bool)
+    mask[[1, 4]] = True
+    assert x[mask].paths == (x.paths[1], x.paths[4]) and x[torch.tensor(2)].paths == (x.paths[2],)
+    assert x[1:3].shape == (2, 3, 224, 224)

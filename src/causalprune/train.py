@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .data import Inputs, iterate
+from .data import ImageFiles, Inputs, iterate
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -93,6 +93,8 @@ def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, task: str, device: to
     loss_fn = loss_function(task)
     sums = torch.zeros(2, dtype=torch.float64, device=device)  # (summed loss, correct): no per-batch sync
     n = 0
+    if isinstance(x, ImageFiles):  # decoded batches wait in worker queues: keep them small (224² images)
+        batch_size = min(batch_size, 256)
     for xb, yb in iterate(x, y, batch_size, device):
         out = model(xb)
         sums[0] += loss_fn(out, yb).double() * len(yb)

@@ -51,10 +51,14 @@ def _transforms(kind: str, size: int, mean: Sequence[float], std: Sequence[float
 
 
 class _Images(torch.utils.data.Dataset):
-    """Map-style data set over (path, label) pairs; picklable for DataLoader workers."""
+    """Map-style data set over (path, label) pairs; picklable for DataLoader workers.
 
-    def __init__(self, paths: Sequence[str], targets: torch.Tensor, transform: Any) -> None:
-        self.paths, self.targets, self.transform = paths, targets, transform
+    With a `seed`, sample i's random transform draws from the seed (seed, i) alone, so the
+    augmentation does not depend on the number of workers or on which worker reads it.
+    """
+
+    def __init__(self, paths: Sequence[str], targets: torch.Tensor, transform: Any, seed: int | None = None) -> None:
+        self.paths, self.targets, self.transform, self.seed = paths, targets, transform, seed
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -63,7 +67,12 @@ class _Images(torch.utils.data.Dataset):
         from PIL import Image
 
         with Image.open(self.paths[i]) as img:
-            return self.transform(img.convert("RGB")), self.targets[i]
+            rgb = img.convert("RGB")
+        if self.seed is None:
+            return self.transform(rgb), self.targets[i]
+        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from the global RNG
+            torch.manual_seed((self.seed * 1_000_003 + i) % 2**63)
+            return self.transform(rgb), self.targets[i]
 
 
 @dataclass(frozen=True)
@@ -96,26 +105,31 @@ class ImageFiles:
         """Return the subset at `index` (an index tensor, list or slice)."""
         if isinstance(index, slice):
             return replace(self, paths=self.paths[index])
-        idx = index.tolist() if isinstance(index, torch.Tensor) else list(index)
+        if isinstance(index, torch.Tensor):
+            if index.dtype == torch.bool:
+                index = torch.nonzero(index).reshape(-1)
+            idx = index.reshape(-1).tolist()
+        else:
+            idx = list(index)
         return replace(self, paths=tuple(self.paths[i] for i in idx))
 
-    def dataset(self, targets: torch.Tensor, train: bool) -> torch.utils.data.Dataset:
-        """A map-style data set of (image, label) with the train or eval transform."""
+    def dataset(self, targets: torch.Tensor, train: bool, seed: int | None = None) -> torch.utils.data.Dataset:
+        """A map-style data set of (image, label) with the train (seeded by `seed`) or eval transform."""
         train_tf, eval_tf = _transforms(self.kind, self.size, self.mean, self.std)
-        return _Images(self.paths, targets, train_tf if train else eval_tf)
+        return _Images(self.paths, targets, train_tf, seed) if train else _Images(self.paths, targets, eval_tf)
 
     def loader(self, targets: torch.Tensor, batch_size: int, *, train: bool, generator: torch.Generator | None,
                pin_memory: bool) -> torch.utils.data.DataLoader:  # fmt: skip
         """DataLoader over the set: shuffled by `generator` when one is given, in order otherwise.
 
-        Worker seeds come from `generator` too, so the augmentation is reproducible.
+        The training augmentation is seeded per sample from `generator` too (or from the
+        global RNG without one), so it is reproducible and independent of `workers`.
         """
         order = torch.randperm(len(self), generator=generator).tolist() if generator is not None else None
-        seed = int(torch.randint(2**62, (1,), generator=generator)) if generator is not None else 0
+        seed = int(torch.randint(2**62, (1,), generator=generator)) if train else None
         return torch.utils.data.DataLoader(
-            self.dataset(targets, train), batch_size=batch_size, sampler=order, num_workers=self.workers,
-            pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
-            persistent_workers=False, prefetch_factor=4 if self.workers else None,
+            self.dataset(targets, train, seed), batch_size=batch_size, sampler=order, num_workers=self.workers,
+            pin_memory=pin_memory, persistent_workers=False, prefetch_factor=2 if self.workers else None,
         )  # fmt: skip
 
     def load(self, targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -167,7 +181,7 @@ def load_tinyimagenet_pool(root: str = "data", workers: int = 0, image_size: int
     annotations = val_dir / "val_annotations.txt"
     val_paths: list[Path] = []
     val_y: list[int] = []
-    if annotations.is_file():  # as downloaded: val/images/*.JPEG, labels in the annotations
+    if annotations.is_file() and (val_dir / "images").is_dir():  # as downloaded: labels in the annotations
         for line in annotations.read_text().splitlines():
             parts = line.split("\t")
             if len(parts) < 2:
@@ -179,7 +193,7 @@ def load_tinyimagenet_pool(root: str = "data", workers: int = 0, image_size: int
         absent = [p for p in val_paths if not p.is_file()]
         if absent:
             raise ValueError(f"{annotations} names {len(absent)} missing image(s), e.g. {absent[0]}")
-    else:  # reorganised: val/<wnid>/[images/]*.JPEG
+    else:  # reorganised: val/<wnid>/[images/]*.JPEG (a leftover val_annotations.txt is ignored)
         for wnid, files in _class_folders(val_dir).items():
             if wnid not in label:
                 raise ValueError(f"{val_dir / wnid}: class folder is not in wnids.txt")
