@@ -36,6 +36,8 @@ def test_overrides_are_typed():
         ("model.pretrained=torchvision", "torchvision weights exist for resnet50 only, not mlp"),
         ("train.post_optimizer=lbfgs", "train.post_optimizer must be one of sgd, adamw"),
         ("causal.record_steps=0", "causal.record_steps must be > 0"),
+        ("causal.storage=gpu", "causal.storage must be one of device, cpu"),
+        ("train.initial_lr=0.001", "train.initial_lr applies to the onecycle schedule only, not cosine"),
         ("data.workers=-1", "data.workers must be >= 0"),
         ("data.val_fraction=-0.1", r"data.val_fraction must be in \[0, 0.9\), got -0.1"),
         ("data.test_fraction=0.95", r"data.test_fraction must be in \[0, 0.9\)"),
@@ -105,3 +107,15 @@ def test_every_shipped_config_dry_runs(path, capsys):
 def test_streamed_data_sets_cannot_live_on_the_device():
     with pytest.raises(ConfigError, match="data.on_device needs an in-memory data set; imagenet is streamed"):
         load_config(None, ["data.name=imagenet", "data.on_device=true"])
+
+
+def test_momentum_model_cannot_use_spread_recorded_steps():
+    with pytest.raises(ConfigError, match="momentum_model needs consecutive recorded steps"):
+        load_config(None, ["causal.momentum_model=true", "causal.record_steps=2"])
+
+
+def test_digest_ignores_keys_at_their_default():
+    base = load_config(None)
+    assert load_config(None, ["causal.storage=device", "data.workers=4"]).digest() == base.digest()
+    assert load_config(None, ["causal.storage=cpu"]).digest() != base.digest()
+    assert load_config(None, ["seed=1"]).digest() != base.digest()

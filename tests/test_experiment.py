@@ -153,7 +153,7 @@ def _events(run_dir, event):
     return [e for e in map(json.loads, lines) if e["event"] == event]
 
 
-def test_record_steps_records_only_the_last_steps(tiny_config, tmp_path):
+def test_record_steps_records_that_many_steps(tiny_config, tmp_path):
     run_experiment(tiny_config("causal.record_steps=3"), tmp_path / "a", quiet=True)
     assert [e["T"] for e in _events(tmp_path / "a", "level")] == [3, 3]
     run_experiment(tiny_config("causal.record_steps=100000"), tmp_path / "b", quiet=True)
@@ -216,3 +216,18 @@ def test_onecycle_starts_at_initial_lr_and_peaks_at_lr():
         opt.step()
         sched.step()
     assert lrs[0] == pytest.approx(0.001) and max(lrs) == pytest.approx(0.1, rel=1e-3) and lrs[-1] < 0.001
+
+
+def test_recorded_steps_are_spread_over_the_round():
+    from causalprune.experiment import _spread_recorded_steps
+
+    for total, n in ((10, 3), (7, 7), (100, 1), (352, 100), (5, 9)):
+        marks = []
+        step = _spread_recorded_steps(lambda x, y, m=marks: m.append(1), lambda x, y, m=marks: m.append(0), total, n)
+        for _ in range(total):
+            step(None, None)
+        recorded = [i for i, m in enumerate(marks, start=1) if m]
+        assert len(recorded) == min(n, total) and recorded[-1] == total
+        if n < total:  # no gap wider than ⌈total/n⌉ steps: the window spans the round
+            gaps = [b - a for a, b in zip([0, *recorded], recorded, strict=False)]
+            assert max(gaps) <= -(-total // n)

@@ -134,6 +134,9 @@ class TrainConfig:
             raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum}")
         _positive(self.weight_decay, "train.weight_decay", allow_zero=True)
         _choice(self.lr_schedule, ("constant", "cosine", "onecycle"), "train.lr_schedule")
+        if self.initial_lr is not None and self.lr_schedule != "onecycle":
+            raise ConfigError(f"train.initial_lr applies to the onecycle schedule only, not {self.lr_schedule}; "
+                              "leave it null")  # fmt: skip
         if self.initial_lr is not None and not 0 < self.initial_lr <= self.lr:
             raise ConfigError(f"train.initial_lr must be in (0, train.lr = {self.lr}], got {self.initial_lr}")
         _choice(self.device, ("cpu", "cuda", "auto"), "train.device")
@@ -207,8 +210,9 @@ class CausalConfig:
     momentum_model: bool = False  # momentum features (SPEC §2) when the recorder has momentum
     dtype: str = "float32"  # float32 | bfloat16 | float16 storage
     placebo_seed: int = 12345  # seed of the ΔL permutation of causal-placebo
-    record_steps: int | None = None  # record only the last N steps of each round (None: all of them)
+    record_steps: int | None = None  # record N steps of each round, evenly spread (None: all of them)
     memory_budget_gb: float | None = None  # GiB of trajectory kept in memory; the rest spills to disk
+    storage: str = "device"  # device: trajectory on the training device | cpu: in host memory (big models on a GPU)
 
     def __post_init__(self) -> None:
         from .lasso import SOLVERS
@@ -225,6 +229,10 @@ class CausalConfig:
         _choice(self.dtype, ("float32", "bfloat16", "float16"), "causal.dtype")
         if self.record_steps is not None:
             _positive(self.record_steps, "causal.record_steps")
+            if self.momentum_model:
+                raise ConfigError("causal.momentum_model needs consecutive recorded steps; causal.record_steps "
+                                  "spreads them over the round (set one of them off)")  # fmt: skip
+        _choice(self.storage, ("device", "cpu"), "causal.storage")
         if self.memory_budget_gb is not None:
             _positive(self.memory_budget_gb, "causal.memory_budget_gb")
 
@@ -251,10 +259,15 @@ class Config:
         return _plain(dataclasses.asdict(self))
 
     def digest(self, keys: tuple[str, ...] | None = None) -> str:
-        """Return a short hash of the config (or of the given top-level sections)."""
-        d = self.to_dict()
+        """Return a short hash of the config (or of the given top-level sections).
+
+        Keys at their default value are left out, so a key added (with its default) by a
+        later version leaves the hashes — and the default run folders — of older configs as
+        they were.
+        """
+        d = non_default(self.to_dict(), Config().to_dict())
         if keys is not None:
-            d = {k: d[k] for k in keys}
+            d = {k: d[k] for k in keys if k in d}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -264,6 +277,20 @@ def _plain(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [_plain(v) for v in x]
     return x
+
+
+def non_default(d: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The entries of the nested dict `d` whose values differ from `defaults` (same nesting)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        ref = defaults.get(k)
+        if isinstance(v, dict) and isinstance(ref, dict):
+            sub = non_default(v, ref)
+            if sub:
+                out[k] = sub
+        elif k not in defaults or v != ref:
+            out[k] = v
+    return out
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import __version__, criteria
-from .config import Config, ConfigError, dump_config, load_config
+from .config import Config, ConfigError, dump_config, load_config, non_default
 from .criteria import ScoreInput
 from .data import AUGMENTATIONS, Splits, load_pool, make_splits, materialize, shape_of
 from .io import append_jsonl, save_json, save_text, save_torch
@@ -174,8 +174,9 @@ class Run:
                 momentum_features=cfg.causal.momentum_model and momentum,
                 probe_seed=stage_seed(cfg.seed, "probe"),
                 memory_budget=None if budget is None else int(budget * 2**30), capacity=max(recorded, 1),
+                storage_device="cpu" if cfg.causal.storage == "cpu" else None,
             )  # fmt: skip
-            step = _last_steps_recorded(recorder.step, plain_step(model, opt, loss_fn), total - recorded)
+            step = _spread_recorded_steps(recorder.step, plain_step(model, opt, loss_fn), total, recorded)
         t0 = time.perf_counter()
         try:
             fit(
@@ -191,16 +192,22 @@ class Run:
         self.add_time("record_s" if record else "pre_s" if stage == "pre" else "train_s", time.perf_counter() - t0)
         return recorder
 
-def _last_steps_recorded(recorded: StepFn, plain: StepFn, skip: int) -> StepFn:
-    """A round's step function: `skip` plain steps, then recorded ones (``causal.record_steps``)."""
-    if skip <= 0:
+def _spread_recorded_steps(recorded: StepFn, plain: StepFn, total: int, n: int) -> StepFn:
+    """A round's step function recording `n` of its `total` steps, evenly spread (``causal.record_steps``).
+
+    Step s (1-based) is recorded when ⌊s·n/total⌋ steps past ⌊(s−1)·n/total⌋: exactly n
+    steps, the last one included, so the recorded window spans the whole LR schedule
+    (the tail of a cosine or one-cycle round alone would have learning rates near zero).
+    """
+    if n >= total:
         return recorded
     taken = 0
 
     def step(xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         nonlocal taken
         taken += 1
-        return recorded(xb, yb) if taken > skip else plain(xb, yb)
+        record = taken * n // total > (taken - 1) * n // total
+        return recorded(xb, yb) if record else plain(xb, yb)
 
     return step
 
@@ -250,8 +257,10 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 def _pre_cache_dir(cfg: Config, root: Path) -> Path:
     """Folder of the θ_pre checkpoint shared by runs that agree on everything pre-training reads."""
-    d = cfg.to_dict()
-    key = {"seed": d["seed"], "data": d["data"], "model": d["model"], "train": d["train"],
+    d, defaults = cfg.to_dict(), Config().to_dict()
+    train = {k: v for k, v in d["train"].items() if not k.startswith("post_")}  # post-training only
+    key = {"seed": d["seed"], "data": non_default(d["data"], defaults["data"]),
+           "model": non_default(d["model"], defaults["model"]), "train": non_default(train, defaults["train"]),
            "n_pre": d["prune"]["n_pre"], "probe_size": d["causal"]["probe_size"]}  # fmt: skip
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return root / f"pre-{h}"

@@ -132,6 +132,7 @@ class _Store:
         spill_dir: str | None,
         block_rows: int = 32,
         exact: bool = False,
+        stage_device: torch.device | None = None,
     ) -> None:
         self.d, self.dtype, self.device = d, dtype, device
         row_bytes = max(self._bytes(1), 1)
@@ -146,7 +147,10 @@ class _Store:
         self.rows = 0  # rows moved into the chunks
         self.in_memory_bytes = 0
         self.spilled = False
-        self.block = torch.empty(min(block_rows, self.chunk_rows), d, dtype=dtype, device=device)  # (B, d)
+        # The staging block lives where the rows come from (the parameters' device), so that
+        # a step's row is a device-local copy; rows cross to `device` once per block.
+        rows = min(block_rows, self.chunk_rows)
+        self.block = torch.empty(rows, d, dtype=dtype, device=stage_device or device)  # (B, d)
         self.staged = 0
 
     def _bytes(self, rows: int) -> int:
@@ -361,7 +365,8 @@ class TrajectoryRecorder:
             raise ValueError("nothing to record: every prunable weight is pruned")
         self.device = torch.device(storage_device) if storage_device is not None else device
         self._store = _Store(
-            self.d, dtype, self.device, capacity or chunk_rows, memory_budget, spill_dir, exact=capacity is not None
+            self.d, dtype, self.device, capacity or chunk_rows, memory_budget, spill_dir, exact=capacity is not None,
+            stage_device=device,
         )
         self._prev = torch.empty(self.d, dtype=torch.float32, device=device)
         self._cur = torch.empty_like(self._prev)
