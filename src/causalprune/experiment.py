@@ -389,13 +389,14 @@ def _final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, sta
 
     cfg = run.cfg
     torch.manual_seed(stage_seed(cfg.seed, stage))
-    opt = make_optimizer(model.parameters(), cfg.train.for_stage(stage))
+    train = cfg.train.for_stage(stage)  # post-training may have its own optimizer and lr
+    opt = make_optimizer(model.parameters(), train)
     handle = mask.attach(model, opt) if mask is not None else None
     t0 = time.perf_counter()
     fit(model, opt, run.data.train, epochs=epochs, batch_size=cfg.train.batch_size, task=run.data.task,
         seed=stage_seed(cfg.seed, stage + "/batches"), lr_schedule=cfg.train.lr_schedule,
         callbacks=[_Logger(run, stage, model), _Keep()], desc=stage, augment=run.augment,
-        amp=cfg.train.amp, initial_lr=cfg.train.for_stage(stage).initial_lr)  # fmt: skip
+        amp=cfg.train.amp, initial_lr=train.initial_lr)  # fmt: skip
     if handle is not None:
         handle.remove()
     run.add_time("train_s", time.perf_counter() - t0)
@@ -467,8 +468,6 @@ def dry_run(cfg: Config) -> str:
 
     Returns the plan as text. A missing data set is reported, not raised.
     """
-    from .models import build_model as _build
-
     criterion = criteria.get(cfg.prune.method)
     device = device_of(cfg)
     lines = [f"config {cfg.name} (seed {cfg.seed}), device {device}"]
@@ -479,7 +478,7 @@ def dry_run(cfg: Config) -> str:
     except ValueError as e:
         lines.append(f"data {cfg.data.name}: NOT PRESENT — {e}")
     shape, classes = shape_of(cfg.data.name, cfg.data.image_size)
-    model = _build(cfg.model, shape, classes)
+    model = build_model(cfg.model, shape, classes)
     if cfg.model.pretrained:
         lines.append(f"pretrained weights {cfg.model.pretrained}: {pretrained_status(cfg.model.pretrained)}")
     n_all = sum(p.numel() for p in model.parameters())
@@ -491,8 +490,8 @@ def dry_run(cfg: Config) -> str:
     else:
         targets = schedule(cfg.prune.schedule, cfg.prune.sparsity, cfg.prune.n_iter)
         p = cfg.prune
-        last = f", last {cfg.causal.record_steps} steps" if cfg.causal.record_steps else ""
-        recorded = f" (recorded{last})" if criterion.records else ""
+        spread = f", {cfg.causal.record_steps} steps spread over each round" if cfg.causal.record_steps else ""
+        recorded = f" (recorded{spread})" if criterion.records else ""
         lines.append(f"method {p.method}: pre {p.n_pre} epochs; {p.n_iter} rounds × {p.n_prune} epochs{recorded}; "
                      f"post {p.n_post} epochs; total {cfg.total_epochs()}")  # fmt: skip
         lines.append("sparsity after each round: " + ", ".join(f"{t:.4f}" for t in targets))
