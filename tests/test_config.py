@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 import causalprune
+from causalprune import resolve
 from causalprune.config import Config, ConfigError, dump_config, load_config
 
 
@@ -51,7 +52,35 @@ def test_overrides_are_typed():
 )
 def test_bad_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
-        load_config(None, [override])
+        resolve.load(None, [override])
+
+
+def test_config_is_a_leaf_and_names_are_checked_where_a_run_is_resolved(tmp_path):
+    # Values and types are the config's business; registry names are the resolver's.
+    cfg = load_config(None, ["prune.method=snap", "data.name=cifar99"])
+    with pytest.raises(ConfigError, match="data.name must be one of"):
+        resolve.check(cfg)
+    from causalprune.experiment import run_experiment
+
+    with pytest.raises(ConfigError, match="prune.method must be one of"):
+        run_experiment(load_config(None, ["prune.method=snap"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing written for a bad name
+
+
+def test_method_sections_are_owned_by_their_criteria():
+    from causalprune import criteria
+    from causalprune.config import SECTIONS
+    from causalprune.criteria.causal import CausalSettings
+
+    assert SECTIONS["causal"] is CausalSettings
+    cfg = load_config(None, ["causal.solver=cd"])
+    assert isinstance(cfg.causal, CausalSettings) and cfg.causal.solver == "cd"
+    assert cfg.to_dict()["causal"]["solver"] == "cd"
+    causal, energy, magnitude = criteria.get("causal"), criteria.get("energy"), criteria.get("magnitude")
+    assert causal.reads_key("causal.solver") and not energy.reads_key("causal.solver")
+    assert energy.reads_key("causal.recorder") and not magnitude.reads_key("causal.recorder")
+    assert magnitude.reads_key("causal.probe_size")  # the probe set is carved out of every run's data
+    assert not criteria.get("dense").reads_key("prune.sparsity") and magnitude.reads_key("train.lr")
 
 
 def test_missing_and_unreadable_files(tmp_path):
@@ -106,7 +135,7 @@ def test_every_shipped_config_dry_runs(path, capsys):
 
 def test_streamed_data_sets_cannot_live_on_the_device():
     with pytest.raises(ConfigError, match="data.on_device needs an in-memory data set; imagenet is streamed"):
-        load_config(None, ["data.name=imagenet", "data.on_device=true"])
+        resolve.load(None, ["data.name=imagenet", "data.on_device=true"])
 
 
 def test_momentum_model_cannot_use_spread_recorded_steps():

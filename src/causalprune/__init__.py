@@ -1,10 +1,10 @@
 """causalprune: Causal Pruning and the tools to test it.
 
 Weights are ranked by how well their SGD updates explain the loss changes seen during
-training (a Lasso fit of ΔL_t on (Δθ_k^t)², SPEC §1–4) and the least causal are pruned.
+training (a Lasso fit of ΔL_t on (Δθ_k^t)², docs/method.md) and the least causal are pruned.
 """
 
-from . import lasso, selection
+from . import criteria, lasso, selection
 from .lasso import LassoResult
 from .masks import Mask, prunable_parameters
 from .selection import LayerCollapseWarning, schedule, select
@@ -19,6 +19,7 @@ __all__ = [
     "Trajectory",
     "TrajectoryRecorder",
     "__version__",
+    "criteria",
     "lasso",
     "prunable_parameters",
     "schedule",

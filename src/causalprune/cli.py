@@ -40,7 +40,7 @@ def _cmd_list(_: argparse.Namespace) -> int:
     print("datasets:   " + ", ".join(sorted(DATASETS)))
     print("methods:")
     for name, c in sorted(criteria.METHODS.items()):
-        print(f"  {name:15s} {c.description if c else 'no pruning, same total epochs'}")
+        print(f"  {name:15s} {c.description}")
     print("solvers:    " + ", ".join(lasso.SOLVERS))
     print("delta_loss: " + ", ".join(trajectory.DELTA_LOSSES))
     print("schedules:  " + ", ".join(selection.SCHEDULES))
@@ -49,25 +49,30 @@ def _cmd_list(_: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from . import resolve
     from .experiment import run_experiment
+    from .runfolder import RunFolder, default_run_dir
 
-    cfg = load_config(args.config, args.set)
+    cfg = resolve.load(args.config, args.set)
     if args.dry_run:
         from .experiment import dry_run
 
         print(dry_run(cfg))
         return 0
-    run_experiment(cfg, args.out)
+    folder = RunFolder(args.out if args.out is not None else default_run_dir(cfg))
+    if args.resume and not folder.exists():
+        raise FileNotFoundError(f"nothing to resume in {folder.path}: no run was started there "
+                                "(leave out --resume to start one)")  # fmt: skip
+    run_experiment(cfg, folder.path)
     return 0
 
 
 def _compare(config: str | None, overrides: list[str], methods: str, sparsity: str, seeds: str,
              out: str | None, grid: list[str]) -> int:  # fmt: skip
+    from . import resolve
     from .compare import parse_grid, run_grid
-    from .config import load_config
 
-    cfg = load_config(config, overrides)
+    cfg = resolve.load(config, overrides)
     out_dir = Path(out) if out else Path("runs") / f"compare-{cfg.name}-{cfg.digest()}"
     _, table = run_grid(cfg, _methods(methods), _floats(sparsity, "--sparsity"), _ints(seeds, "--seeds"),
                         out_dir, parse_grid(grid))  # fmt: skip
@@ -158,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", default=None, help="run folder (default: runs/<name>-<hash>/seed_<n>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run (re-running the same command does the same)")  # fmt: skip
+                   help="only continue an interrupted run: refuse to start a new one (re-running the same "
+                        "command without it also continues)")  # fmt: skip
     p.add_argument(
         "--dry-run", action="store_true", help="resolve the config, build the model, check the data; train nothing"
     )
@@ -214,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `causalprune` command line; return the exit status."""
-    from .experiment import RunFolderError
+    from .runfolder import RunFolderError
     from .train import TrainingDiverged
 
     args = build_parser().parse_args(argv)

@@ -1,8 +1,15 @@
 """Typed, frozen experiment configs; YAML in and out; ``--set a.b=value`` overrides.
 
 A config is a tree of frozen dataclasses. `load_config` reads YAML, applies overrides,
-and checks every key and type: an unknown key or a wrong type raises `ConfigError` naming
-the key and listing what is valid. `dump_config` writes the resolved config back to YAML.
+and checks every key, type and range: an unknown key or a wrong type raises `ConfigError`
+naming the key and listing what is valid. `dump_config` writes the resolved config back
+to YAML.
+
+This module is a leaf: it imports nothing of the package. Names that live in registries
+(data set, model, method, solver, schedule, scope) are checked where a run is resolved
+(`causalprune.resolve`). A pruning method owns its settings: it registers a settings
+dataclass as a top-level section with `register_section` (``causal`` is the causal
+criteria's), and the section's keys are loaded and checked by that dataclass.
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
 
 
-def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
+def check_choice(value: str, valid: tuple[str, ...] | list[str], key: str) -> None:
+    """Raise `ConfigError` naming `key` unless `value` is one of `valid`."""
     if value not in valid:
         raise ConfigError(f"{key} must be one of {', '.join(valid)}; got {value!r}")
 
 
-def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+def check_positive(value: float, key: str, allow_zero: bool = False) -> None:
+    """Raise `ConfigError` naming `key` unless `value` > 0 (or >= 0 with `allow_zero`)."""
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{key} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
 
@@ -50,21 +59,12 @@ class DataConfig:
     max_samples: int | None = None  # keep a fixed random subset of this many training / test samples (smoke runs)
 
     def __post_init__(self) -> None:
-        from .data import DATASETS, RESIZABLE
-
-        _choice(self.name, tuple(sorted(DATASETS)), "data.name")
-        _positive(self.n_samples, "data.n_samples")
-        _positive(self.workers, "data.workers", allow_zero=True)
+        check_positive(self.n_samples, "data.n_samples")
+        check_positive(self.workers, "data.workers", allow_zero=True)
         if self.max_samples is not None:
-            _positive(self.max_samples, "data.max_samples")
-        if self.image_size is not None:
-            if self.name not in RESIZABLE:
-                raise ConfigError(f"data.image_size applies to {', '.join(RESIZABLE)} only, not {self.name}; "
-                                  "leave it null")
-            if self.image_size < 16:
-                raise ConfigError(f"data.image_size must be >= 16, got {self.image_size}")
-        if self.on_device and self.name in RESIZABLE:
-            raise ConfigError(f"data.on_device needs an in-memory data set; {self.name} is streamed from files")
+            check_positive(self.max_samples, "data.max_samples")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"data.image_size must be >= 16, got {self.image_size}")
         for key in ("val_fraction", "test_fraction"):
             v = getattr(self, key)
             if not 0 <= v < 0.9:
@@ -90,12 +90,6 @@ class ModelConfig:
     pretrained: str | None = None  # a state-dict file, or "torchvision" (resnet50's ImageNet weights)
 
     def __post_init__(self) -> None:
-        from .models import MODELS
-
-        _choice(self.name, tuple(sorted(MODELS)), "model.name")
-        if self.pretrained == "torchvision" and self.name != "resnet50":
-            raise ConfigError(f"model.pretrained: torchvision weights exist for resnet50 only, not {self.name}; "
-                              "give the path of a state-dict file instead")  # fmt: skip
         if not 0 <= self.dropout < 1:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if any(w < 1 for w in self.widths):
@@ -126,26 +120,26 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs is not None:
-            _positive(self.epochs, "train.epochs")
-        _positive(self.batch_size, "train.batch_size")
-        _positive(self.lr, "train.lr")
-        _choice(self.optimizer, ("sgd", "adamw"), "train.optimizer")
+            check_positive(self.epochs, "train.epochs")
+        check_positive(self.batch_size, "train.batch_size")
+        check_positive(self.lr, "train.lr")
+        check_choice(self.optimizer, ("sgd", "adamw"), "train.optimizer")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum}")
-        _positive(self.weight_decay, "train.weight_decay", allow_zero=True)
-        _choice(self.lr_schedule, ("constant", "cosine", "onecycle"), "train.lr_schedule")
+        check_positive(self.weight_decay, "train.weight_decay", allow_zero=True)
+        check_choice(self.lr_schedule, ("constant", "cosine", "onecycle"), "train.lr_schedule")
         if self.initial_lr is not None and self.lr_schedule != "onecycle":
             raise ConfigError(f"train.initial_lr applies to the onecycle schedule only, not {self.lr_schedule}; "
                               "leave it null")  # fmt: skip
         if self.initial_lr is not None and not 0 < self.initial_lr <= self.lr:
             raise ConfigError(f"train.initial_lr must be in (0, train.lr = {self.lr}], got {self.initial_lr}")
-        _choice(self.device, ("cpu", "cuda", "auto"), "train.device")
+        check_choice(self.device, ("cpu", "cuda", "auto"), "train.device")
         if self.post_optimizer is not None:
-            _choice(self.post_optimizer, ("sgd", "adamw"), "train.post_optimizer")
+            check_choice(self.post_optimizer, ("sgd", "adamw"), "train.post_optimizer")
         if self.post_lr is not None:
-            _positive(self.post_lr, "train.post_lr")
+            check_positive(self.post_lr, "train.post_lr")
         if self.post_weight_decay is not None:
-            _positive(self.post_weight_decay, "train.post_weight_decay", allow_zero=True)
+            check_positive(self.post_weight_decay, "train.post_weight_decay", allow_zero=True)
 
     def for_stage(self, stage: str) -> TrainConfig:
         """The settings stage `stage` trains with (``post`` applies the post_* overrides)."""
@@ -162,7 +156,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Algorithm 1's schedule (SPEC §5)."""
+    """Algorithm 1's schedule (docs/method.md, "Algorithm 1")."""
 
     method: str = "causal"  # see `causalprune list`
     sparsity: float = 0.9  # final fraction of prunable weights that are zero
@@ -177,69 +171,47 @@ class PruneConfig:
     reset_bn: bool = False  # also reset BatchNorm running statistics when rewinding
 
     def __post_init__(self) -> None:
-        from .criteria import METHODS
-        from .selection import SCHEDULES, SCOPES
-
-        _choice(self.method, tuple(sorted(METHODS)), "prune.method")
         if not 0 <= self.sparsity < 1:
             raise ConfigError(f"prune.sparsity must be in [0, 1), got {self.sparsity}")
-        _choice(self.schedule, SCHEDULES, "prune.schedule")
-        _choice(self.scope, SCOPES, "prune.scope")
         if self.n_iter < 1:
             raise ConfigError(f"prune.n_iter must be >= 1, got {self.n_iter}")
-        _positive(self.n_pre, "prune.n_pre", allow_zero=True)
-        _positive(self.n_prune, "prune.n_prune", allow_zero=True)  # 0: score at θ_pre (SNIP-style)
-        _positive(self.score_batches, "prune.score_batches")
-        _positive(self.n_post, "prune.n_post", allow_zero=True)
+        check_positive(self.n_pre, "prune.n_pre", allow_zero=True)
+        check_positive(self.n_prune, "prune.n_prune", allow_zero=True)  # 0: score at θ_pre (SNIP-style)
+        check_positive(self.score_batches, "prune.score_batches")
+        check_positive(self.n_post, "prune.n_post", allow_zero=True)
 
 
-@dataclass(frozen=True)
-class CausalConfig:
-    """How causal scores are computed (SPEC §1–4)."""
+#: Method settings sections: name → settings dataclass, registered by the criteria that own them.
+SECTIONS: dict[str, type] = {}
 
-    # Defaults: the variant that pruned best on MNIST-1D (docs/results.md). The paper's own
-    # is delta_loss=same_batch, solver=sgd, score=gamma.
-    delta_loss: str = "same_batch"  # same_batch | probe (SPEC §1)
-    probe_size: int = 256  # probe samples, held out of the training split
-    solver: str = "minnorm"  # auto | cd | fista | sgd | minnorm
-    alpha_ratio: float = 0.01  # α = alpha_ratio · α_max
-    score: str = "gamma_theta2"  # gamma: |γ| | gamma_theta2: |γ|·θ² (OBD-style)
-    tie_break: str = "kkt"  # kkt | none: order of weights tied at γ = 0
-    recorder: str = "train"  # train: the training optimizer records | sgd: a dedicated plain SGD
-    record_lr: float = 0.001  # learning rate of the dedicated SGD recorder
-    momentum_model: bool = False  # momentum features (SPEC §2) when the recorder has momentum
-    dtype: str = "float32"  # float32 | bfloat16 | float16 storage
-    placebo_seed: int = 12345  # seed of the ΔL permutation of causal-placebo
-    record_steps: int | None = None  # record N steps of each round, evenly spread (None: all of them)
-    memory_budget_gb: float | None = None  # GiB of trajectory kept in memory; the rest spills to disk
-    storage: str = "device"  # device: trajectory on the training device | cpu: in host memory (big models on a GPU)
 
-    def __post_init__(self) -> None:
-        from .lasso import SOLVERS
-        from .trajectory import DELTA_LOSSES
+def register_section(cls: type) -> type:
+    """Class decorator: make the frozen dataclass `cls` the top-level config section ``cls.SECTION``.
 
-        _choice(self.delta_loss, DELTA_LOSSES, "causal.delta_loss")
-        _positive(self.probe_size, "causal.probe_size")
-        _choice(self.solver, SOLVERS, "causal.solver")
-        _positive(self.alpha_ratio, "causal.alpha_ratio")
-        _choice(self.score, ("gamma", "gamma_theta2"), "causal.score")
-        _choice(self.tie_break, ("kkt", "none"), "causal.tie_break")
-        _choice(self.recorder, ("train", "sgd"), "causal.recorder")
-        _positive(self.record_lr, "causal.record_lr")
-        _choice(self.dtype, ("float32", "bfloat16", "float16"), "causal.dtype")
-        if self.record_steps is not None:
-            _positive(self.record_steps, "causal.record_steps")
-            if self.momentum_model:
-                raise ConfigError("causal.momentum_model needs consecutive recorded steps; causal.record_steps "
-                                  "spreads them over the round (set one of them off)")  # fmt: skip
-        _choice(self.storage, ("device", "cpu"), "causal.storage")
-        if self.memory_budget_gb is not None:
-            _positive(self.memory_budget_gb, "causal.memory_budget_gb")
+    Its fields become the section's keys (loaded and type-checked like every section; its
+    ``__post_init__`` checks values). A class attribute ``SHARED`` may list fields that every
+    run reads, whatever its method (grids vary every method along them).
+    """
+    name = getattr(cls, "SECTION", None)
+    if not dataclasses.is_dataclass(cls) or not isinstance(name, str):
+        raise TypeError("a config section must be a dataclass with a SECTION name")
+    if name in {f.name for f in dataclasses.fields(Config)} or SECTIONS.get(name, cls) is not cls:
+        raise ValueError(f"config section {name!r} is already taken")
+    SECTIONS[name] = cls
+    return cls
+
+
+def _default_sections() -> tuple[tuple[str, Any], ...]:
+    return tuple((name, cls()) for name, cls in SECTIONS.items())
 
 
 @dataclass(frozen=True)
 class Config:
-    """One experiment: a seed, data, model, training, pruning and causal settings."""
+    """One experiment: a seed, data, model, training and pruning settings, and the methods' sections.
+
+    A method section is read as an attribute (``cfg.causal``) and written as a top-level
+    YAML key, like the built-in sections.
+    """
 
     name: str = "demo"  # used in run folder names
     seed: int = 0
@@ -247,7 +219,23 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
-    causal: CausalConfig = field(default_factory=CausalConfig)
+    sections: tuple[tuple[str, Any], ...] = field(default_factory=_default_sections)  # (name, settings) pairs
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: the registered method sections.
+        if name != "sections":
+            for key, value in self.sections:
+                if key == name:
+                    return value
+        raise AttributeError(f"config has no section {name!r}")
+
+    def section(self, name: str) -> Any:
+        """Return the settings of method section `name`."""
+        return getattr(self, name)
+
+    def replace_section(self, name: str, settings: Any) -> Config:
+        """Return a copy with method section `name` replaced by `settings`."""
+        return dataclasses.replace(self, sections=tuple((k, settings if k == name else v) for k, v in self.sections))
 
     def total_epochs(self) -> int:
         """Return the epochs a pruning run trains in all: n_pre + n_iter·n_prune + n_post."""
@@ -255,8 +243,11 @@ class Config:
         return p.n_pre + p.n_iter * p.n_prune + p.n_post
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the config as plain nested dicts/lists (YAML- and JSON-ready)."""
-        return _plain(dataclasses.asdict(self))
+        """Return the config as plain nested dicts/lists (YAML- and JSON-ready); sections at top level."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "sections"}
+        out = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for k, v in d.items()}
+        out.update({k: dataclasses.asdict(v) for k, v in self.sections})
+        return _plain(out)
 
     def digest(self, keys: tuple[str, ...] | None = None) -> str:
         """Return a short hash of the config (or of the given top-level sections).
@@ -344,13 +335,19 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(f"{where} must be a mapping of keys to values, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
+    sections = SECTIONS if cls is Config else {}
+    valid = [f for f in fields if not (cls is Config and f == "sections")] + list(sections)
+    unknown = [k for k in data if k not in valid]
     if unknown:
         key = f"{prefix}{unknown[0]}"
         raise ConfigError(f"unknown config key {key!r}; valid keys{' under ' + prefix[:-1] if prefix else ''}: "
-                          f"{', '.join(fields)}")  # fmt: skip
-    kwargs = {}
+                          f"{', '.join(valid)}")  # fmt: skip
+    kwargs: dict[str, Any] = {}
+    if sections:
+        kwargs["sections"] = tuple((k, _build(c, data.get(k) or {}, f"{k}.")) for k, c in sections.items())
     for name, value in data.items():
+        if name in sections:
+            continue
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value, f"{prefix}{name}.")

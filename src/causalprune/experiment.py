@@ -1,22 +1,21 @@
-"""Algorithm 1 (SPEC §5) for every method, with resumable run folders.
+"""Algorithm 1 (docs/method.md, "Algorithm 1") for every method, as a sequence of resumable stages.
 
-    train N_pre epochs                                  → θ_pre (stage "pre")
-    for round k = 1..N_iter:                            (stage "level_k")
-        rewind to θ_pre, train N_prune epochs with the mask (recorded if the method needs it)
-        score, raise sparsity to schedule[k]            → level_k/mask.pt, scores.pt
-    rewind to θ_pre, train N_post epochs with the final mask → model.pt, summary.json
+    pre_stage     train N_pre epochs                               → pre/checkpoint.pt (θ_pre)
+    level_stage   for round k = 1..N_iter: rewind to θ_pre, train N_prune epochs with the
+                  mask (recorded if the method needs a trajectory), score, select
+                  the schedule's next sparsity                      → level_k/
+    post_stage    rewind, train N_post epochs with the final mask   → model.pt, summary.json
 
-Every method (causal, its controls, magnitude, random) goes through this same driver with
-the same schedule, epochs and selection code; ``dense`` trains the same total epochs
-without pruning. Each stage is seeded from (seed, stage) and writes its outputs
-atomically, so a stopped run continues from its last finished stage and produces exactly
-the masks an uninterrupted run would.
+Every method goes through the same stages with the same schedule, epochs and selection
+code; a method that does not prune (``dense``) trains the same total epochs in one stage.
+The driver knows methods only by what they declare (`criteria.Criterion`). One
+`Run.train_stage` trains every stage; each stage is seeded from (seed, stage) and returns
+early when its outputs exist, so a stopped run continues from its last finished stage and
+produces exactly the masks an uninterrupted run would. Files: `runfolder.RunFolder`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import subprocess
 import time
@@ -27,14 +26,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__, criteria
-from .config import Config, ConfigError, dump_config, load_config, non_default
-from .criteria import ScoreInput
+from . import __version__, criteria, resolve
+from .config import Config, ConfigError
+from .criteria import Criterion, Scored, ScoreInput
 from .data import AUGMENTATIONS, Splits, load_pool, make_splits, materialize, shape_of
-from .io import append_jsonl, save_json, save_text, save_torch
+from .io import save_torch
 from .masks import Mask, prunable_parameters
 from .metrics import efficiency
 from .models import build_model, load_pretrained, pretrained_status
+from .runfolder import RunFolder, RunFolderError, default_run_dir, load_shared_pre, pre_cache_dir, save_shared_pre
 from .selection import schedule, select
 from .train import Callback, StepFn, evaluate, fit, loss_function, make_optimizer, plain_step
 from .trajectory import TrajectoryRecorder
@@ -42,19 +42,9 @@ from .trajectory import TrajectoryRecorder
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class RunFolderError(ValueError):
-    """The output folder belongs to a different config (it is never overwritten)."""
-
-
 def stage_seed(seed: int, stage: str) -> int:
     """Return a seed for one stage of a run: stable across processes and resumes."""
     return (seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(stage))) % (2**31 - 1)
-
-
-def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
-    """Return runs/<config-name>-<short-hash>/seed_<n> for a config."""
-    h = cfg.digest(keys=("name", "data", "model", "train", "prune", "causal"))
-    return Path(root) / f"{cfg.name}-{h}" / f"seed_{cfg.seed}"
 
 
 def device_of(cfg: Config) -> torch.device:
@@ -86,39 +76,55 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 class _Logger(Callback):
-    """Evaluates on validation and test after each epoch and appends to metrics.jsonl."""
+    """Keeps each epoch's logs; evaluates on validation and test if asked; appends to metrics.jsonl."""
 
-    def __init__(self, run: Run, stage: str, model: nn.Module, evaluate_sets: bool = True) -> None:
+    def __init__(self, run: Run, stage: str, model: nn.Module, evaluate_sets: bool) -> None:
         self.run, self.stage, self.model, self.evaluate_sets = run, stage, model, evaluate_sets
+        self.history: list[dict[str, float]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.evaluate_sets:
             for split in ("val", "test"):
                 for k, v in self.run.eval(self.model, split).items():
                     logs[f"{split}_{k}"] = v
-        self.run.log({"event": "epoch", "stage": self.stage, **logs})
+        self.run.folder.log({"event": "epoch", "stage": self.stage, **logs})
+        self.history.append(dict(logs))
+
+
+@dataclass
+class Stage:
+    """What one training stage leaves: per-epoch logs, and the recorder if it recorded."""
+
+    history: list[dict[str, float]]
+    recorder: TrajectoryRecorder | None = None
 
 
 @dataclass
 class Run:
-    """One run folder and the state shared by its stages."""
+    """One run: its config and method, its folder, data and device, and the time spent so far."""
 
     cfg: Config
-    path: Path
+    criterion: Criterion
+    folder: RunFolder
     data: Splits
     device: torch.device
     pre_cache: Path | None = None
     timing: dict[str, float] = field(default_factory=dict)
 
-    # --- files ------------------------------------------------------------------
-    def log(self, event: dict[str, Any]) -> None:
-        append_jsonl({"time": round(time.time(), 3), **event}, self.path / "metrics.jsonl")
-
     def eval(self, model: nn.Module, split: str) -> dict[str, float]:
+        """Return the metrics of `model` on split ``val`` or ``test``."""
         x, y = getattr(self.data, split)
         return evaluate(model, x, y, self.data.task, self.device)
 
+    def eval_logs(self, model: nn.Module) -> dict[str, float]:
+        """Return validation and test metrics as one log entry of epoch 0 (the model as it stands)."""
+        logs: dict[str, float] = {"epoch": 0}
+        for split in ("val", "test"):
+            logs.update({f"{split}_{k}": v for k, v in self.eval(model, split).items()})
+        return logs
+
     def add_time(self, key: str, seconds: float) -> None:
+        """Add `seconds` to the timing entry `key`."""
         self.timing[key] = self.timing.get(key, 0.0) + seconds
 
     @property
@@ -126,7 +132,6 @@ class Run:
         """The training-batch augmentation of the data set, or None."""
         return AUGMENTATIONS[self.data.augment] if self.data.augment else None
 
-    # --- pieces -------------------------------------------------------------------
     def score_batches(self, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Return `prune.score_batches` shuffled training batches for data-driven criteria."""
         x, y = self.data.train
@@ -135,6 +140,7 @@ class Run:
         return [(materialize(x[i]), y[i]) for i in perm.split(bs)[: self.cfg.prune.score_batches]]
 
     def new_model(self) -> nn.Module:
+        """Build the config's model (seeded), load pretrained weights, move it to the device."""
         torch.manual_seed(stage_seed(self.cfg.seed, "init"))
         model = build_model(self.cfg.model, self.data.input_shape, self.data.num_classes)
         prunable_parameters(model)  # fails early, naming the model, if nothing is prunable
@@ -147,50 +153,61 @@ class Run:
             model.compile()
         return model
 
-    def train_stage(self, model: nn.Module, stage: str, epochs: int, mask: Mask | None,
-                    record: bool = False) -> TrajectoryRecorder | None:  # fmt: skip
-        """Train `epochs` epochs with a fresh optimizer and LR schedule; optionally record."""
+    def train_stage(self, model: nn.Module, stage: str, epochs: int, mask: Mask | None, *, record: bool = False,
+                    evaluate_sets: bool = False) -> Stage:  # fmt: skip
+        """Train `epochs` epochs with a fresh optimizer and LR schedule (the stage's settings).
+
+        With `record`, the round's steps are recorded (`causal.*` recording settings); with
+        `evaluate_sets`, validation and test metrics are logged after every epoch.
+        """
         cfg = self.cfg
         torch.manual_seed(stage_seed(cfg.seed, stage))
+        train = cfg.train.for_stage(stage)  # post-training may have its own optimizer and lr
         dedicated = record and cfg.causal.recorder == "sgd"
         if dedicated:  # plain SGD, constant lr, no momentum or weight decay (the authors' recorder)
             opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.causal.record_lr)
         else:
-            opt = make_optimizer(model.parameters(), cfg.train)
+            opt = make_optimizer(model.parameters(), train)
         handle = mask.attach(model, opt) if mask is not None else None
-        recorder = None
-        step = None
-        if record:
-            loss_fn = loss_function(self.data.task)
-            px, py = self.data.probe
-            momentum = (not dedicated) and cfg.train.optimizer == "sgd" and cfg.train.momentum > 0
-            budget = cfg.causal.memory_budget_gb
-            total = epochs * -(-len(self.data.train[1]) // cfg.train.batch_size)  # optimizer steps
-            recorded = min(total, cfg.causal.record_steps or total)
-            recorder = TrajectoryRecorder(
-                model, loss_fn, opt, mask=mask, dtype=DTYPES[cfg.causal.dtype],
-                delta_loss=cfg.causal.delta_loss,
-                probe_data=(materialize(px).to(self.device), py.to(self.device)),
-                momentum_features=cfg.causal.momentum_model and momentum,
-                probe_seed=stage_seed(cfg.seed, "probe"),
-                memory_budget=None if budget is None else int(budget * 2**30), capacity=max(recorded, 1),
-                storage_device="cpu" if cfg.causal.storage == "cpu" else None,
-            )  # fmt: skip
-            step = _spread_recorded_steps(recorder.step, plain_step(model, opt, loss_fn), total, recorded)
+        logger = _Logger(self, stage, model, evaluate_sets)
+        recorder, step = _recorder(self, model, opt, mask, epochs, dedicated) if record else (None, None)
         t0 = time.perf_counter()
         try:
             fit(
                 model, opt, self.data.train, epochs=epochs, batch_size=cfg.train.batch_size,
                 task=self.data.task, seed=stage_seed(cfg.seed, stage + "/batches"),
-                lr_schedule="constant" if dedicated else cfg.train.lr_schedule, step=step, augment=self.augment,
-                amp=cfg.train.amp, initial_lr=cfg.train.initial_lr,
-                callbacks=[_Logger(self, stage, model, evaluate_sets=stage == "pre")], desc=stage,
+                lr_schedule="constant" if dedicated else train.lr_schedule, step=step, augment=self.augment,
+                amp=cfg.train.amp, initial_lr=train.initial_lr, callbacks=[logger], desc=stage,
             )  # fmt: skip
+        except BaseException:
+            if recorder is not None:
+                recorder.close()
+            raise
         finally:
             if handle is not None:
                 handle.remove()
         self.add_time("record_s" if record else "pre_s" if stage == "pre" else "train_s", time.perf_counter() - t0)
-        return recorder
+        return Stage(logger.history, recorder)
+
+
+def _recorder(run: Run, model: nn.Module, opt: torch.optim.Optimizer, mask: Mask | None, epochs: int,
+              dedicated: bool) -> tuple[TrajectoryRecorder, StepFn]:  # fmt: skip
+    """The recorder of a round and the step function that records `causal.record_steps` of its steps."""
+    c, data = run.cfg.causal, run.data
+    loss_fn = loss_function(data.task)
+    px, py = data.probe
+    momentum = (not dedicated) and run.cfg.train.optimizer == "sgd" and run.cfg.train.momentum > 0
+    total = epochs * -(-len(data.train[1]) // run.cfg.train.batch_size)  # optimizer steps of the round
+    recorded = min(total, c.record_steps or total)
+    recorder = TrajectoryRecorder(
+        model, loss_fn, opt, mask=mask, dtype=DTYPES[c.dtype], delta_loss=c.delta_loss,
+        probe_data=(materialize(px).to(run.device), py.to(run.device)),
+        momentum_features=c.momentum_model and momentum, probe_seed=stage_seed(run.cfg.seed, "probe"),
+        memory_budget=None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
+        capacity=max(recorded, 1), storage_device="cpu" if c.storage == "cpu" else None,
+    )  # fmt: skip
+    return recorder, _spread_recorded_steps(recorder.step, plain_step(model, opt, loss_fn), total, recorded)
+
 
 def _spread_recorded_steps(recorded: StepFn, plain: StepFn, total: int, n: int) -> StepFn:
     """A round's step function recording `n` of its `total` steps, evenly spread (``causal.record_steps``).
@@ -226,123 +243,113 @@ def _rewind(model: nn.Module, theta_pre: dict[str, torch.Tensor], reset_bn: bool
                 m.reset_running_stats()
 
 
-def _check_run_folder(path: Path, cfg: Config) -> None:
-    """Refuse a folder whose config.yaml differs from `cfg`; write it if the folder is new."""
-    existing = path / "config.yaml"
-    if existing.exists():
-        try:
-            old = load_config(existing)
-        except ConfigError as e:
-            raise RunFolderError(f"{path} holds an unreadable config.yaml ({e}); choose another --out") from None
-        if old.to_dict() != cfg.to_dict():
-            a, b = old.to_dict(), cfg.to_dict()
-            diff = sorted(_diff_keys(a, b))
-            raise RunFolderError(
-                f"{path} holds a run with a different config (differs in {', '.join(diff[:5])}); "
-                "choose another --out or delete the folder"
-            )
-        return
-    path.mkdir(parents=True, exist_ok=True)
-    save_text(dump_config(cfg), existing)
+# --- the stages ---------------------------------------------------------------------------
+def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Return θ_pre: this run's, a shared one (charging its training time), or trained now."""
+    ckpt = run.folder.pre_checkpoint
+    if ckpt.exists():
+        return torch.load(ckpt, map_location=run.device, weights_only=True)
+    cache = pre_cache_dir(run.cfg, run.pre_cache) if run.pre_cache else None
+    shared = load_shared_pre(cache, run.device) if cache is not None else None
+    if shared is not None:  # a shared θ_pre: charge its training time to this run too
+        theta, pre_s = shared
+        save_torch(theta, ckpt)
+        run.add_time("pre_s", pre_s)
+        run.add_time("total_s", pre_s)
+        return theta
+    run.train_stage(model, "pre", run.cfg.prune.n_pre, None, evaluate_sets=True)
+    theta = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if cache is not None:
+        save_shared_pre(cache, theta, run.timing["pre_s"])
+    save_torch(theta, ckpt)
+    run.folder.save_timing(run.timing)
+    return theta
 
 
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b)):
-            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-        return out
-    return [] if a == b else [prefix[:-1]]
+def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], mask: Mask, k: int,
+                target: float) -> Mask:  # fmt: skip
+    """Pruning round `k`: rewind, train (recording if the method needs it), score, select; return the new mask."""
+    cfg, folder = run.cfg, run.folder
+    if folder.level_done(k):
+        mask, state = folder.load_level(k, run.device)
+        model.load_state_dict(state)
+        return mask
+    if cfg.prune.rewind or k == 1:
+        _rewind(model, theta_pre, cfg.prune.reset_bn)
+    mask.apply_(model)
+    stage = f"level_{k}"
+    recorder = run.train_stage(model, stage, cfg.prune.n_prune, mask, record=run.criterion.records).recorder
+    try:
+        t0 = time.perf_counter()
+        scored = _score(run, model, mask, recorder, stage, target)
+        scores, tie = scored.oriented(run.criterion.higher_is_important)
+        new_mask = select(scores, target, scope=cfg.prune.scope, mask=mask, tie_break=tie)
+        run.add_time("solve_s", time.perf_counter() - t0)
+    finally:
+        if recorder is not None:
+            recorder.close()
+    new_mask.apply_(model)
+    folder.save_level(k, {"scores": scored.scores, "tie_break": scored.tie_break}, model.state_dict(), new_mask)
+    info = {key: v for key, v in scored.info.items() if isinstance(v, int | float | str | bool)}
+    folder.log({"event": "level", "level": k, "sparsity_target": target, "sparsity": new_mask.sparsity(), **info})
+    folder.save_timing(run.timing)
+    return new_mask
 
 
-def _pre_cache_dir(cfg: Config, root: Path) -> Path:
-    """Folder of the θ_pre checkpoint shared by runs that agree on everything pre-training reads."""
-    d, defaults = cfg.to_dict(), Config().to_dict()
-    train = {k: v for k, v in d["train"].items() if not k.startswith("post_")}  # post-training only
-    key = {"seed": d["seed"], "data": non_default(d["data"], defaults["data"]),
-           "model": non_default(d["model"], defaults["model"]), "train": non_default(train, defaults["train"]),
-           "n_pre": d["prune"]["n_pre"], "probe_size": d["causal"]["probe_size"]}  # fmt: skip
-    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return root / f"pre-{h}"
+def _score(run: Run, model: nn.Module, mask: Mask, recorder: TrajectoryRecorder | None, stage: str,
+           target: float) -> Scored:  # fmt: skip
+    """Give the method what it declared it needs, and score the model."""
+    crit = run.criterion
+    assert crit.fn is not None  # only methods that prune reach a pruning round
+    seed = stage_seed(run.cfg.seed, stage + "/score")
+    inp = ScoreInput(
+        model, mask, settings=run.cfg.section(crit.section) if crit.section else None, seed=seed,
+        trajectory=recorder.trajectory() if recorder is not None else None,
+        data=run.score_batches(seed) if crit.needs_data else [], loss_fn=loss_function(run.data.task),
+        target_sparsity=target, input_shape=tuple(run.data.input_shape),
+    )  # fmt: skip
+    return crit.fn(inp)
+
+
+def final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, stage: str) -> list[dict[str, float]]:
+    """Train the last stage (``post`` with the final mask, or ``dense``); return its per-epoch logs."""
+    history = run.train_stage(model, stage, epochs, mask, evaluate_sets=True).history
+    return history or [run.eval_logs(model)]  # no epochs: the model as it stands
 
 
 def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | Path | None = None,
                    quiet: bool = False) -> dict[str, Any]:  # fmt: skip
     """Run (or continue) one experiment in its run folder; return its summary."""
     t_start = time.perf_counter()
+    cfg = resolve.check(cfg)
     criterion = criteria.get(cfg.prune.method)
-    if criterion is not None and criterion.records and cfg.prune.n_prune < 1:
-        raise ConfigError(f"prune.n_prune must be >= 1 for {cfg.prune.method}, which records the round's training")
-    path = Path(out) if out is not None else default_run_dir(cfg)
-    summary_path = path / "summary.json"
-    if summary_path.exists():
-        _check_run_folder(path, cfg)
-        return json.loads(summary_path.read_text())
+    folder = RunFolder(out if out is not None else default_run_dir(cfg))
+    if folder.finished():
+        folder.claim(cfg)
+        return folder.summary()
     # Everything that can fail on bad input is checked before the run folder is written.
     device = device_of(cfg)
-    data = load_splits(cfg, device)
-    run = Run(cfg, path, data, device, Path(pre_cache) if pre_cache else None)
+    run = Run(cfg, criterion, folder, load_splits(cfg, device), device, Path(pre_cache) if pre_cache else None)
     model = run.new_model()
-    _check_run_folder(path, cfg)
-    if not (path / "env.json").exists():
-        save_json(environment(device), path / "env.json")
-    timing_path = path / "timing.json"
-    if timing_path.exists():
-        run.timing = json.loads(timing_path.read_text())
+    folder.claim(cfg)
+    folder.write_env(environment(device))
+    run.timing = folder.load_timing()
 
-    if criterion is None:  # dense baseline: the same total epochs, no pruning
+    if not criterion.prunes:  # the same total epochs, no pruning
         epochs = cfg.train.epochs if cfg.train.epochs is not None else cfg.total_epochs()
-        history = _final_stage(run, model, None, epochs, "dense")
-        mask = Mask.ones(model)
-        dense_metrics = history[-1] if history else run.eval(model, "test")
-        return _finish(run, model, mask, history, dense_metrics, t_start, quiet)
+        history = final_stage(run, model, None, epochs, cfg.prune.method)
+        return _finish(run, model, Mask.ones(model), history, history[-1], t_start, quiet)
 
-    # --- stage pre: θ_pre -------------------------------------------------------------
-    theta_pre = _pre_stage(run, model)
+    theta_pre = pre_stage(run, model)
     model.load_state_dict(theta_pre)
     dense_test = run.eval(model, "test")
-
-    # --- stages level_1..level_N ---------------------------------------------------------
     mask = Mask.ones(model)
-    targets = schedule(cfg.prune.schedule, cfg.prune.sparsity, cfg.prune.n_iter)
-    for k, target in enumerate(targets, start=1):
-        level = path / f"level_{k}"
-        if (level / "mask.pt").exists() and (level / "checkpoint.pt").exists():
-            mask = Mask.load(level / "mask.pt")
-            model.load_state_dict(torch.load(level / "checkpoint.pt", map_location=device, weights_only=True))
-            continue
-        if cfg.prune.rewind or k == 1:
-            _rewind(model, theta_pre, cfg.prune.reset_bn)
-        mask.apply_(model)
-        stage = f"level_{k}"
-        recorder = run.train_stage(model, stage, cfg.prune.n_prune, mask, record=criterion.records)
-        t0 = time.perf_counter()
-        traj = recorder.trajectory() if recorder is not None else None
-        seed = stage_seed(cfg.seed, stage + "/score")
-        batches = run.score_batches(seed) if criterion.needs_data or criterion.name == "synflow" else []
-        scored = criterion.fn(ScoreInput(model, mask, cfg, seed, traj, batches, loss_function(data.task), target))
-        scores, tie = scored.scores, scored.tie_break
-        if not criterion.higher_is_important:  # e.g. GraSP prunes its largest scores
-            scores = {n: -v for n, v in scores.items()}
-            tie = {n: -v for n, v in tie.items()} if tie is not None else None
-        new_mask = select(scores, target, scope=cfg.prune.scope, mask=mask, tie_break=tie)
-        run.add_time("solve_s", time.perf_counter() - t0)
-        if recorder is not None:
-            recorder.close()
-        new_mask.apply_(model)
-        save_torch({"scores": scored.scores, "tie_break": scored.tie_break}, level / "scores.pt")
-        save_torch(model.state_dict(), level / "checkpoint.pt")
-        new_mask.save(level / "mask.pt")  # written last: its presence marks the stage done
-        info = {k2: v for k2, v in scored.info.items() if isinstance(v, int | float | str | bool)}
-        run.log({"event": "level", "level": k, "sparsity_target": target, "sparsity": new_mask.sparsity(), **info})
-        save_json(run.timing, timing_path)
-        mask = new_mask
-
-    # --- stage post: rewind, train with the final mask ------------------------------------
+    for k, target in enumerate(schedule(cfg.prune.schedule, cfg.prune.sparsity, cfg.prune.n_iter), start=1):
+        mask = level_stage(run, model, theta_pre, mask, k, target)
     if cfg.prune.rewind:
         _rewind(model, theta_pre, cfg.prune.reset_bn)
     mask.apply_(model)
-    history = _final_stage(run, model, mask, cfg.prune.n_post, "post")
+    history = final_stage(run, model, mask, cfg.prune.n_post, "post")
     return _finish(run, model, mask, history, dense_test, t_start, quiet)
 
 
@@ -356,56 +363,6 @@ def load_splits(cfg: Config, device: torch.device | None = None, download: bool 
         pool = pool.limit(cfg.data.max_samples)
     data = make_splits(pool, cfg.seed, cfg.data.val_fraction, cfg.causal.probe_size)
     return data.to(device) if cfg.data.on_device and device is not None else data
-
-
-def _pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
-    ckpt = run.path / "pre" / "checkpoint.pt"
-    cached = _pre_cache_dir(run.cfg, run.pre_cache) / "checkpoint.pt" if run.pre_cache else None
-    for source in (ckpt, cached):
-        if source is not None and source.exists():
-            theta = torch.load(source, map_location=run.device, weights_only=True)
-            if source != ckpt:  # a shared θ_pre: charge its training time to this run too
-                save_torch(theta, ckpt)
-                pre_s = json.loads((source.parent / "timing.json").read_text())["pre_s"]
-                run.add_time("pre_s", pre_s)
-                run.add_time("total_s", pre_s)
-            return theta
-    run.train_stage(model, "pre", run.cfg.prune.n_pre, None)
-    theta = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if cached is not None:
-        save_json({"pre_s": run.timing["pre_s"]}, cached.parent / "timing.json")
-        save_torch(theta, cached)
-    save_torch(theta, ckpt)
-    save_json(run.timing, run.path / "timing.json")
-    return theta
-
-
-def _final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, stage: str) -> list[dict[str, float]]:
-    history: list[dict[str, float]] = []
-
-    class _Keep(Callback):
-        def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-            history.append(dict(logs))
-
-    cfg = run.cfg
-    torch.manual_seed(stage_seed(cfg.seed, stage))
-    train = cfg.train.for_stage(stage)  # post-training may have its own optimizer and lr
-    opt = make_optimizer(model.parameters(), train)
-    handle = mask.attach(model, opt) if mask is not None else None
-    t0 = time.perf_counter()
-    fit(model, opt, run.data.train, epochs=epochs, batch_size=cfg.train.batch_size, task=run.data.task,
-        seed=stage_seed(cfg.seed, stage + "/batches"), lr_schedule=cfg.train.lr_schedule,
-        callbacks=[_Logger(run, stage, model), _Keep()], desc=stage, augment=run.augment,
-        amp=cfg.train.amp, initial_lr=train.initial_lr)  # fmt: skip
-    if handle is not None:
-        handle.remove()
-    run.add_time("train_s", time.perf_counter() - t0)
-    if not history:  # no epochs: evaluate the model as it stands
-        logs: dict[str, float] = {"epoch": 0}
-        for split in ("val", "test"):
-            logs.update({f"{split}_{k}": v for k, v in run.eval(model, split).items()})
-        history.append(logs)
-    return history
 
 
 def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, float]],
@@ -425,7 +382,7 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "task": run.data.task,
-        "sparsity_target": cfg.prune.sparsity if cfg.prune.method != "dense" else 0.0,
+        "sparsity_target": cfg.prune.sparsity if run.criterion.prunes else 0.0,
         "sparsity_actual": 1.0 - n_nonzero / n_prunable,
         "params_prunable": n_prunable,
         "params_nonzero": n_nonzero,
@@ -442,7 +399,7 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
             "n_iter": cfg.prune.n_iter,
             "n_prune": cfg.prune.n_prune,
             "n_post": cfg.prune.n_post,
-            "total": len(history) if cfg.prune.method == "dense" else cfg.total_epochs(),
+            "total": cfg.total_epochs() if run.criterion.prunes else len(history),
         },
         "efficiency": efficiency(model, run.data.input_shape),
         "timing": {k: round(v, 3) for k, v in run.timing.items()},
@@ -452,14 +409,11 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
     }
     for key in ("total_s", "record_s", "solve_s"):
         summary["timing"].setdefault(key, 0.0)
-    save_torch(model.state_dict(), run.path / "model.pt")
-    mask.save(run.path / "mask.pt")
-    save_json(run.timing, run.path / "timing.json")
-    save_json(summary, run.path / "summary.json")
-    run.log({"event": "summary", **{k: v for k, v in summary.items() if not isinstance(v, dict)}})
+    run.folder.save_result(model.state_dict(), mask, run.timing, summary)
+    run.folder.log({"event": "summary", **{k: v for k, v in summary.items() if not isinstance(v, dict)}})
     if not quiet:
         print(f"{cfg.prune.method} seed {cfg.seed}: sparsity {summary['sparsity_actual']:.4f}, "
-              f"test {metric} {final[f'test_{metric}']:.4f} ({run.path})")  # fmt: skip
+              f"test {metric} {final[f'test_{metric}']:.4f} ({run.folder.path})")  # fmt: skip
     return summary
 
 
@@ -468,6 +422,7 @@ def dry_run(cfg: Config) -> str:
 
     Returns the plan as text. A missing data set is reported, not raised.
     """
+    cfg = resolve.check(cfg)
     criterion = criteria.get(cfg.prune.method)
     device = device_of(cfg)
     lines = [f"config {cfg.name} (seed {cfg.seed}), device {device}"]
@@ -484,9 +439,9 @@ def dry_run(cfg: Config) -> str:
     n_all = sum(p.numel() for p in model.parameters())
     n_prunable = sum(p.numel() for p in prunable_parameters(model).values())
     lines.append(f"model {cfg.model.name}: {n_all:,} parameters, {n_prunable:,} prunable, input {shape}")
-    if criterion is None:
+    if not criterion.prunes:
         epochs = cfg.train.epochs if cfg.train.epochs is not None else cfg.total_epochs()
-        lines.append(f"method dense: {epochs} epochs, no pruning")
+        lines.append(f"method {cfg.prune.method}: {epochs} epochs, no pruning")
     else:
         targets = schedule(cfg.prune.schedule, cfg.prune.sparsity, cfg.prune.n_iter)
         p = cfg.prune
@@ -502,3 +457,7 @@ def dry_run(cfg: Config) -> str:
                  f"{t.weight_decay}; post-training {post.optimizer} lr {post.lr}, weight decay {post.weight_decay}"
                  + (f"; {', '.join(fast)}" if fast else ""))  # fmt: skip
     return "\n".join(lines)
+
+
+__all__ = ["Run", "RunFolderError", "default_run_dir", "dry_run", "final_stage", "level_stage", "load_splits",
+           "pre_stage", "run_experiment", "stage_seed"]  # fmt: skip

@@ -2,6 +2,8 @@
 
 Paired differences compare two methods on the same seed (same data split, same θ_pre),
 so seed-to-seed variation cancels: mean ± standard error over seeds, and wins out of n.
+Which methods are the reference baselines, and which method is whose placebo, comes from
+the method registry (`criteria.references`, `criteria.placebo_of`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
+
+from . import criteria
 
 EFFICIENCY = ("size_nz", "compression_ratio", "flops_nz", "theoretical_speedup")
 
@@ -44,8 +48,20 @@ def paired(a: dict[int, float], b: dict[int, float], higher_is_better: bool) -> 
     return mean, se, wins, len(diffs)
 
 
-def table_rows(summaries: Sequence[dict[str, Any]], baselines: Sequence[str] = ("magnitude",)) -> list[dict[str, Any]]:
-    """Group summaries by (label, sparsity); return one row per group with statistics."""
+def baselines_of(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Return the registered reference baselines that have rows in `rows`."""
+    present = {r["method"] for r in rows}
+    return [b for b in criteria.references() if b in present]
+
+
+def table_rows(summaries: Sequence[dict[str, Any]], baselines: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Group summaries by (label, sparsity); return one row per group with statistics.
+
+    Each row carries its paired difference to every baseline (default: the registered
+    reference baselines) and, for a method that has a registered placebo, to the placebo
+    run with the same settings.
+    """
+    baselines = criteria.references() if baselines is None else baselines
     groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     for s in summaries:
         groups[(s.get("label", s["method"]), s["sparsity_target"])].append(s)
@@ -55,7 +71,7 @@ def table_rows(summaries: Sequence[dict[str, Any]], baselines: Sequence[str] = (
         final = {r["seed"]: r["pruned"][f"test_{metric}"] for r in runs}
         at_val = {r["seed"]: r["pruned"][f"test_{metric}_at_best_val"] for r in runs}
         row: dict[str, Any] = {
-            "method": label, "sparsity": sparsity, "n": len(runs), "metric": metric,
+            "method": label, "sparsity": sparsity, "n": len(runs), "metric": metric, "_method": runs[0]["method"],
             "final": _mean_std(list(final.values())), "at_best_val": _mean_std(list(at_val.values())),
             "best_test": _mean_std([r["pruned"][f"best_test_{metric}"] for r in runs]),
             "sparsity_actual": statistics.fmean(r["sparsity_actual"] for r in runs),
@@ -74,19 +90,22 @@ def table_rows(summaries: Sequence[dict[str, Any]], baselines: Sequence[str] = (
             ref = next((r for r in rows if r["method"] == base and r["sparsity"] == row["sparsity"]), None)
             if ref is not None and ref is not row:
                 row[f"vs_{base}"] = paired(row["_final_by_seed"], ref["_final_by_seed"], higher)
-        # A causal variant against its own placebo (same settings, ΔL permuted).
-        if row["method"].startswith("causal") and not row["method"].startswith("causal-placebo"):
-            partner = "causal-placebo" + row["method"][len("causal"):]
+        # A method against its own placebo control (same settings, e.g. ΔL permuted).
+        method = row["_method"]
+        placebo = criteria.placebo_of(method) if method in criteria.METHODS else None
+        if placebo is not None and row["method"].startswith(method):
+            partner = placebo + row["method"][len(method):]
             ref = next((r for r in rows if r["method"] == partner and r["sparsity"] == row["sparsity"]), None)
             if ref is not None:
                 row["vs_placebo"] = paired(row["_final_by_seed"], ref["_final_by_seed"], higher)
     return rows
 
 
-def markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] = ("magnitude",)) -> str:
-    """Render rows as a markdown table (accuracy in %; mean ± std over seeds)."""
+def markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] | None = None) -> str:
+    """Render rows as a markdown table (accuracy in %; mean ± std over seeds); baselines default to `baselines_of`."""
     if not rows:
         return "(no finished runs)\n"
+    baselines = baselines_of(rows) if baselines is None else baselines
     pct = rows[0]["metric"] == "accuracy"
     unit = "test accuracy %" if pct else "test MSE"
     head = ["method", "sparsity", "n", f"{unit} (final)", f"{unit} (at best val)", f"{unit} (best, paper's way)"]
@@ -113,14 +132,15 @@ def markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] = ("magnit
 
 
 def to_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """Render rows as CSV (one column per statistic)."""
+    """Render rows as CSV (one column per statistic; paired columns against the first reference baseline)."""
     buf = io.StringIO()
     w = csv.writer(buf)
+    ref = f"vs_{criteria.references()[0]}"  # vs_magnitude
     w.writerow(["method", "sparsity", "n", "metric", "final_mean", "final_std", "at_best_val_mean",
-                "at_best_val_std", "best_test_mean", "best_test_std", "vs_magnitude_mean", "vs_magnitude_se",
-                "vs_magnitude_wins", "sparsity_actual", *EFFICIENCY, "time_s"])  # fmt: skip
+                "at_best_val_std", "best_test_mean", "best_test_std", f"{ref}_mean", f"{ref}_se",
+                f"{ref}_wins", "sparsity_actual", *EFFICIENCY, "time_s"])  # fmt: skip
     for r in rows:
-        p = r.get("vs_magnitude") or (None, None, None, None)
+        p = r.get(ref) or (None, None, None, None)
         w.writerow([r["method"], r["sparsity"], r["n"], r["metric"], *r["final"], *r["at_best_val"],
                     *r["best_test"], p[0], p[1], p[2], r["sparsity_actual"], *[r.get(k) for k in EFFICIENCY],
                     r["time_s"]])  # fmt: skip

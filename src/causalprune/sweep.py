@@ -11,25 +11,27 @@ A sweep file names a base config, overrides, and a grid::
       seed: [0, 1, 2]
 
 Runs go to OUT/<key=value,...>/ (one run folder each); finished runs are skipped, stopped
-ones resume. `causalprune report OUT` then tabulates them and draws Fig. 3-style boxplots.
+ones resume; runs that agree on everything pre-training reads share θ_pre (``OUT/_pre``).
+Planning is `grid.plan`'s, shared with `compare`. `causalprune report OUT` then tabulates
+the runs and draws Fig. 3-style boxplots.
 """
 
 from __future__ import annotations
 
-import itertools
 import multiprocessing as mp
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .compare import _slug
-from .config import ConfigError, load_config
+from .config import Config, ConfigError, config_from_dict, load_config
 from .experiment import run_experiment
+from .grid import Cell, Grid, override, plan, short, slug
 from .io import save_text
+from .runfolder import pre_cache_dir
 
 
-def load_sweep(path: str | Path) -> tuple[Path | None, str, list[str], list[tuple[str, list[Any]]]]:
+def load_sweep(path: str | Path) -> tuple[Path | None, str, list[str], Grid]:
     """Read a sweep file: (base config path, name, fixed overrides, grid)."""
     path = Path(path)
     if not path.is_file():
@@ -41,7 +43,7 @@ def load_sweep(path: str | Path) -> tuple[Path | None, str, list[str], list[tupl
     if unknown:
         raise ConfigError(f"unknown sweep key {sorted(unknown)[0]!r}; valid: base, name, set, grid")
     base = (path.parent / spec["base"]) if spec.get("base") else None
-    fixed = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for k, v in (spec.get("set") or {}).items()]
+    fixed = [override(k, v) for k, v in (spec.get("set") or {}).items()]
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or not grid:
         raise ConfigError(f"sweep file {path} needs a non-empty grid: key: [values]")
@@ -49,23 +51,21 @@ def load_sweep(path: str | Path) -> tuple[Path | None, str, list[str], list[tupl
     return base, str(spec.get("name", path.stem)), fixed, items
 
 
-def plan_sweep(path: str | Path, out: Path) -> list[tuple[list[str], Path, str]]:
-    """Return (overrides, run folder, label) for every combination; configs are checked now."""
+def _naming(pairs: list[tuple[str, Any]], cfg: Config) -> tuple[str, Path]:
+    """Label: every varied key but the seed; folder: every varied key."""
+    label = ",".join(short(k, v) for k, v in pairs if k != "seed")
+    return label, Path(slug(",".join(short(k, v) for k, v in pairs)))
+
+
+def plan_sweep(path: str | Path, out: Path) -> list[Cell]:
+    """Return one `Cell` per run of the sweep (folders relative to `out`); configs are checked now."""
     base, name, fixed, grid = load_sweep(path)
-    jobs = []
-    for combo in itertools.product(*[vs for _, vs in grid]):
-        pairs = list(zip(grid, combo, strict=True))
-        sets = [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip()}" for (k, _), v in pairs]
-        overrides = [f"name={name}", *fixed, *sets]
-        load_config(base, overrides)  # fail early, before any run starts, on a bad value
-        label = ",".join(f"{k.split('.')[-1]}={v}" for (k, _), v in pairs if k != "seed")
-        jobs.append((overrides, out / _slug(",".join(f"{k.split('.')[-1]}={v}" for (k, _), v in pairs)), label))
-    return jobs
+    return plan(load_config(base, [f"name={name}", *fixed]), grid, _naming)
 
 
-def _one(args: tuple[str | None, list[str], str, str]) -> str:
-    base, overrides, folder, label = args
-    run_experiment(load_config(base, overrides), folder, quiet=True)
+def _one(args: tuple[dict[str, Any], str, str, str]) -> str:
+    config, folder, label, pre = args
+    run_experiment(config_from_dict(config), folder, pre_cache=pre, quiet=True)
     save_text(label + "\n", Path(folder) / "label.txt")
     return folder
 
@@ -73,17 +73,25 @@ def _one(args: tuple[str | None, list[str], str, str]) -> str:
 def run_sweep(path: str | Path, out: str | Path, jobs: int = 1) -> int:
     """Run every combination of the sweep (skipping finished runs); return the number of runs."""
     out = Path(out)
-    base = load_sweep(path)[0]
-    plan = plan_sweep(path, out)
-    todo = [(str(base) if base else None, ov, str(folder), label) for ov, folder, label in plan
-            if not (folder / "summary.json").exists()]  # fmt: skip
-    print(f"{len(plan)} runs, {len(plan) - len(todo)} already finished, {len(todo)} to run with {jobs} process(es)")
+    cells = plan_sweep(path, out)
+    todo = [(c.config.to_dict(), str(out / c.folder), c.label, str(out / "_pre")) for c in cells
+            if not (out / c.folder / "summary.json").exists()]  # fmt: skip
+    print(f"{len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run with {jobs} process(es)")
     if jobs <= 1:
         for i, t in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}] {t[2]}", flush=True)
             _one(t)
-    else:
-        with mp.get_context("spawn").Pool(jobs) as pool:
-            for i, folder in enumerate(pool.imap_unordered(_one, todo), 1):
-                print(f"[{i}/{len(todo)}] done {folder}", flush=True)
-    return len(plan)
+        return len(cells)
+    # θ_pre is shared: first one run per distinct θ_pre (in parallel), then the rest, which reuse it.
+    first: dict[Path, int] = {}
+    for i, t in enumerate(todo):
+        first.setdefault(pre_cache_dir(config_from_dict(t[0]), out / "_pre"), i)
+    leaders = [todo[i] for i in sorted(first.values())]
+    rest = [t for i, t in enumerate(todo) if i not in set(first.values())]
+    done = 0
+    with mp.get_context("spawn").Pool(jobs) as pool:
+        for batch in (leaders, rest):
+            for folder in pool.imap_unordered(_one, batch):
+                done += 1
+                print(f"[{done}/{len(todo)}] done {folder}", flush=True)
+    return len(cells)

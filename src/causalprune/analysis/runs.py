@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import load_config
+from .. import resolve
 from ..data import materialize
 from ..experiment import load_splits
 from ..io import save_json
@@ -36,7 +36,7 @@ def load_run(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
     for f in ("config.yaml", "model.pt", "mask.pt", "summary.json"):
         if not (run_dir / f).exists():
             raise FileNotFoundError(f"{run_dir} is not a finished run folder (no {f})")
-    cfg = load_config(run_dir / "config.yaml")
+    cfg = resolve.load(run_dir / "config.yaml")
     data = load_splits(cfg, download=False)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
@@ -55,7 +55,7 @@ def analyze_run(run_dir: Path, hessian: bool, flat: bool, land: bool, histogram:
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
     result: dict[str, Any] = {"run": str(run_dir), "method": summary["method"], "seed": summary["seed"],
                               "sparsity": summary["sparsity_target"]}  # fmt: skip
-    alive_mask = mask if summary["method"] != "dense" else None
+    alive_mask = mask  # all ones for a run that did not prune
     if hessian:
         eig = top_eigenvalues(model, loss_fn, batches, k=k, mask=alive_mask, max_iter=200, tol=1e-4)
         tr, se = trace(model, loss_fn, batches, mask=alive_mask, n_samples=50)

@@ -1,13 +1,24 @@
-"""Pruning criteria: each only *scores* weights; `selection.select` thresholds them all alike.
+"""Pruning methods: each criterion only *scores* weights; `selection.select` thresholds them all alike.
 
-A criterion is registered under a method name with `register`. Criteria that need the
-recorded SGD trajectory of a round (``records=True``) get it in `ScoreInput.trajectory`;
-the others score the model as it stands after the round's training. ``dense`` is the
-no-pruning baseline and has no criterion.
+A method is registered under its name with `register`, declaring everything the driver,
+`compare`, `report` and the analysis tools need to know about it — so none of them
+contains a method name:
+
+* ``needs``: what it scores from — ``trajectory`` (the round's recorded SGD trajectory),
+  ``batches`` (training batches and the loss function), ``input_shape``; the others
+  score the model as it stands after the round's training.
+* ``higher_is_important``: its direction (GraSP prunes its *largest* scores).
+* ``settings`` / ``reads``: the settings dataclass it owns (a top-level config section,
+  e.g. ``causal``) and which of its fields it reads; `reads_key` tells a grid which keys
+  vary a method.
+* ``placebo_for``: the method it is the placebo control of (tables pair them).
+* ``reference``: the baseline every table compares each method with (magnitude).
+* ``prunes``: False for ``dense``, the no-pruning baseline trained for the same epochs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,10 +26,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..config import SECTIONS
+
 if TYPE_CHECKING:
-    from ..config import Config
     from ..masks import Mask
     from ..trajectory import Trajectory
+
+NEEDS = ("trajectory", "batches", "input_shape")
 
 
 @dataclass
@@ -27,12 +41,13 @@ class ScoreInput:
 
     model: nn.Module
     mask: Mask
-    cfg: Config | None = None  # None when called through `score()` outside the driver
+    settings: Any = None  # the criterion's own settings dataclass (None: it has none)
     seed: int = 0  # round-specific seed, for criteria that draw random numbers
     trajectory: Trajectory | None = None
     data: Sequence[tuple[Any, Any]] = ()  # (inputs, targets) batches for data-driven criteria
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
     target_sparsity: float | None = None  # the round's cumulative target (SynFlow's inner schedule)
+    input_shape: tuple[int, ...] | None = None  # one sample's shape (data-free criteria such as SynFlow)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -44,47 +59,118 @@ class Scored:
     tie_break: dict[str, torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
+    def oriented(self, higher_is_important: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """Return (scores, tie-break) with higher = keep, as `selection.select` expects."""
+        if higher_is_important:
+            return self.scores, self.tie_break
+        tie = {n: -v for n, v in self.tie_break.items()} if self.tie_break is not None else None
+        return {n: -v for n, v in self.scores.items()}, tie
+
+
+ScoreFn = Callable[[ScoreInput], Scored]
+
 
 @dataclass(frozen=True)
 class Criterion:
-    """A registered scoring method."""
+    """A registered pruning method and what it declares about itself."""
 
     name: str
-    records: bool  # needs the round's recorded trajectory
-    fn: Callable[[ScoreInput], Scored]
+    fn: ScoreFn | None  # None: prunes nothing (dense)
     description: str
-    uses_causal_config: bool = False  # reads causal.* keys (compare grids vary them)
+    needs: frozenset[str] = frozenset()  # subset of NEEDS
     higher_is_important: bool = True  # False: the largest scores are pruned first (GraSP)
-    needs_data: bool = False  # scores from (inputs, targets) batches
+    settings: type | None = None  # its settings dataclass, registered as a config section
+    reads: frozenset[str] = frozenset()  # fields of that section it reads
+    placebo_for: str | None = None  # this method is the placebo control of that one
+    reference: bool = False  # tables report every method's paired difference to this one
+    prunes: bool = True
+
+    @property
+    def records(self) -> bool:
+        """Whether it needs the round's recorded trajectory."""
+        return "trajectory" in self.needs
+
+    @property
+    def needs_data(self) -> bool:
+        """Whether it scores from (inputs, targets) batches."""
+        return "batches" in self.needs
+
+    @property
+    def section(self) -> str | None:
+        """The config section of its settings (None: it has none)."""
+        return getattr(self.settings, "SECTION", None)
+
+    def reads_key(self, key: str) -> bool:
+        """Whether config key ``section.field`` can change this method's runs (grids vary only those).
+
+        Keys of a method's settings section vary the methods that read them, plus every
+        method when the field is one the whole run reads (the settings class lists those
+        in ``SHARED``, e.g. ``causal.probe_size`` carves the probe set out of the training
+        data). ``prune.sparsity`` does not vary a method that does not prune. Every other
+        key (data, model, train, prune, seed) varies every method.
+        """
+        section, _, name = key.partition(".")
+        if key == "prune.sparsity":
+            return self.prunes
+        if section in SECTIONS:
+            if name in getattr(SECTIONS[section], "SHARED", ()):
+                return True
+            return section == self.section and (not name or name in self.reads)
+        return True
 
 
-METHODS: dict[str, Criterion | None] = {"dense": None}
+METHODS: dict[str, Criterion] = {}
 
 
-def register(name: str, *, records: bool = False, description: str, uses_causal_config: bool = False,
-             higher_is_important: bool = True, needs_data: bool = False):  # fmt: skip
-    """Decorator: register `fn(ScoreInput) -> Scored` as pruning method `name`."""
+def register(name: str, *, description: str, needs: Iterable[str] = (), higher_is_important: bool = True,
+             settings: type | None = None, reads: Iterable[str] | None = None, placebo_for: str | None = None,
+             reference: bool = False) -> Callable[[ScoreFn], ScoreFn]:  # fmt: skip
+    """Decorator: register `fn(ScoreInput) -> Scored` as pruning method `name`.
 
-    def wrap(fn: Callable[[ScoreInput], Scored]) -> Callable[[ScoreInput], Scored]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is already registered")
-        METHODS[name] = Criterion(name, records, fn, description, uses_causal_config, higher_is_important,
-                                  needs_data)  # fmt: skip
+    `reads` defaults to every field of `settings`.
+    """
+    needs = frozenset(needs)
+    if needs - set(NEEDS):
+        raise ValueError(f"method {name!r} needs {sorted(needs - set(NEEDS))}; valid needs: {', '.join(NEEDS)}")
+    if settings is not None and getattr(settings, "SECTION", None) not in SECTIONS:
+        raise ValueError(f"settings of {name!r} must be registered with config.register_section first")
+    if reads is None:
+        reads = [f.name for f in dataclasses.fields(settings)] if settings is not None else []
+
+    def wrap(fn: ScoreFn) -> ScoreFn:
+        _add(Criterion(name, fn, description, needs, higher_is_important, settings, frozenset(reads), placebo_for,
+                       reference))  # fmt: skip
         return fn
 
     return wrap
 
 
-def get(name: str) -> Criterion | None:
-    """Return the criterion registered as `name` (None for ``dense``)."""
+def _add(criterion: Criterion) -> None:
+    if criterion.name in METHODS:
+        raise ValueError(f"method {criterion.name!r} is already registered")
+    METHODS[criterion.name] = criterion
+
+
+def get(name: str) -> Criterion:
+    """Return the method registered as `name`."""
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; valid: {', '.join(sorted(METHODS))}")
     return METHODS[name]
 
 
 def names() -> list[str]:
-    """Return the names of the scoring criteria (every method except ``dense``)."""
-    return sorted(n for n, c in METHODS.items() if c is not None)
+    """Return the names of the scoring criteria (every method that prunes)."""
+    return sorted(n for n, c in METHODS.items() if c.prunes)
+
+
+def placebo_of(name: str) -> str | None:
+    """Return the method registered as the placebo control of `name`, if any."""
+    return next((c.name for c in METHODS.values() if c.placebo_for == name), None)
+
+
+def references() -> list[str]:
+    """Return the reference baselines every method is compared with (paired by seed)."""
+    return sorted(n for n, c in METHODS.items() if c.reference)
 
 
 def score(
@@ -98,15 +184,16 @@ def score(
 
     `data` is an iterable of (inputs, targets) batches (ignored by data-free criteria).
     Options: ``mask`` (a `Mask`; default all alive), ``seed``, ``sparsity`` (SynFlow's
-    iterative target), ``trajectory`` (causal criteria), and criterion-specific ones.
-    Scores follow each method's own formula; for GraSP the *largest* scores are pruned
-    (`Criterion.higher_is_important` is False).
+    iterative target), ``trajectory`` (causal criteria), ``input_shape`` (SynFlow without
+    data), fields of the criterion's settings (e.g. ``solver`` for causal), and
+    criterion-specific ones. Scores follow each method's own formula; for GraSP the
+    *largest* scores are pruned (`Criterion.higher_is_important` is False).
     """
     from ..masks import Mask
 
     crit = get(name)
-    if crit is None:
-        raise ValueError("'dense' prunes nothing and has no scores")
+    if crit.fn is None:
+        raise ValueError(f"{name!r} prunes nothing and has no scores")
     mask = options.pop("mask", None) or Mask.ones(model)
     batches = list(data)
     if crit.needs_data and not batches:
@@ -117,11 +204,21 @@ def score(
     if crit.records and traj is None:
         raise ValueError(f"criterion {name!r} scores a recorded trajectory: pass trajectory=TrajectoryRecorder(...)"
                          ".trajectory()")  # fmt: skip
-    inp = ScoreInput(model, mask, None, int(options.pop("seed", 0)), traj, batches, loss_fn,
-                     options.pop("sparsity", None), options)  # fmt: skip
+    input_shape = options.pop("input_shape", None)
+    if input_shape is None and batches:
+        input_shape = tuple(batches[0][0].shape[1:])
+    settings = None
+    if crit.settings is not None:
+        fields = {f.name for f in dataclasses.fields(crit.settings)}
+        settings = crit.settings(**{k: options.pop(k) for k in list(options) if k in fields})
+    inp = ScoreInput(model, mask, settings, int(options.pop("seed", 0)), traj, batches, loss_fn,
+                     options.pop("sparsity", None), tuple(input_shape) if input_shape else None, options)  # fmt: skip
     return crit.fn(inp).scores
 
 
+_add(Criterion("dense", None, "no pruning, same total epochs", prunes=False))
+
 from . import causal, magnitude, saliency, synflow  # noqa: E402,F401  (registration side effects)
 
-__all__ = ["METHODS", "Criterion", "ScoreInput", "Scored", "get", "names", "register", "score"]
+__all__ = ["METHODS", "NEEDS", "Criterion", "ScoreInput", "Scored", "get", "names", "placebo_of", "references",
+           "register", "score"]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Causal Pruning's scores (SPEC §1–4) and the controls that test them.
+"""Causal Pruning's scores (docs/method.md, sections 1–3) and the controls that test them.
 
 * ``causal``: Lasso fit of ΔL_t on x̃_t over the round's trajectory; score |γ| (or |γ|·θ²
   with ``causal.score: gamma_theta2``), ties at γ = 0 broken by the KKT score.
@@ -10,12 +10,67 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 from .. import lasso
+from ..config import ConfigError, check_choice, check_positive, register_section
 from ..masks import prunable_parameters
+from ..trajectory import DELTA_LOSSES
 from . import Scored, ScoreInput, register
+
+
+@register_section
+@dataclass(frozen=True)
+class CausalSettings:
+    """How the causal criteria record a round and fit it: config section ``causal`` (docs/method.md, 1–3)."""
+
+    SECTION = "causal"
+    # Every run reads it, whatever its method: the probe set is carved out of the training split.
+    SHARED = ("probe_size",)
+
+    # Defaults: the variant that pruned best on MNIST-1D (docs/results.md). The paper's own
+    # is delta_loss=same_batch, solver=sgd, score=gamma.
+    delta_loss: str = "same_batch"  # same_batch | probe (docs/method.md, "Recording")
+    probe_size: int = 256  # probe samples, held out of the training split
+    solver: str = "minnorm"  # auto | cd | fista | sgd | minnorm
+    alpha_ratio: float = 0.01  # α = alpha_ratio · α_max
+    score: str = "gamma_theta2"  # gamma: |γ| | gamma_theta2: |γ|·θ² (OBD-style)
+    tie_break: str = "kkt"  # kkt | none: order of weights tied at γ = 0
+    recorder: str = "train"  # train: the training optimizer records | sgd: a dedicated plain SGD
+    record_lr: float = 0.001  # learning rate of the dedicated SGD recorder
+    momentum_model: bool = False  # momentum features (docs/method.md, "Recording") when the recorder has momentum
+    dtype: str = "float32"  # float32 | bfloat16 | float16 storage
+    placebo_seed: int = 12345  # seed of the ΔL permutation of causal-placebo
+    record_steps: int | None = None  # record N steps of each round, evenly spread (None: all of them)
+    memory_budget_gb: float | None = None  # GiB of trajectory kept in memory; the rest spills to disk
+    storage: str = "device"  # device: trajectory on the training device | cpu: in host memory (big models on a GPU)
+
+    def __post_init__(self) -> None:
+        check_choice(self.delta_loss, DELTA_LOSSES, "causal.delta_loss")
+        check_positive(self.probe_size, "causal.probe_size")
+        check_choice(self.solver, lasso.SOLVERS, "causal.solver")
+        check_positive(self.alpha_ratio, "causal.alpha_ratio")
+        check_choice(self.score, ("gamma", "gamma_theta2"), "causal.score")
+        check_choice(self.tie_break, ("kkt", "none"), "causal.tie_break")
+        check_choice(self.recorder, ("train", "sgd"), "causal.recorder")
+        check_positive(self.record_lr, "causal.record_lr")
+        check_choice(self.dtype, ("float32", "bfloat16", "float16"), "causal.dtype")
+        if self.record_steps is not None:
+            check_positive(self.record_steps, "causal.record_steps")
+            if self.momentum_model:
+                raise ConfigError("causal.momentum_model needs consecutive recorded steps; causal.record_steps "
+                                  "spreads them over the round (set one of them off)")  # fmt: skip
+        check_choice(self.storage, ("device", "cpu"), "causal.storage")
+        if self.memory_budget_gb is not None:
+            check_positive(self.memory_budget_gb, "causal.memory_budget_gb")
+
+
+#: The fields that say how a round is recorded (every method that needs a trajectory reads them).
+RECORDING = ("delta_loss", "probe_size", "recorder", "record_lr", "momentum_model", "dtype", "record_steps",
+             "memory_budget_gb", "storage")  # fmt: skip
+FIT = ("solver", "alpha_ratio", "score", "tie_break")
 
 
 def _theta2(inp: ScoreInput) -> dict[str, torch.Tensor]:
@@ -24,11 +79,10 @@ def _theta2(inp: ScoreInput) -> dict[str, torch.Tensor]:
 
 
 def _fit(inp: ScoreInput, placebo: bool) -> Scored:
-    from ..config import CausalConfig
-
     traj = inp.trajectory
-    assert traj is not None, "causal criteria need a recorded trajectory"
-    c = inp.cfg.causal if inp.cfg is not None else CausalConfig(**inp.options)
+    if traj is None:
+        raise ValueError("causal criteria need a recorded trajectory")
+    c: CausalSettings = inp.settings if inp.settings is not None else CausalSettings()
     blocks, y, Z = traj.design()
     if placebo:
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(c.placebo_seed + inp.seed))
@@ -49,25 +103,28 @@ def _fit(inp: ScoreInput, placebo: bool) -> Scored:
     return Scored(scores, tie, info)
 
 
-@register("causal", records=True, uses_causal_config=True,
+@register("causal", needs=["trajectory"], settings=CausalSettings, reads=RECORDING + FIT,
           description="Lasso of ΔL on squared updates; |γ| (or |γ|·θ²), KKT tie-break")  # fmt: skip
 def causal(inp: ScoreInput) -> Scored:
     """Score weights by their causal coefficient."""
     return _fit(inp, placebo=False)
 
 
-@register("causal-placebo", records=True, uses_causal_config=True,
+@register("causal-placebo", needs=["trajectory"], settings=CausalSettings,
+          reads=(*RECORDING, *FIT, "placebo_seed"), placebo_for="causal",
           description="control: the causal fit with ΔL permuted across steps")  # fmt: skip
 def causal_placebo(inp: ScoreInput) -> Scored:
     """Score weights by a causal fit to permuted loss changes."""
     return _fit(inp, placebo=True)
 
 
-@register("energy", records=True, description="control: Σ_t x̃_t, update size alone (no ΔL)")
+@register("energy", needs=["trajectory"], settings=CausalSettings, reads=RECORDING,
+          description="control: Σ_t x̃_t, update size alone (no ΔL)")
 def energy(inp: ScoreInput) -> Scored:
     """Score weights by the sum of their squared updates over the round."""
     traj = inp.trajectory
-    assert traj is not None, "energy needs a recorded trajectory"
+    if traj is None:
+        raise ValueError("energy needs a recorded trajectory")
     X = traj.X
     total = torch.zeros(X.shape[1], dtype=torch.float32, device=X.device)
     for a in range(0, X.shape[0], 64):

@@ -43,7 +43,8 @@ def _batch_grads(model: nn.Module, params: Sequence[nn.Parameter], loss_fn: Call
         yield len(y), torch.autograd.grad(loss, params)
 
 
-def _mean_grad(inp: ScoreInput, names, params, loss_fn) -> list[torch.Tensor]:
+def _mean_grad(inp: ScoreInput, params: Sequence[nn.Parameter],
+               loss_fn: Callable[[Any, Any], torch.Tensor]) -> list[torch.Tensor]:  # fmt: skip
     total = [torch.zeros_like(p) for p in params]
     n = 0
     for b, grads in _batch_grads(inp.model, params, loss_fn, inp.data):
@@ -57,22 +58,22 @@ def _out(names: list[str], values: list[torch.Tensor]) -> Scored:
     return Scored({n: v.detach().float().cpu() for n, v in zip(names, values, strict=True)})
 
 
-@register("snip", needs_data=True, description="|g ⊙ θ| (SNIP, Lee et al. 2019)")
+@register("snip", needs=["batches"], description="|g ⊙ θ| (SNIP, Lee et al. 2019)")
 def snip(inp: ScoreInput) -> Scored:
     """Connection sensitivity: |∂L/∂θ ⊙ θ|."""
     names, params, loss_fn = _setup(inp)
-    g = _mean_grad(inp, names, params, loss_fn)
+    g = _mean_grad(inp, params, loss_fn)
     return _out(names, [(gi * p).abs() for gi, p in zip(g, params, strict=True)])
 
 
-@register("gradient", needs_data=True, description="|g| (gradient magnitude, Redman et al. 2022)")
+@register("gradient", needs=["batches"], description="|g| (gradient magnitude, Redman et al. 2022)")
 def gradient(inp: ScoreInput) -> Scored:
     """Gradient magnitude |∂L/∂θ|."""
     names, params, loss_fn = _setup(inp)
-    return _out(names, [gi.abs() for gi in _mean_grad(inp, names, params, loss_fn)])
+    return _out(names, [gi.abs() for gi in _mean_grad(inp, params, loss_fn)])
 
 
-@register("taylor", needs_data=True, description="Σ_b (g_b ⊙ θ)² (Molchanov et al. 2019)")
+@register("taylor", needs=["batches"], description="Σ_b (g_b ⊙ θ)² (Molchanov et al. 2019)")
 def taylor(inp: ScoreInput) -> Scored:
     """First-order Taylor importance accumulated over batches."""
     names, params, loss_fn = _setup(inp)
@@ -83,7 +84,7 @@ def taylor(inp: ScoreInput) -> Scored:
     return _out(names, acc)
 
 
-@register("fisher", needs_data=True, description="½ θ² · E_b[g_b²] (OBD, empirical Fisher diagonal)")
+@register("fisher", needs=["batches"], description="½ θ² · E_b[g_b²] (OBD, empirical Fisher diagonal)")
 def fisher(inp: ScoreInput) -> Scored:
     """Optimal Brain Damage saliency with the empirical Fisher as the Hessian diagonal."""
     names, params, loss_fn = _setup(inp)
@@ -96,12 +97,12 @@ def fisher(inp: ScoreInput) -> Scored:
     return _out(names, [0.5 * p.detach() ** 2 * a / n for a, p in zip(acc, params, strict=True)])
 
 
-@register("grasp", needs_data=True, higher_is_important=False,
+@register("grasp", needs=["batches"], higher_is_important=False,
           description="−θ ⊙ (H g), largest pruned (GraSP, Wang et al. 2020)")  # fmt: skip
 def grasp(inp: ScoreInput) -> Scored:
     """GraSP: −θ ⊙ Hg; removing the weights with the largest score preserves gradient flow most."""
     names, params, loss_fn = _setup(inp)
-    g = [gi.detach() for gi in _mean_grad(inp, names, params, loss_fn)]
+    g = [gi.detach() for gi in _mean_grad(inp, params, loss_fn)]
     hg = [torch.zeros_like(p) for p in params]
     device = params[0].device
     n = 0

@@ -34,15 +34,13 @@ def synflow_scores(model: torch.nn.Module, mask: Mask, input_shape: tuple[int, .
     return {n: (params[n].detach() * g).abs().float().cpu() for n, g in zip(mask, grads, strict=True)}
 
 
-@register("synflow", description="|θ ⊙ ∂R/∂θ|, data-free, iterative (SynFlow, Tanaka et al. 2020)")
+@register("synflow", needs=["input_shape"],
+          description="|θ ⊙ ∂R/∂θ|, data-free, iterative (SynFlow, Tanaka et al. 2020)")
 def synflow(inp: ScoreInput) -> Scored:
     """Iterative SynFlow towards the round's target sparsity (one round without a target)."""
-    if inp.data:
-        input_shape = tuple(inp.data[0][0].shape[1:])
-    elif "input_shape" in inp.options:
-        input_shape = tuple(inp.options["input_shape"])
-    else:
+    if inp.input_shape is None:
         raise ValueError("synflow needs the input shape: pass one data batch or input_shape=(C, H, W)")
+    input_shape = inp.input_shape
     rounds = int(inp.options.get("rounds", 100))
     mask = inp.mask
     target = inp.target_sparsity

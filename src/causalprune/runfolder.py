@@ -1,0 +1,166 @@
+"""A run folder on disk: every file a run reads or writes, written atomically, in one place.
+
+    <run>/config.yaml     resolved config, written before training starts
+          env.json        versions and machine facts
+          metrics.jsonl   one JSON object per event (epoch, level, summary)
+          timing.json     seconds per kind of work, carried across resumes
+          pre/            checkpoint.pt: θ_pre, the rewind point
+          level_<k>/      scores.pt, checkpoint.pt, mask.pt (written last: marks the level done)
+          model.pt, mask.pt, summary.json (written last: marks the run done)
+
+A θ_pre shared by several runs (a compare or sweep grid) lives in a cache folder keyed by
+everything pre-training reads (`pre_cache_dir`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, ConfigError, dump_config, load_config, non_default
+from .io import append_jsonl, save_json, save_text, save_torch
+from .masks import Mask
+
+
+class RunFolderError(ValueError):
+    """The output folder belongs to a different config (it is never overwritten)."""
+
+
+def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
+    """Return runs/<config-name>-<short-hash>/seed_<n> for a config."""
+    h = cfg.digest(keys=("name", "data", "model", "train", "prune", "causal"))
+    return Path(root) / f"{cfg.name}-{h}" / f"seed_{cfg.seed}"
+
+
+def pre_cache_dir(cfg: Config, root: Path) -> Path:
+    """Folder of the θ_pre checkpoint shared by runs that agree on everything pre-training reads."""
+    d, defaults = cfg.to_dict(), Config().to_dict()
+    train = {k: v for k, v in d["train"].items() if not k.startswith("post_")}  # post-training only
+    key = {"seed": d["seed"], "data": non_default(d["data"], defaults["data"]),
+           "model": non_default(d["model"], defaults["model"]), "train": non_default(train, defaults["train"]),
+           "n_pre": d["prune"]["n_pre"], "probe_size": d["causal"]["probe_size"]}  # fmt: skip
+    h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    return root / f"pre-{h}"
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix[:-1]]
+
+
+class RunFolder:
+    """The files of one run."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    # --- the folder as a whole ----------------------------------------------------------
+    def exists(self) -> bool:
+        """Whether a run was started here (its config.yaml exists)."""
+        return (self.path / "config.yaml").exists()
+
+    def claim(self, cfg: Config) -> None:
+        """Refuse a folder whose config.yaml differs from `cfg`; write it if the folder is new."""
+        existing = self.path / "config.yaml"
+        if existing.exists():
+            try:
+                old = load_config(existing)
+            except ConfigError as e:
+                raise RunFolderError(f"{self.path} holds an unreadable config.yaml ({e}); "
+                                     "choose another --out") from None  # fmt: skip
+            a, b = old.to_dict(), cfg.to_dict()
+            if a != b:
+                diff = sorted(_diff_keys(a, b))
+                raise RunFolderError(f"{self.path} holds a run with a different config (differs in "
+                                     f"{', '.join(diff[:5])}); choose another --out or delete the folder")  # fmt: skip
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        save_text(dump_config(cfg), existing)
+
+    def write_env(self, env: dict[str, Any]) -> None:
+        """Write env.json once (the first start of the run)."""
+        if not (self.path / "env.json").exists():
+            save_json(env, self.path / "env.json")
+
+    def log(self, event: dict[str, Any]) -> None:
+        """Append one event to metrics.jsonl, stamped with the time."""
+        append_jsonl({"time": round(time.time(), 3), **event}, self.path / "metrics.jsonl")
+
+    # --- timing -------------------------------------------------------------------------
+    def load_timing(self) -> dict[str, float]:
+        """Return the seconds recorded so far (empty for a new run)."""
+        path = self.path / "timing.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def save_timing(self, timing: dict[str, float]) -> None:
+        """Write timing.json."""
+        save_json(timing, self.path / "timing.json")
+
+    # --- θ_pre ----------------------------------------------------------------------------
+    @property
+    def pre_checkpoint(self) -> Path:
+        """Path of θ_pre."""
+        return self.path / "pre" / "checkpoint.pt"
+
+    # --- levels ---------------------------------------------------------------------------
+    def level_dir(self, k: int) -> Path:
+        """Folder of pruning round `k` (1-based)."""
+        return self.path / f"level_{k}"
+
+    def level_done(self, k: int) -> bool:
+        """Whether round `k` finished (its mask and checkpoint exist)."""
+        d = self.level_dir(k)
+        return (d / "mask.pt").exists() and (d / "checkpoint.pt").exists()
+
+    def load_level(self, k: int, device: torch.device) -> tuple[Mask, dict[str, torch.Tensor]]:
+        """Return round `k`'s mask and model state."""
+        d = self.level_dir(k)
+        return Mask.load(d / "mask.pt"), torch.load(d / "checkpoint.pt", map_location=device, weights_only=True)
+
+    def save_level(self, k: int, scores: dict[str, Any], state: dict[str, torch.Tensor], mask: Mask) -> None:
+        """Write round `k`'s scores, model state and mask (the mask last: it marks the round done)."""
+        d = self.level_dir(k)
+        save_torch(scores, d / "scores.pt")
+        save_torch(state, d / "checkpoint.pt")
+        mask.save(d / "mask.pt")
+
+    # --- the end ------------------------------------------------------------------------
+    def finished(self) -> bool:
+        """Whether the run finished (summary.json exists)."""
+        return (self.path / "summary.json").exists()
+
+    def summary(self) -> dict[str, Any]:
+        """Return the finished run's summary."""
+        return json.loads((self.path / "summary.json").read_text())
+
+    def save_result(self, state: dict[str, torch.Tensor], mask: Mask, timing: dict[str, float],
+                    summary: dict[str, Any]) -> None:  # fmt: skip
+        """Write model.pt, mask.pt, timing.json and summary.json (the summary last: it marks the run done)."""
+        save_torch(state, self.path / "model.pt")
+        mask.save(self.path / "mask.pt")
+        self.save_timing(timing)
+        save_json(summary, self.path / "summary.json")
+
+
+def load_shared_pre(cache: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], float] | None:
+    """Return (θ_pre on `device`, seconds it took to train) from a shared cache folder, or None if it has none."""
+    ckpt = cache / "checkpoint.pt"
+    if not ckpt.exists():
+        return None
+    theta = torch.load(ckpt, map_location=device, weights_only=True)
+    return theta, json.loads((cache / "timing.json").read_text())["pre_s"]
+
+
+def save_shared_pre(cache: Path, theta: dict[str, torch.Tensor], seconds: float) -> None:
+    """Write θ_pre and its training time to a shared cache folder (the checkpoint last)."""
+    save_json({"pre_s": seconds}, cache / "timing.json")
+    save_torch(theta, cache / "checkpoint.pt")
