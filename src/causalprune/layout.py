@@ -122,7 +122,8 @@ class ParamLayout(Segments):
         return self.sizes[self.names.index(name)]
 
     def index_on(self, device: torch.device) -> dict[str, torch.Tensor | None]:
-        """Return `index` with every index tensor on `device` (cached)."""
+        """Return `index` with every index tensor on `device` (cached; used by `flatten`, `unflatten_like`,
+        `flatten_into`)."""
         device = torch.device(device)
         if device not in self._device_index:
             self._device_index[device] = {n: i.to(device) if i is not None else None for n, i in self.index.items()}
@@ -139,8 +140,8 @@ class ParamLayout(Segments):
         parts = []
         for n, t in zip(self.names, ts, strict=True):
             flat = t.detach().reshape(-1)
-            i = self.index[n]
-            parts.append(flat if i is None else flat[i.to(flat.device)])
+            i = self.index_on(flat.device)[n]
+            parts.append(flat if i is None else flat[i])
         out = torch.cat(parts) if parts else torch.zeros(0)
         return out if dtype is None else out.to(dtype)
 
@@ -193,11 +194,11 @@ class ParamLayout(Segments):
         out = []
         for n, v, ref in zip(self.names, self.split(values), like, strict=True):
             full = torch.zeros(ref.numel(), dtype=ref.dtype, device=ref.device)
-            i = self.index[n]
+            i = self.index_on(ref.device)[n]
             if i is None:
                 full.copy_(v)
             else:
-                full[i.to(ref.device)] = v.to(ref.dtype)
+                full[i] = v.to(ref.dtype)
             out.append(full.view_as(ref))
         return out
 

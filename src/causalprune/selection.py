@@ -1,9 +1,9 @@
-"""Scores → masks: one thresholding code for every criterion (SPEC §4).
+"""Scores → masks: one thresholding code for every criterion (docs/method.md, "Scores, tie-break, masks").
 
 Every pruning method only *scores* weights (higher = more important); this module turns
 scores into masks the same way for all of them: global or layer-wise ranking among the
 weights still alive, exact prune counts, ties broken by an optional secondary score
-(for causal pruning: the KKT score, SPEC §4), and a guard that never empties a layer.
+(for causal pruning: the KKT score), and a guard that never empties a layer.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Mapping
 
 import torch
 
+from .layout import ParamLayout
 from .masks import Mask
 
 log = logging.getLogger(__name__)
@@ -66,19 +67,19 @@ def _ranking(primary: torch.Tensor, secondary: torch.Tensor | None) -> torch.Ten
     return order[torch.argsort(primary[order], stable=True)]
 
 
-def _flat_scores(
-    scores: Mapping[str, torch.Tensor], names: list[str], shapes: dict[str, torch.Size], what: str
-) -> dict[str, torch.Tensor]:
+def _checked_scores(scores: Mapping[str, torch.Tensor], layout: ParamLayout, what: str) -> dict[str, torch.Tensor]:
+    """Return name → scores (CPU, float64) for every tensor of `layout`, refusing missing names, wrong shapes,
+    NaN and Inf (pruned entries included)."""
     out = {}
-    for n in names:
+    for n in layout.names:
         if n not in scores:
             raise ValueError(f"{what} lack parameter {n!r} (have: {', '.join(scores)})")
         s = scores[n].detach().to("cpu", torch.float64)
-        if s.shape != shapes[n]:
-            raise ValueError(f"{what} for {n!r} have shape {tuple(s.shape)}, mask has {tuple(shapes[n])}")
+        if s.shape != layout.shapes[n]:
+            raise ValueError(f"{what} for {n!r} have shape {tuple(s.shape)}, mask has {tuple(layout.shapes[n])}")
         if not torch.isfinite(s).all():
             raise ValueError(f"{what} for {n!r} contain NaN or Inf")
-        out[n] = s.reshape(-1)
+        out[n] = s
     return out
 
 
@@ -100,7 +101,7 @@ def select(
             ``layerwise`` (each tensor pruned to round(sparsity·n_layer)).
         mask: the current mask; pruned weights stay pruned. Default: all alive.
         tie_break: optional secondary scores that order weights whose primary scores tie
-            (e.g. the many exact zeros of a Lasso, SPEC §4).
+            (e.g. the many exact zeros of a Lasso; docs/method.md, "Scores, tie-break, masks").
         min_alive: the layer-collapse guard keeps at least this many weights per tensor;
             when it changes the outcome a `LayerCollapseWarning` names the layers.
 
@@ -113,37 +114,33 @@ def select(
     if mask is None:
         mask = Mask({n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()})
     names = list(mask)
-    shapes = {n: mask[n].shape for n in names}
     if not names or mask.numel() == 0:
         raise ValueError("nothing to prune: the mask covers no weights")
-    prim = _flat_scores(scores, names, shapes, "scores")
-    sec = _flat_scores(tie_break, names, shapes, "tie-break scores") if tie_break is not None else None
-    alive = {n: mask[n].reshape(-1) for n in names}
-    new_alive = {n: a.clone() for n, a in alive.items()}
+    # Candidates: the alive entries of every tensor, row-major, tensor after tensor; tensor j owns layout.span(j).
+    layout = ParamLayout.of(mask, alive=mask)
+    key1 = layout.flatten(_checked_scores(scores, layout, "scores"), dtype=torch.float64)
+    key2 = (layout.flatten(_checked_scores(tie_break, layout, "tie-break scores"), dtype=torch.float64)
+            if tie_break is not None else None)  # fmt: skip
+    pruned = torch.zeros(layout.d, dtype=torch.bool)  # indexed by candidate: pruned this call
     guarded: list[str] = []
 
     if scope == "global":
         total = mask.numel()
         target_zeros = round(p * total)
-        current_zeros = total - mask.count_alive()
+        current_zeros = total - layout.d
         if target_zeros < current_zeros:
             raise ValueError(
                 f"target sparsity {p} is below the mask's current sparsity {current_zeros / total:.6f}; "
                 "pruned weights cannot be revived"
             )
         k = target_zeros - current_zeros
-        # Candidates: alive entries of every tensor, concatenated; tensor j owns [start_j, end_j).
-        idx = [torch.nonzero(alive[n]).squeeze(1) for n in names]
-        ends = torch.tensor([len(i) for i in idx]).cumsum(0).tolist()
-        starts = [0, *ends[:-1]]
-        key1 = torch.cat([prim[n][i] for n, i in zip(names, idx, strict=True)])
-        key2 = torch.cat([sec[n][i] for n, i in zip(names, idx, strict=True)]) if sec else None
         order = _ranking(key1, key2)  # least important first
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order))  # position of each candidate in the ranking
         # Guard: the `min_alive` most important alive entries of every tensor are protected.
         protected = torch.zeros(len(order), dtype=torch.bool)  # indexed by ranking position
-        for a, b in zip(starts, ends, strict=True):
+        for j in range(len(layout)):
+            a, b = layout.span(j)
             keep = min(min_alive, b - a)
             if keep:
                 protected[rank[a:b].topk(keep).values] = True
@@ -154,19 +151,17 @@ def select(
                 f"{current_zeros + len(candidates)} of {total} weights can be pruned while keeping "
                 f"{min_alive} weight(s) alive in each of {len(names)} tensors"
             )
-        pruned = torch.zeros(len(order), dtype=torch.bool)  # indexed by candidate
         pruned[candidates[:k]] = True
         # The guard fired where a protected entry ranks among the k least important.
-        fired = set(torch.bucketize(order[:k][protected[:k]], torch.tensor(ends), right=True).tolist())
+        ends = torch.tensor(layout.offsets[1:])
+        fired = set(torch.bucketize(order[:k][protected[:k]], ends, right=True).tolist())
         guarded = [names[j] for j in sorted(fired)]
-        for n, i, a, b in zip(names, idx, starts, ends, strict=True):
-            new_alive[n][i[pruned[a:b]]] = False
     else:
-        for n in names:
-            a = alive[n]
-            n_total = a.numel()
+        for j, n in enumerate(names):
+            a, b = layout.span(j)
+            n_total = layout.shapes[n].numel()
             target_zeros = round(p * n_total)
-            current_zeros = n_total - int(a.sum())
+            current_zeros = n_total - (b - a)
             cap = n_total - min(min_alive, n_total)
             if target_zeros > cap:
                 guarded.append(n)
@@ -174,9 +169,8 @@ def select(
             k = target_zeros - current_zeros
             if k <= 0:
                 continue
-            i = torch.nonzero(a).squeeze(1)
-            order = _ranking(prim[n][i], sec[n][i] if sec else None)
-            new_alive[n][i[order[:k]]] = False
+            order = _ranking(key1[a:b], key2[a:b] if key2 is not None else None)
+            pruned[a + order[:k]] = True
 
     if guarded:
         msg = (
@@ -185,4 +179,5 @@ def select(
         )
         log.warning(msg)
         warnings.warn(msg, LayerCollapseWarning, stacklevel=2)
-    return Mask({n: new_alive[n].reshape(shapes[n]) for n in names})
+    # Entries pruned before this call have no candidate: they come back as False (they stay pruned).
+    return Mask(layout.unflatten(~pruned, fill=False, dtype=torch.bool))

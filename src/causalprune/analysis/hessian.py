@@ -1,4 +1,4 @@
-"""Top Hessian eigenvalues and trace from Hessian-vector products (PyHessian's methods).
+"""Top Hessian eigenvalues and trace from Hessian-vector products (PyHessian's methods; docs/analysis.md).
 
 The Hessian is that of the mean loss over `data` (one batch, or an iterable of batches
 whose HVPs are averaged, weighted by batch size) with respect to the prunable weights —
@@ -11,18 +11,23 @@ reorthogonalisation instead; `trace` is Hutchinson's estimator with Rademacher p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..batching import Batch, as_batches
+from ..layout import ParamLayout
 from ..masks import Mask, prunable_parameters
 
 
 class HVP:
-    """v ↦ H v for the mean loss over `data`, on the (alive) prunable weights as one flat vector."""
+    """v ↦ H v for the mean loss over `data`, on the (alive) prunable weights as one flat vector.
+
+    The flat order is `layout`'s (a `ParamLayout` over the mask's tensors, or every prunable
+    tensor without a mask): the alive entries of each tensor, row-major, tensor after tensor.
+    """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor],
                  data: Batch | Iterable[Batch], mask: Mask | None = None) -> None:  # fmt: skip
@@ -31,32 +36,14 @@ class HVP:
         params = prunable_parameters(model)
         self.names = list(mask) if mask is not None else list(params)
         self.params = [params[n] for n in self.names]
-        device = self.params[0].device
-        self.keep = [
-            (mask[n].to(device).reshape(-1) if mask is not None else torch.ones(p.numel(), dtype=torch.bool,
-                                                                                 device=device))
-            for n, p in zip(self.names, self.params, strict=True)
-        ]  # fmt: skip
-        self.dim = int(sum(int(k.sum()) for k in self.keep))
-        self.device = device
+        self.layout = ParamLayout.of(dict(zip(self.names, self.params, strict=True)), alive=mask)
+        self.dim = self.layout.d
+        self.device = self.params[0].device
         self.n = sum(len(y) for _, y in self.batches)
-
-    def _unflat(self, v: torch.Tensor) -> list[torch.Tensor]:
-        out, o = [], 0
-        for p, k in zip(self.params, self.keep, strict=True):
-            full = torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
-            c = int(k.sum())
-            full[k] = v[o : o + c].to(p.dtype)
-            out.append(full.view_as(p))
-            o += c
-        return out
-
-    def _flat(self, ts: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([t.reshape(-1)[k] for t, k in zip(ts, self.keep, strict=True)]).double()
 
     def __call__(self, v: torch.Tensor) -> torch.Tensor:
         """Return H v (float64, flat over the alive weights)."""
-        vs = self._unflat(v)
+        vs = self.layout.unflatten_like(v, self.params)  # pruned coordinates are zero
         total = torch.zeros(self.dim, dtype=torch.float64, device=self.device)
         was = self.model.training
         self.model.eval()  # a fixed function: BN running statistics, no dropout
@@ -67,7 +54,7 @@ class HVP:
                 grads = torch.autograd.grad(loss, self.params, create_graph=True)
                 dot = sum((g * u).sum() for g, u in zip(grads, vs, strict=True))
                 hv = torch.autograd.grad(dot, self.params)
-                total += self._flat(hv) * len(y)
+                total += self.layout.flatten(hv, dtype=torch.float64) * len(y)
         finally:
             self.model.train(was)
         return total / self.n

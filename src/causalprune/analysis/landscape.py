@@ -4,8 +4,10 @@ Two Gaussian directions d₁, d₂ over every trainable parameter are filter-nor
 (eq. 26): for each filter (output unit / channel, i.e. each slice along dim 0 of a weight
 with ≥ 2 dimensions) d ← d / ‖d‖ · ‖θ‖. A filter of θ that is all zero (e.g. fully
 pruned) gets a zero direction; pruned weights get zero direction entries, so the surface
-stays inside the pruned model. 1-D parameters (biases, norm layers) get zero directions,
-as Li et al. recommend. The loss L(θ + a d₁ + b d₂) is evaluated on a grid a, b ∈ [−1, 1].
+stays inside the pruned model (the mask is keyed by parameter name, as in `flatness`).
+1-D parameters (biases, norm layers) get zero directions, as Li et al. recommend. The loss
+L(θ + a d₁ + b d₂) is evaluated on a grid a, b ∈ [−1, 1]. See docs/analysis.md,
+"Analysis tools".
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 
 from ..batching import Batch, as_batches
 from ..masks import Mask
-from .flatness import mean_loss
+from .flatness import mask_factors, mean_loss, restored
 
 
 def filter_normalise(direction: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -37,11 +39,12 @@ def filter_normalise(direction: torch.Tensor, weight: torch.Tensor) -> torch.Ten
 
 def random_direction(model: nn.Module, mask: Mask | None, generator: torch.Generator) -> list[torch.Tensor]:
     """Return one filter-normalised Gaussian direction (a tensor per trainable parameter)."""
+    keep = mask_factors(model, mask)
     out = []
     for name, p in model.named_parameters():
         d = torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.device, p.dtype)
-        if mask is not None and name in mask:
-            d = d * mask[name].to(p.device, p.dtype)
+        if name in keep:
+            d = d * keep[name]
         out.append(filter_normalise(d, p.detach()))
     return out
 
@@ -60,19 +63,15 @@ def landscape(
     batches = as_batches(data)
     g = torch.Generator(device="cpu").manual_seed(seed)
     d1, d2 = random_direction(model, mask, g), random_direction(model, mask, g)
-    params = list(model.parameters())
-    theta = [p.detach().clone() for p in params]
+    params = [p for _, p in model.named_parameters()]  # the order of the directions
     grid = np.linspace(-1.0, 1.0, steps)
     loss = np.zeros((steps, steps))
-    try:
+    with restored(params) as theta:
         for i, a in enumerate(grid):
             for j, b in enumerate(grid):
                 for p, t, u, v in zip(params, theta, d1, d2, strict=True):
                     p.copy_(t + a * u + b * v)
                 loss[i, j] = mean_loss(model, loss_fn, batches)
-    finally:
-        for p, t in zip(params, theta, strict=True):
-            p.copy_(t)
     result = {"alpha": grid, "beta": grid, "loss": loss}
     if out is not None:
         out = Path(out)
