@@ -2,11 +2,13 @@
 
 For step t (θ^t → θ^{t+1}) the recorder stores
 
-* y_t = ΔL_t, the loss change across the step (SPEC §1; ``same_batch`` or ``probe``), and
+* y_t = ΔL_t, the loss change across the step (docs/method.md, "Recording"; ``same_batch`` or ``probe``), and
 * x̃_{t,k} = (θ_k^{t+1} − θ_k^t)² / η₀² for every alive prunable weight k,
 
-where η₀ is the learning rate at the first recorded step (SPEC §1: raw squared updates
-underflow in float16; x̃ is an effective squared gradient, rankings are unchanged).
+where η₀ is the learning rate at the first recorded step (raw squared updates underflow in
+float16; x̃ is an effective squared gradient, rankings are unchanged). The order of the
+columns is a `layout.ParamLayout` over the alive weights, shared with the criteria and
+selection.
 
 Storage is column-major: chunks of shape (d_alive, rows) on the storage device, so the
 solvers read a weight's whole history contiguously, and `Trajectory.X` is a (T, d_alive)
@@ -29,6 +31,7 @@ import torch
 from torch import nn
 
 from .batching import Batch, as_batches
+from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
 
 DELTA_LOSSES = ("same_batch", "probe")
@@ -44,20 +47,19 @@ class Trajectory:
         X: (T, d_alive) x̃ = (Δθ)² / scale; a view of a column-major (d_alive, T) buffer.
         y: (T,) float32 loss changes ΔL_t.
         scale: η₀², the divisor of the squared updates (float).
-        param_names: prunable parameter names, in column order.
-        alive: name → bool tensor of the weights that have columns (row-major within a tensor).
+        layout: which weights have columns, in which order (`ParamLayout` over the alive
+            entries of the recorded parameters, row-major within a tensor).
         loss_before: (T,) float32 loss at θ^t (training batch or probe set).
         loss_after: (T,) float32 loss at θ^{t+1} on the same data.
-        X_lag: (T, d_alive) x̃ of the previous step (momentum model, SPEC §2): an offset view
-            of the same buffer, or None when recorded without ``momentum_features``.
+        X_lag: (T, d_alive) x̃ of the previous step (momentum model, docs/method.md "Recording"):
+            an offset view of the same buffer, or None when recorded without ``momentum_features``.
         lags: (T, 2) unpenalised loss regressors [L^t, L^{t−1}] of the momentum model, or None.
     """
 
     X: torch.Tensor
     y: torch.Tensor
     scale: float
-    param_names: list[str]
-    alive: dict[str, torch.Tensor]
+    layout: ParamLayout
     loss_before: torch.Tensor
     loss_after: torch.Tensor
     X_lag: torch.Tensor | None = None
@@ -68,9 +70,19 @@ class Trajectory:
         """Number of rows (steps)."""
         return self.X.shape[0]
 
+    @property
+    def param_names(self) -> list[str]:
+        """Recorded parameter names, in column order."""
+        return self.layout.names
+
+    @property
+    def alive(self) -> dict[str, torch.Tensor]:
+        """Name → bool tensor of the weights that have columns."""
+        return self.layout.alive
+
     def sizes(self) -> list[int]:
         """Return the number of columns of each parameter, in `param_names` order."""
-        return [int(self.alive[n].sum()) for n in self.param_names]
+        return list(self.layout.sizes)
 
     def design(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
         """Return (X blocks, y, unpenalised regressors) for `lasso.solve`.
@@ -84,21 +96,12 @@ class Trajectory:
         return [self.X, self.X_lag], self.y, self.lags
 
     def unflatten(self, values: torch.Tensor, fill: float = 0.0) -> dict[str, torch.Tensor]:
-        """Map a (d_alive,) vector back to name → tensor; pruned entries get `fill`."""
-        values = values.detach().to("cpu", torch.float32)
-        if values.shape != (sum(self.sizes()),):
-            raise ValueError(f"expected a ({sum(self.sizes())},) vector, got {tuple(values.shape)}")
-        out, o = {}, 0
-        for n, k in zip(self.param_names, self.sizes(), strict=True):
-            full = torch.full(self.alive[n].shape, fill, dtype=torch.float32)
-            full[self.alive[n]] = values[o : o + k]
-            out[n] = full
-            o += k
-        return out
+        """Map a (d_alive,) vector back to name → float32 CPU tensor; pruned entries get `fill`."""
+        return self.layout.unflatten(values.detach().to("cpu", torch.float32), fill=fill)
 
     def scores(self, coef: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return |γ| per weight (momentum model: sqrt(γ₀² + γ₁²), SPEC §2) as name → tensor."""
-        d = sum(self.sizes())
+        """Return |γ| per weight (momentum model: sqrt(γ₀² + γ₁²)) as name → tensor."""
+        d = self.layout.d
         c = coef.detach().to("cpu", torch.float32)
         if c.numel() == 2 * d:
             return self.unflatten(torch.sqrt(c[:d] ** 2 + c[d:] ** 2))
@@ -106,7 +109,7 @@ class Trajectory:
 
     def combine(self, per_column: torch.Tensor) -> dict[str, torch.Tensor]:
         """Map a per-column statistic (e.g. the KKT score) to name → tensor; max over blocks."""
-        d = sum(self.sizes())
+        d = self.layout.d
         v = per_column.detach().to("cpu", torch.float32)
         if v.numel() == 2 * d:
             v = torch.maximum(v[:d], v[d:])
@@ -281,7 +284,7 @@ class TrajectoryRecorder:
       optimizer step) and records it;
     * a custom loop calls ``rec.before_step(inputs, targets)`` right before its forward and
       ``rec.after_step(loss)`` right after ``optimizer.step()``;
-    * the Lightning callback (a later issue) wraps the split API.
+    * wrappers for other loops (e.g. a Lightning callback) build on the split API.
 
     Args:
         model: the network; its prunable parameters are the ``.weight`` of Linear/Conv
@@ -294,7 +297,7 @@ class TrajectoryRecorder:
             replays its dropout masks and uses batch statistics) or ``probe`` (ΔL on the
             fixed `probe_data`, one probe forward per step).
         probe_data: (inputs, targets) or an iterable of such batches, for ``probe``.
-        momentum_features: also expose the lagged block and loss lags (SPEC §2).
+        momentum_features: also expose the lagged block and loss lags (docs/method.md, "Recording").
         params: names of the parameters to record (default: all prunable ones).
         memory_budget: bytes of storage kept on the storage device; further rows spill to
             disk-backed files in `spill_dir` (default: a temp folder). None: no limit.
@@ -350,17 +353,13 @@ class TrajectoryRecorder:
                      for n, p in prunable.items()}  # fmt: skip
         else:
             alive = {n: torch.ones_like(p, dtype=torch.bool, device="cpu") for n, p in prunable.items()}
-        self.param_names = list(prunable)
+        self.layout = ParamLayout.of(prunable, alive)  # the column order of every row
+        self.param_names = self.layout.names
         self.params = [prunable[n] for n in self.param_names]
-        self.alive = {n: a.clone() for n, a in alive.items()}
+        self.alive = self.layout.alive
         device = self.params[0].device
-        # Per parameter: flat alive indices on the device (None = all alive, no gather).
-        self._index: list[torch.Tensor | None] = []
-        for n, p in zip(self.param_names, self.params, strict=True):
-            a = self.alive[n].reshape(-1)
-            self._index.append(None if bool(a.all()) else torch.nonzero(a).squeeze(1).to(p.device))
-        self.sizes = [int(self.alive[n].sum()) for n in self.param_names]
-        self.d = sum(self.sizes)
+        self.sizes = self.layout.sizes
+        self.d = self.layout.d
         if self.d == 0:
             raise ValueError("nothing to record: every prunable weight is pruned")
         self.device = torch.device(storage_device) if storage_device is not None else device
@@ -371,8 +370,7 @@ class TrajectoryRecorder:
         self._prev = torch.empty(self.d, dtype=torch.float32, device=device)
         self._cur = torch.empty_like(self._prev)
         # Fully alive parameters are copied with one multi-tensor launch into these views.
-        self._dense = [i for i, idx in enumerate(self._index) if idx is None]
-        self._views = {id(b): self._slices(b) for b in (self._prev, self._cur)}
+        self._views = {id(b): self.layout.dense_views(b) for b in (self._prev, self._cur)}
         self._loss_before: list[torch.Tensor] = []
         self._loss_after: list[torch.Tensor] = []
         self._norms = _norm_modules(model)
@@ -462,8 +460,7 @@ class TrajectoryRecorder:
             X=X,
             y=y,
             scale=float(self.scale),  # type: ignore[arg-type]
-            param_names=list(self.param_names),
-            alive={n: a.clone() for n, a in self.alive.items()},
+            layout=self.layout,
             loss_before=before,
             loss_after=after,
             X_lag=X_lag,
@@ -496,27 +493,9 @@ class TrajectoryRecorder:
                 return float(g["lr"])
         raise ValueError(f"parameter {self.param_names[0]!r} is not in the optimizer")
 
-    def _slices(self, buf: torch.Tensor) -> list[torch.Tensor]:
-        """Return the views of `buf` that hold each fully alive parameter, shaped like it."""
-        offsets = [0]
-        for k in self.sizes:
-            offsets.append(offsets[-1] + k)
-        return [buf[offsets[i] : offsets[i + 1]].view(self.params[i].shape) for i in self._dense]
-
     def _gather(self, out: torch.Tensor) -> None:
         """Copy the alive entries of every recorded parameter into the flat (d,) `out`."""
-        if self._dense:
-            dense = [self.params[i].detach() for i in self._dense]
-            if all(p.dtype == out.dtype for p in dense):
-                torch._foreach_copy_(self._views[id(out)], dense)
-            else:
-                for v, p in zip(self._views[id(out)], dense, strict=True):
-                    v.copy_(p)
-        o = 0
-        for p, idx, k in zip(self.params, self._index, self.sizes, strict=True):
-            if idx is not None:
-                torch.index_select(p.detach().reshape(-1), 0, idx, out=out[o : o + k])
-            o += k
+        self.layout.flatten_into(self.params, out, self._views[id(out)])
 
     def _same_batch_after(self, pending: dict[str, Any]) -> torch.Tensor:
         """L_B(θ^{t+1}) with the training forward's dropout masks and batch statistics."""
@@ -571,10 +550,6 @@ class TrajectoryRecorder:
         if bad_rows.any():
             t = int(torch.nonzero(bad_rows)[0])
             col = int(torch.nonzero(~torch.isfinite(buf[:, t].cpu()))[0])
-            o = 0
-            for n, k in zip(self.param_names, self.sizes, strict=True):
-                if col < o + k:
-                    raise ValueError(
-                        f"non-finite weight update at recorded step {t} in parameter {n!r}"
-                    )
-                o += k
+            ((segment, _, _),) = self.layout.locate(torch.tensor([col]))
+            name = self.param_names[segment]
+            raise ValueError(f"non-finite weight update at recorded step {t} in parameter {name!r}")
