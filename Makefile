@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not slow"
 
 demo: setup
