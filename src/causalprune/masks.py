@@ -19,7 +19,7 @@ from torch.nn.utils import prune as torch_prune
 
 from .io import save_torch
 
-#: Layer types whose ``.weight`` is prunable by default (SPEC §4).
+#: Layer types whose ``.weight`` is prunable by default (docs/method.md, "Scores, tie-break, masks").
 PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (
     nn.Linear,
     nn.Conv1d,

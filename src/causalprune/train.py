@@ -46,12 +46,11 @@ def loss_function(task: str) -> nn.Module:
     return nn.CrossEntropyLoss() if task == "classification" else SquaredError()
 
 
-def make_optimizer(params: Any, cfg: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
+def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Build the configured optimizer (SGD with momentum and weight decay, or AdamW)."""
-    lr = cfg.lr if lr is None else lr
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: int,

@@ -1,4 +1,4 @@
-"""The Friedman proof of concept (paper Fig. 1, SPEC §6), vectorised across instances.
+"""The Friedman proof of concept (paper Fig. 1; docs/analysis.md), vectorised across instances.
 
 For each instance: draw Friedman #1 data (10 features; y depends on x0..x4 only),
 standardise, fit scikit-learn's Lasso (the reference importances), and train a linear
@@ -7,7 +7,7 @@ recording x̃_{t,k} = (Δθ_k)²/η² and ΔL_t; then fit the causal Lasso of Δ
 coordinate descent) to get γ̃_k. All instances train at once as a batch of independent
 linear models with closed-form gradients, so 1000 instances take seconds.
 
-ΔL is measured two ways (SPEC §1): ``probe`` — the loss on the whole training set of the
+ΔL is measured two ways (docs/method.md, "Recording"): ``probe`` — the loss on the whole training set of the
 instance, before and after each step (the "actual total loss"); ``same_batch`` — the loss
 on the step's own minibatch. `friedman.json` holds both: ``causal`` is the probe version
 (the default, the one that reproduces the figure), ``causal_same_batch`` the other.

@@ -3,7 +3,7 @@
 Every loader returns a `Pool` (training pool, fixed test set). Inputs are tensors held in
 memory, or an `ImageFiles` (a lazy image set read from disk by a DataLoader) for the
 image-folder data sets; `iterate` and `materialize` treat both alike. `make_splits` then carves a
-validation split (model selection) and a probe set (the `probe` loss change, SPEC §1) out
+validation split (model selection) and a probe set (the `probe` loss change, docs/method.md "Recording") out
 of the training pool, deterministically from the seed; the test set never changes with
 the seed, so runs of different methods and seeds are evaluated on the same samples.
 """
