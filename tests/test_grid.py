@@ -1,0 +1,108 @@
+"""The one grid planner behind compare and sweep, θ_pre sharing, and registry-driven tables."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from causalprune import criteria, report
+from causalprune.cli import main
+from causalprune.compare import plan
+from causalprune.config import ConfigError, config_from_dict
+from causalprune.criteria import Scored
+from causalprune.grid import parse_grid
+from causalprune.sweep import plan_sweep, run_sweep
+
+from .conftest import TINY
+
+
+def test_compare_varies_a_method_only_along_keys_it_reads():
+    cfg = config_from_dict(TINY)
+    grid = parse_grid(["causal.solver=cd,minnorm", "causal.recorder=train,sgd"])
+    cells = plan(cfg, ["causal", "energy", "magnitude", "dense"], [0.9, 0.98], [0], grid)
+    labels = [c.label for c in cells]
+    assert labels.count("causal[solver=cd,recorder=train]") == 2  # two sparsities
+    assert sum(label.startswith("causal[") for label in labels) == 8
+    energy = sorted({la for la in labels if la.startswith("energy")})
+    assert energy == ["energy[recorder=sgd]", "energy[recorder=train]"]
+    assert labels.count("magnitude") == 2 and labels.count("dense") == 1
+    assert len(cells) == 8 + 4 + 2 + 1
+    dense = next(c for c in cells if c.label == "dense")
+    assert dense.folder == Path("dense") / "p0.8" / "seed_0"  # the base config's sparsity: dense ignores it
+    energy = next(c for c in cells if c.label == "energy[recorder=sgd]")
+    assert energy.config.causal.recorder == "sgd" and energy.config.causal.solver == "minnorm"  # the base's solver
+
+
+def test_grid_cells_are_resolved_when_planned():
+    with pytest.raises(ValueError, match="unknown method 'snap'; valid: causal, causal-placebo, dense"):
+        plan(config_from_dict(TINY), ["causal", "snap"], [0.9], [0], [])
+    with pytest.raises(ConfigError, match="causal.solver must be one of"):
+        plan(config_from_dict(TINY), ["causal"], [0.9], [0], parse_grid(["causal.solver=lars"]))
+
+
+def _sweep_file(tmp_path, grid: str) -> Path:
+    import yaml
+
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(TINY))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"base: {base}\nname: s\nset: {{prune.method: magnitude}}\ngrid:\n{grid}")
+    return path
+
+
+def test_sweep_plans_with_the_same_planner_and_shares_pre_training(tmp_path):
+    path = _sweep_file(tmp_path, "  prune.sparsity: [0.5, 0.8]\n  causal.solver: [cd, minnorm]\n  seed: [0]\n")
+    cells = plan_sweep(path, tmp_path / "out")
+    # magnitude does not read causal.solver: two runs, not four
+    assert [c.label for c in cells] == ["sparsity=0.5", "sparsity=0.8"]
+    assert [str(c.folder) for c in cells] == ["sparsity=0.5_seed=0", "sparsity=0.8_seed=0"]
+    out = tmp_path / "out"
+    assert run_sweep(path, out) == 2
+    assert len(list((out / "_pre").glob("pre-*/checkpoint.pt"))) == 1  # one θ_pre for the seed
+    trained_pre = []
+    for c in cells:
+        events = [json.loads(line) for line in (out / c.folder / "metrics.jsonl").read_text().splitlines()]
+        trained_pre.append(any(e.get("stage") == "pre" for e in events))
+    assert trained_pre == [True, False]  # the second run reused the first one's θ_pre
+
+
+def test_tables_pair_methods_with_their_registered_placebo(monkeypatch):
+    def summary(method, label, seed, acc):
+        pruned = {"test_accuracy": acc, "test_accuracy_at_best_val": acc, "best_test_accuracy": acc}
+        return {"method": method, "label": label, "seed": seed, "sparsity_target": 0.9, "task": "classification",
+                "sparsity_actual": 0.9, "timing": {"total_s": 1.0}, "pruned": pruned}  # fmt: skip
+
+    # A method registered as another's placebo is paired with it; names play no part.
+    fake = dataclasses.replace(criteria.get("magnitude"), name="shuffled", placebo_for="random", reference=False)
+    monkeypatch.setitem(criteria.METHODS, "shuffled", fake)
+    runs = [summary("random", "random[x=1]", s, 0.5 + 0.1 * s) for s in (0, 1)]
+    runs += [summary("shuffled", "shuffled[x=1]", s, 0.5) for s in (0, 1)]
+    runs += [summary("magnitude", "magnitude", s, 0.6) for s in (0, 1)]
+    rows = {r["method"]: r for r in report.table_rows(runs)}
+    assert rows["random[x=1]"]["vs_placebo"][0] == pytest.approx(0.05)
+    assert rows["random[x=1]"]["vs_magnitude"][0] == pytest.approx(-0.05)
+    assert "vs_placebo" not in rows["magnitude"]
+    assert report.baselines_of(list(rows.values())) == ["magnitude"]
+
+
+def test_resume_refuses_to_start_a_new_run(tmp_path, capsys):
+    out = tmp_path / "never-started"
+    assert main(["run", "--out", str(out), "--resume", "--set", "prune.method=magnitude"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err and not out.exists()
+
+
+def test_every_method_declares_what_the_driver_needs():
+    for name, c in criteria.METHODS.items():
+        assert c.needs <= set(criteria.NEEDS), name
+        assert (c.fn is None) == (not c.prunes), name
+        if c.placebo_for is not None:
+            assert criteria.get(c.placebo_for).settings is c.settings, name
+    assert criteria.placebo_of("causal") == "causal-placebo"
+    assert criteria.references() == ["magnitude"]
+    import torch
+
+    scored = Scored({"w": torch.tensor([1.0, -2.0])}, {"w": torch.tensor([3.0, 0.0])})
+    scores, tie = scored.oriented(criteria.get("grasp").higher_is_important)  # GraSP prunes its largest
+    assert scores["w"].tolist() == [-1.0, 2.0] and tie["w"].tolist() == [-3.0, 0.0]
+    assert scored.oriented(True) == (scored.scores, scored.tie_break)
