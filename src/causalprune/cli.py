@@ -226,8 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, RunFolderError, TrainingDiverged) as e:
+    except (ValueError, RunFolderError, TrainingDiverged) as e:
         print(f"causalprune: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # missing files, permissions, a full disk: one line naming the file
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"causalprune: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("causalprune: interrupted; re-run the same command to resume", file=sys.stderr)

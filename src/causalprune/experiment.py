@@ -247,8 +247,9 @@ def _rewind(model: nn.Module, theta_pre: dict[str, torch.Tensor], reset_bn: bool
 def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
     """Return θ_pre: this run's, a shared one (charging its training time), or trained now."""
     ckpt = run.folder.pre_checkpoint
-    if ckpt.exists():
-        return torch.load(ckpt, map_location=run.device, weights_only=True)
+    own = run.folder.load_pre(run.device)
+    if own is not None:
+        return own
     cache = pre_cache_dir(run.cfg, run.pre_cache) if run.pre_cache else None
     shared = load_shared_pre(cache, run.device) if cache is not None else None
     if shared is not None:  # a shared θ_pre: charge its training time to this run too
@@ -325,15 +326,31 @@ def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | 
     criterion = criteria.get(cfg.prune.method)
     folder = RunFolder(out if out is not None else default_run_dir(cfg))
     if folder.finished():
-        folder.claim(cfg)
-        return folder.summary()
+        return _finished(folder, cfg, quiet)
     # Everything that can fail on bad input is checked before the run folder is written.
     device = device_of(cfg)
     run = Run(cfg, criterion, folder, load_splits(cfg, device), device, Path(pre_cache) if pre_cache else None)
     model = run.new_model()
-    folder.claim(cfg)
-    folder.write_env(environment(device))
-    run.timing = folder.load_timing()
+    with folder.lock():  # one process per run folder
+        if folder.finished():  # another process finished it while this one loaded the data
+            return _finished(folder, cfg, quiet)
+        folder.claim(cfg)
+        folder.write_env(environment(device))
+        run.timing = folder.load_timing()
+        return _stages(run, model, t_start, quiet)
+
+
+def _finished(folder: RunFolder, cfg: Config, quiet: bool) -> dict[str, Any]:
+    folder.claim(cfg)  # refuses a folder of another config, or one that is not a run folder
+    summary = folder.summary()
+    if not quiet:
+        print(f"already finished: {folder.path}")
+    return summary
+
+
+def _stages(run: Run, model: nn.Module, t_start: float, quiet: bool) -> dict[str, Any]:
+    """Algorithm 1's stages in order; each returns early when its outputs exist."""
+    cfg, criterion = run.cfg, run.criterion
 
     if not criterion.prunes:  # the same total epochs, no pruning
         epochs = cfg.train.epochs if cfg.train.epochs is not None else cfg.total_epochs()

@@ -1,4 +1,8 @@
-"""Atomic file writes (temp file in the same folder + rename) and small readers."""
+"""Atomic file writes (temp file in the same folder + rename) and small readers.
+
+Files get the permissions the process's umask gives a newly created file (``0o666 &
+~umask``), like any file opened for writing, not the private 0600 of a temp file.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +16,19 @@ from typing import IO, Any
 import torch
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
     """Create `path` by calling `write(file)` on a temp file, then renaming it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

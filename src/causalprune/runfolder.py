@@ -10,13 +10,23 @@
 
 A θ_pre shared by several runs (a compare or sweep grid) lives in a cache folder keyed by
 everything pre-training reads (`pre_cache_dir`).
+
+Integrity: one process at a time works in a run folder (`lock`, an exclusive `flock` on
+``<run>/.lock``); a folder that is not a causalprune run folder, or that holds another
+config, is refused; a damaged file is reported by name with the command that recovers
+(move the damaged stage aside and re-run: the stage is redone). Every error is a
+`RunFolderError`, which the CLI prints as one line.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +38,30 @@ from .masks import Mask
 
 
 class RunFolderError(ValueError):
-    """The output folder belongs to a different config (it is never overwritten)."""
+    """The run folder cannot be used as asked: another config's, in use, damaged, not writable."""
+
+
+def _damaged(path: Path, error: Exception, stage_dir: Path | None) -> RunFolderError:
+    what = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if stage_dir is None:
+        return RunFolderError(f"{path} is damaged ({what})")
+    aside = stage_dir.with_name(stage_dir.name + ".damaged")
+    return RunFolderError(f"{path} is damaged ({what}); to redo that stage: mv {stage_dir} {aside} "
+                          "and re-run the same command")  # fmt: skip
+
+
+def _load_torch(path: Path, device: torch.device | str, stage_dir: Path | None) -> Any:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        raise _damaged(path, e, stage_dir) from None
+
+
+def _load_json(path: Path, stage_dir: Path | None) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise _damaged(path, e, stage_dir) from None
 
 
 def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
@@ -68,9 +101,40 @@ class RunFolder:
         """Whether a run was started here (its config.yaml exists)."""
         return (self.path / "config.yaml").exists()
 
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's exclusive lock (creating the folder); refuse if another process holds it.
+
+        Also checks that the folder is writable, before any training.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise RunFolderError(f"{self.path} is a file, not a folder; choose another --out")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise RunFolderError(f"cannot write to {self.path} ({e.strerror}); choose another --out") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise RunFolderError(f"{self.path} is in use by another process (pid {holder}); wait for it to "
+                                     "finish or choose another --out") from None  # fmt: skip
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            if not os.access(self.path, os.W_OK):
+                raise RunFolderError(f"cannot write to {self.path} (not writable); choose another --out")
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def claim(self, cfg: Config) -> None:
         """Refuse a folder whose config.yaml differs from `cfg`; write it if the folder is new."""
         existing = self.path / "config.yaml"
+        if not existing.exists() and (self.path / "summary.json").exists():
+            raise RunFolderError(f"{self.path} holds a summary.json but no config.yaml: it is not a causalprune run "
+                                 "folder; choose another --out")  # fmt: skip
         if existing.exists():
             try:
                 old = load_config(existing)
@@ -99,7 +163,7 @@ class RunFolder:
     def load_timing(self) -> dict[str, float]:
         """Return the seconds recorded so far (empty for a new run)."""
         path = self.path / "timing.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return _load_json(path, None) if path.exists() else {}
 
     def save_timing(self, timing: dict[str, float]) -> None:
         """Write timing.json."""
@@ -110,6 +174,11 @@ class RunFolder:
     def pre_checkpoint(self) -> Path:
         """Path of θ_pre."""
         return self.path / "pre" / "checkpoint.pt"
+
+    def load_pre(self, device: torch.device) -> dict[str, torch.Tensor] | None:
+        """Return this run's θ_pre on `device`, or None if the pre stage has not finished."""
+        ckpt = self.pre_checkpoint
+        return _load_torch(ckpt, device, ckpt.parent) if ckpt.exists() else None
 
     # --- levels ---------------------------------------------------------------------------
     def level_dir(self, k: int) -> Path:
@@ -124,7 +193,11 @@ class RunFolder:
     def load_level(self, k: int, device: torch.device) -> tuple[Mask, dict[str, torch.Tensor]]:
         """Return round `k`'s mask and model state."""
         d = self.level_dir(k)
-        return Mask.load(d / "mask.pt"), torch.load(d / "checkpoint.pt", map_location=device, weights_only=True)
+        try:
+            mask = Mask.load(d / "mask.pt")
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+            raise _damaged(d / "mask.pt", e, d) from None
+        return mask, _load_torch(d / "checkpoint.pt", device, d)
 
     def save_level(self, k: int, scores: dict[str, Any], state: dict[str, torch.Tensor], mask: Mask) -> None:
         """Write round `k`'s scores, model state and mask (the mask last: it marks the round done)."""
@@ -139,8 +212,17 @@ class RunFolder:
         return (self.path / "summary.json").exists()
 
     def summary(self) -> dict[str, Any]:
-        """Return the finished run's summary."""
-        return json.loads((self.path / "summary.json").read_text())
+        """Return the finished run's summary (refusing a damaged one, naming it)."""
+        path = self.path / "summary.json"
+        try:
+            s = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            aside = path.with_name("summary.json.damaged")
+            raise RunFolderError(f"{path} is damaged ({type(e).__name__}: {e}); to redo the final stage: "
+                                 f"mv {path} {aside} and re-run the same command") from None  # fmt: skip
+        if not isinstance(s, dict) or "method" not in s:
+            raise RunFolderError(f"{path} is not a causalprune summary (no 'method'); choose another --out")
+        return s
 
     def save_result(self, state: dict[str, torch.Tensor], mask: Mask, timing: dict[str, float],
                     summary: dict[str, Any]) -> None:  # fmt: skip
@@ -156,8 +238,8 @@ def load_shared_pre(cache: Path, device: torch.device) -> tuple[dict[str, torch.
     ckpt = cache / "checkpoint.pt"
     if not ckpt.exists():
         return None
-    theta = torch.load(ckpt, map_location=device, weights_only=True)
-    return theta, json.loads((cache / "timing.json").read_text())["pre_s"]
+    theta = _load_torch(ckpt, device, cache)
+    return theta, _load_json(cache / "timing.json", cache)["pre_s"]
 
 
 def save_shared_pre(cache: Path, theta: dict[str, torch.Tensor], seconds: float) -> None:

@@ -1,0 +1,94 @@
+"""Run-folder integrity: one process per folder, foreign and damaged folders refused by name, umask."""
+
+import os
+import shutil
+
+import yaml
+
+from causalprune import Mask
+from causalprune.cli import main
+from causalprune.io import save_text
+from causalprune.runfolder import RunFolder
+
+from .conftest import TINY
+
+
+def _config(tmp_path, *sets):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY))
+    args = [str(path)]
+    for s in sets:
+        args += ["--set", s]
+    return args
+
+
+def _error(capsys, *needles):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("causalprune: error:"), err
+    for n in needles:
+        assert n in err[0], err[0]
+    return err[0]
+
+
+def test_a_second_process_on_the_same_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    with RunFolder(out).lock():  # another process holding the folder (flock is per open file)
+        assert main(["run", *_config(tmp_path, "prune.method=magnitude"), "--out", str(out)]) == 2
+    _error(capsys, "is in use by another process", f"pid {os.getpid()}")
+    assert not (out / "config.yaml").exists()
+    assert main(["run", *_config(tmp_path, "prune.method=magnitude"), "--out", str(out)]) == 0  # lock released
+
+
+def test_a_foreign_folder_with_a_summary_is_refused(tmp_path, capsys):
+    out = tmp_path / "foreign"
+    out.mkdir()
+    (out / "summary.json").write_text('{"accuracy": 0.9}')
+    assert main(["run", *_config(tmp_path), "--out", str(out)]) == 2
+    _error(capsys, "not a causalprune run folder")
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]  # nothing written into it
+
+
+def test_damaged_files_are_named_with_the_command_that_recovers(tmp_path, capsys):
+    args = [*_config(tmp_path, "prune.method=magnitude", "prune.n_iter=2"), "--out", str(tmp_path / "run")]
+    assert main(["run", *args]) == 0
+    run = tmp_path / "run"
+    final = Mask.load(run / "mask.pt")
+    # A damaged summary: named, with the recovery.
+    (run / "summary.json").write_text('{"method": "magn')
+    assert main(["run", *args]) == 2
+    _error(capsys, "summary.json is damaged", "mv ")
+    # Stopped before the post stage, with round 2's checkpoint truncated.
+    for f in ("summary.json", "model.pt", "mask.pt"):
+        (run / f).unlink()
+    ckpt = run / "level_2" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    assert main(["run", *args]) == 2
+    line = _error(capsys, "level_2/checkpoint.pt is damaged", "to redo that stage: mv")
+    src, dst = line.split("mv ")[1].split(" and re-run")[0].split()
+    shutil.move(src, dst)  # the printed recovery
+    assert main(["run", *args]) == 0
+    assert Mask.load(run / "mask.pt") == final  # round 2 redone: the same masks
+
+
+def test_an_unwritable_out_is_refused_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["run", *_config(tmp_path), "--out", str(blocker / "run")]) == 2
+    _error(capsys, "cannot write to", str(blocker / "run"))
+
+
+def test_finished_runs_say_so_in_one_line(tmp_path, capsys):
+    args = [*_config(tmp_path, "prune.method=magnitude"), "--out", str(tmp_path / "run")]
+    assert main(["run", *args]) == 0
+    capsys.readouterr()
+    assert main(["run", *args]) == 0
+    assert capsys.readouterr().out.strip() == f"already finished: {tmp_path / 'run'}"
+
+
+def test_run_files_honour_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        save_text("x", tmp_path / "a.txt")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
