@@ -1,5 +1,6 @@
 """Run-folder integrity: one process per folder, foreign and damaged folders refused by name, umask."""
 
+import json
 import os
 import shutil
 
@@ -92,3 +93,18 @@ def test_run_files_honour_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+
+
+def test_threads_follow_the_config_or_share_the_cores(tmp_path):
+    from causalprune.config import config_from_dict
+    from causalprune.experiment import available_cores, run_experiment, threads_for
+
+    cfg = config_from_dict(TINY, ["prune.method=magnitude"])
+    assert threads_for(cfg) == available_cores()
+    assert threads_for(cfg, jobs=available_cores() + 5) == 1  # never 0
+    assert threads_for(config_from_dict(TINY, ["train.threads=3"]), jobs=8) == 3
+    s = run_experiment(config_from_dict(TINY, ["prune.method=magnitude", "train.threads=1"]), tmp_path / "r",
+                       quiet=True)  # fmt: skip
+    assert s["threads"] == 1
+    env = json.loads((tmp_path / "r" / "env.json").read_text())
+    assert env["threads"] == 1

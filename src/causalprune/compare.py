@@ -50,11 +50,12 @@ def run_grid(cfg: Config, methods: list[str], sparsities: list[float], seeds: li
         s = run_experiment(rc, out / cell.folder, pre_cache=out / "_pre", quiet=True)
         save_text(cell.label + "\n", out / cell.folder / "label.txt")
         summaries.append({**s, "label": cell.label})
+    first = summaries[0] if summaries else {}
     header = (
         f"{cfg.name}: {cfg.data.name}, {cfg.model.name}, seeds {','.join(map(str, seeds))}; "
         f"n_pre {cfg.prune.n_pre}, n_iter {cfg.prune.n_iter}, n_prune {cfg.prune.n_prune}, "
         f"n_post {cfg.prune.n_post}, schedule {cfg.prune.schedule}, scope {cfg.prune.scope}; "
-        f"device {summaries[0]['device'] if summaries else '?'}, torch {torch.__version__}; "
+        f"device {first.get('device', '?')} ({first.get('threads', '?')} threads), torch {torch.__version__}; "
         f"{len(cells)} runs in {time.perf_counter() - t0:.0f} s\n\n"
     )
     return summaries, write_table(summaries, out, header)

@@ -112,6 +112,7 @@ class TrainConfig:
     amp: bool = False  # bfloat16 autocast for training forwards (recorded steps included)
     channels_last: bool = False  # NHWC memory format for conv nets on GPUs
     compile: bool = False  # torch.compile the model's forward (Module.compile: parameter names unchanged)
+    threads: int | None = None  # CPU threads of torch's intra-op pool; None: cores available / parallel jobs
     # Post-training (the final stage) may use its own optimizer, as the paper's ImageNet rows do
     # (AdamW, lr 0.01, weight decay 0.01); None: the same as the other stages.
     post_optimizer: str | None = None  # sgd | adamw
@@ -123,6 +124,8 @@ class TrainConfig:
             check_positive(self.epochs, "train.epochs")
         check_positive(self.batch_size, "train.batch_size")
         check_positive(self.lr, "train.lr")
+        if self.threads is not None:
+            check_positive(self.threads, "train.threads")
         check_choice(self.optimizer, ("sgd", "adamw"), "train.optimizer")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"train.momentum must be in [0, 1), got {self.momentum}")

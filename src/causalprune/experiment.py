@@ -16,6 +16,7 @@ produces exactly the masks an uninterrupted run would. Files: `runfolder.RunFold
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import time
@@ -54,6 +55,24 @@ def device_of(cfg: Config) -> torch.device:
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is cuda but no CUDA device is available (use cpu or auto)")
     return torch.device(cfg.train.device)
+
+
+def available_cores() -> int:
+    """Return the CPU cores this process may run on (its affinity mask; os.cpu_count() elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_for(cfg: Config, jobs: int = 1) -> int:
+    """Return the intra-op threads a run uses: ``train.threads``, else the available cores shared by `jobs`.
+
+    torch's default (one thread per core) oversubscribes the cores as soon as anything
+    else runs — several sweep processes, or another job — and a loaded 2-core machine then
+    runs many times slower (docs/benchmarks.md, "Threads").
+    """
+    return cfg.train.threads if cfg.train.threads is not None else max(1, available_cores() // max(1, jobs))
 
 
 def environment(device: torch.device) -> dict[str, Any]:
@@ -319,10 +338,15 @@ def final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, stag
 
 
 def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | Path | None = None,
-                   quiet: bool = False) -> dict[str, Any]:  # fmt: skip
-    """Run (or continue) one experiment in its run folder; return its summary."""
+                   quiet: bool = False, jobs: int = 1) -> dict[str, Any]:  # fmt: skip
+    """Run (or continue) one experiment in its run folder; return its summary.
+
+    `jobs` is the number of runs sharing the machine (parallel sweep processes): without
+    ``train.threads``, the run takes its share of the cores (`threads_for`).
+    """
     t_start = time.perf_counter()
     cfg = resolve.check(cfg)
+    torch.set_num_threads(threads_for(cfg, jobs))
     criterion = criteria.get(cfg.prune.method)
     folder = RunFolder(out if out is not None else default_run_dir(cfg))
     if folder.finished():
@@ -421,6 +445,7 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
         "efficiency": efficiency(model, run.data.input_shape),
         "timing": {k: round(v, 3) for k, v in run.timing.items()},
         "device": str(run.device),
+        "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "causalprune_version": __version__,
     }

@@ -63,9 +63,9 @@ def plan_sweep(path: str | Path, out: Path) -> list[Cell]:
     return plan(load_config(base, [f"name={name}", *fixed]), grid, _naming)
 
 
-def _one(args: tuple[dict[str, Any], str, str, str]) -> str:
-    config, folder, label, pre = args
-    run_experiment(config_from_dict(config), folder, pre_cache=pre, quiet=True)
+def _one(args: tuple[dict[str, Any], str, str, str, int]) -> str:
+    config, folder, label, pre, jobs = args
+    run_experiment(config_from_dict(config), folder, pre_cache=pre, quiet=True, jobs=jobs)
     save_text(label + "\n", Path(folder) / "label.txt")
     return folder
 
@@ -74,7 +74,7 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1) -> int:
     """Run every combination of the sweep (skipping finished runs); return the number of runs."""
     out = Path(out)
     cells = plan_sweep(path, out)
-    todo = [(c.config.to_dict(), str(out / c.folder), c.label, str(out / "_pre")) for c in cells
+    todo = [(c.config.to_dict(), str(out / c.folder), c.label, str(out / "_pre"), jobs) for c in cells
             if not (out / c.folder / "summary.json").exists()]  # fmt: skip
     print(f"{len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run with {jobs} process(es)")
     if jobs <= 1:
