@@ -5,6 +5,7 @@ import sys
 
 import yaml
 
+from causalprune.analysis.runs import run_name
 from causalprune.cli import main
 
 from .conftest import TINY
@@ -123,9 +124,12 @@ def test_analyze_writes_per_run_results_and_figures(tmp_path, capsys):
     figs = tmp_path / "figs"
     assert main(["analyze", *runs, "--hessian", "--flatness", "--histogram", "--samples", "128", "--draws", "5",
                  "--out", str(figs)]) == 0  # fmt: skip
+    before = {p for r in runs for p in (tmp_path / r).rglob("*")}
     for r in runs:
-        assert (tmp_path / r / "analysis" / "hessian.json").exists()
-        assert (tmp_path / r / "analysis" / "flatness.json").exists()
+        sub = figs / run_name(tmp_path / r)
+        assert (sub / "hessian.json").exists() and (sub / "flatness.json").exists()
+        assert not (tmp_path / r / "analysis").exists()  # the run folders are only read
+    assert before == {p for r in runs for p in (tmp_path / r).rglob("*")}
     for f in ("eigenvalues.png", "flatness.png", "histogram.png", "analysis.json"):
         assert (figs / f).exists()
     assert main(["analyze", str(tmp_path / "nope")]) == 2

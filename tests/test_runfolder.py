@@ -108,3 +108,15 @@ def test_threads_follow_the_config_or_share_the_cores(tmp_path):
     assert s["threads"] == 1
     env = json.loads((tmp_path / "r" / "env.json").read_text())
     assert env["threads"] == 1
+
+
+def test_plain_progress_lines_when_stdout_is_not_a_terminal(tmp_path, capsys, monkeypatch):
+    from causalprune import train
+    from causalprune.config import config_from_dict
+    from causalprune.experiment import run_experiment
+
+    monkeypatch.setattr(train, "PROGRESS_EVERY_S", 0.0)  # every epoch
+    run_experiment(config_from_dict(TINY, ["prune.method=magnitude"]), tmp_path / "r", quiet=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("pre: epoch 1/1, train loss ") for line in lines), lines
+    assert any(line.startswith("post: epoch 1/1") for line in lines), lines

@@ -113,23 +113,27 @@ def _cmd_friedman(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis.runs import analyze_run, compare_figures
+    from .analysis.runs import analyze_run, compare_figures, run_name
 
     chosen = [args.hessian, args.flatness, args.landscape, args.histogram]
     if not any(chosen):  # nothing named: do everything
         chosen = [True] * 4
     results = []
-    for d in args.run_dirs:
+    out = Path(args.out)
+    names = [run_name(Path(d)) for d in args.run_dirs]
+    if len(set(names)) < len(names):  # two runs whose last path parts agree: number them
+        names = [f"{i}_{n}" for i, n in enumerate(names)]
+    for d, name in zip(args.run_dirs, names, strict=True):
         print(f"analyzing {d}", flush=True)
-        results.append(analyze_run(Path(d), *chosen, samples=args.samples, draws=args.draws))
-    compare_figures(results, [Path(d) for d in args.run_dirs], Path(args.out))
+        results.append(analyze_run(Path(d), out / name, *chosen, samples=args.samples, draws=args.draws))
+    compare_figures(results, out)
     for r in results:
         eig = r.get("hessian", {}).get("top_eigenvalues")
         rel = r.get("flatness", {}).get("relative_loss")
         print(f"{r['method']:>12s} sparsity {r['sparsity']:<5g} seed {r['seed']}: "
               f"top eigenvalue {eig[0] if eig else float('nan'):.4g}, "
               f"relative loss at largest σ {rel[-1] if rel else float('nan'):.4g}")  # fmt: skip
-    print(f"wrote per-run results under */analysis/ and figures under {args.out}")
+    print(f"wrote per-run results and figures under {args.out}")
     return 0
 
 
@@ -193,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--histogram", action="store_true", help="histogram of the remaining weights")
     p.add_argument("--samples", type=int, default=512, help="training samples the analyses evaluate (default 512)")
     p.add_argument("--draws", type=int, default=100, help="perturbations per σ for --flatness (default 100)")
-    p.add_argument("--out", default="runs/analysis", help="folder for comparison figures (default runs/analysis)")
+    p.add_argument("--out", default="runs/analysis",
+                   help="folder for per-run results (one sub-folder per run) and comparison figures "
+                        "(default runs/analysis); the run folders are only read")  # fmt: skip
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("friedman", help="the paper's Fig. 1: causal coefficients vs Lasso on Friedman #1")

@@ -9,6 +9,8 @@ the optimizer hook `Mask.attach` installs; `Callback.on_epoch_end` evaluates and
 from __future__ import annotations
 
 import math
+import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -21,9 +23,31 @@ from .data import ImageFiles, Inputs, iterate
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+#: Seconds between plain progress lines when stdout is not a terminal (logs, CI, nohup).
+PROGRESS_EVERY_S = 30.0
+
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or Inf."""
+
+
+class _PlainProgress:
+    """Progress as plain lines, at most one per `PROGRESS_EVERY_S`, when stdout is not a terminal.
+
+    (On a terminal, tqdm draws its bar instead.)
+    """
+
+    def __init__(self, desc: str, epochs: int) -> None:
+        self.desc, self.epochs = desc, epochs
+        self.enabled = not sys.stdout.isatty()
+        self.start = self.last = time.monotonic()
+
+    def epoch_end(self, logs: dict[str, float]) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self.last >= PROGRESS_EVERY_S:
+            print(f"{self.desc}: epoch {int(logs['epoch'])}/{self.epochs}, train loss {logs['train_loss']:.4f}, "
+                  f"{now - self.start:.0f} s", flush=True)  # fmt: skip
+            self.last = now
 
 
 class Callback:
@@ -137,6 +161,7 @@ def fit(
 
     step = step or plain_step(model, optimizer, loss_fn)
     history = []
+    progress = _PlainProgress(desc, epochs)
     model.train()
     # disable=None: bars on a terminal only, so logs and CI output stay clean
     for epoch in tqdm(range(epochs), desc=desc, leave=False, disable=None if epochs else True):
@@ -153,5 +178,6 @@ def fit(
             raise TrainingDiverged(f"training loss is {logs['train_loss']} in epoch {epoch + 1} of {desc}")
         for cb in callbacks:
             cb.on_epoch_end(epoch + 1, logs)
+        progress.epoch_end(logs)
         history.append(logs)
     return history

@@ -1,6 +1,7 @@
 """`causalprune analyze`: the paper's analyses on finished run folders, and comparison figures.
 
-Per run (written under RUN_DIR/analysis/): ``hessian.json`` (top eigenvalues on the alive
+Per run (written under OUT/<run>/, where <run> names the run folder; the run folders are
+only read): ``hessian.json`` (top eigenvalues on the alive
 weights, Hutchinson trace), ``flatness.json`` (eq. 16–17), ``landscape.npz`` + figure, and
 ``weights.npy`` (the remaining non-zero weights, for histograms). Across runs (under
 --out): eigenvalue vs sparsity per method (paper Fig. 2a), flatness curves (Fig. 4), and
@@ -11,6 +12,7 @@ run's numbers.
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -43,17 +45,24 @@ def load_run(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
     return cfg, model, Mask.load(run_dir / "mask.pt"), data
 
 
-def analyze_run(run_dir: Path, hessian: bool, flat: bool, land: bool, histogram: bool, samples: int = 512,
-                k: int = 3, draws: int = 100) -> dict[str, Any]:  # fmt: skip
-    """Run the selected analyses on one run folder; return its numbers."""
+def run_name(run_dir: Path) -> str:
+    """Return a folder name for a run's analysis results: its last path parts, made safe (``x_p0.9_seed_0``)."""
+    parts = [p for p in Path(run_dir).resolve().parts[-3:] if p not in ("/", "")]
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", "_".join(parts))
+
+
+def analyze_run(run_dir: Path, out: Path, hessian: bool, flat: bool, land: bool, histogram: bool,
+                samples: int = 512, k: int = 3, draws: int = 100) -> dict[str, Any]:  # fmt: skip
+    """Run the selected analyses on one run folder, writing under `out`; return its numbers."""
     _, model, mask, data = load_run(run_dir)
-    out = Path(run_dir) / "analysis"
-    out.mkdir(exist_ok=True)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     x, y = data.train
     batches = [(materialize(x[a : a + 256]), y[a : a + 256]) for a in range(0, min(samples, len(y)), 256)]
     loss_fn = loss_function(data.task)
     summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    result: dict[str, Any] = {"run": str(run_dir), "method": summary["method"], "seed": summary["seed"],
+    result: dict[str, Any] = {"run": str(run_dir), "results": str(out), "method": summary["method"],
+                              "seed": summary["seed"],
                               "sparsity": summary["sparsity_target"]}  # fmt: skip
     alive_mask = mask  # all ones for a run that did not prune
     if hessian:
@@ -73,7 +82,7 @@ def analyze_run(run_dir: Path, hessian: bool, flat: bool, land: bool, histogram:
     return result
 
 
-def compare_figures(results: list[dict[str, Any]], run_dirs: list[Path], out: Path) -> None:
+def compare_figures(results: list[dict[str, Any]], out: Path) -> None:
     """Eigenvalue vs sparsity (Fig. 2a), flatness curves (Fig. 4), weight histograms (Fig. 2b)."""
     import matplotlib
 
@@ -111,7 +120,7 @@ def compare_figures(results: list[dict[str, Any]], run_dirs: list[Path], out: Pa
         fig.tight_layout()
         fig.savefig(out / "flatness.png", dpi=110)
         plt.close(fig)
-    weights = [(r, Path(d) / "analysis" / "weights.npy") for r, d in zip(results, run_dirs, strict=True)]
+    weights = [(r, Path(r["results"]) / "weights.npy") for r in results]
     weights = [(r, p) for r, p in weights if p.exists()]
     if weights:
         fig, ax = plt.subplots(figsize=(6, 4))
