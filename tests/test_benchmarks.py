@@ -5,8 +5,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).parents[1]
 
 
@@ -18,4 +16,5 @@ def test_gpu_check_throughput_script_on_cpu():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["device"] == "cpu" and result["plain_images_per_s"] > 0 and result["recorded_images_per_s"] > 0
     ratio = result["plain_images_per_s"] / result["recorded_images_per_s"]
-    assert result["overhead_ratio"] == pytest.approx(ratio, rel=1e-3)
+    # The ratio is rounded to 4 decimals from the unrounded rates: exact to half a unit of the last digit.
+    assert abs(result["overhead_ratio"] - ratio) <= 0.5e-4 + 1e-12
