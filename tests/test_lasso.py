@@ -1,5 +1,7 @@
 """Lasso solvers against independent oracles (scikit-learn, numpy pinv)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,19 @@ def _trajectory_like(T, d, seed=0, dtype=torch.float32):
     return X.to(dtype), y
 
 
+def _solve_checked(*args, **kwargs):
+    """`lasso.solve` for cd/fista: it warns (naming the solver and the remedy) exactly when it does not converge."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = lasso.solve(*args, **kwargs)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    if res.converged:
+        assert not msgs
+    else:
+        assert len(msgs) == 1 and f"{res.solver!r}" in msgs[0] and "max_iter" in msgs[0] and "gap" in msgs[0]
+    return res
+
+
 def _sklearn_objective(X, y, alpha):
     Xn, yn = X.double().numpy(), y.double().numpy()
     sk = Lasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=200_000).fit(Xn, yn)
@@ -31,7 +46,7 @@ def test_reaches_sklearn_objective(shape, solver):
     X, y = _trajectory_like(*shape)
     alpha = 0.01 * float((X.T @ y).abs().max()) / shape[0]
     ref, _ = _sklearn_objective(X, y, alpha)
-    res = lasso.solve(X, y, alpha=alpha, solver=solver, tol=1e-8, max_iter=None if solver == "cd" else 5000)
+    res = _solve_checked(X, y, alpha=alpha, solver=solver, tol=1e-8, max_iter=None if solver == "cd" else 5000)
     assert res.objective <= ref * (1 + 1e-6)
     assert res.alpha == alpha and res.solver == solver
     # The objective the result reports is the true one.
@@ -65,7 +80,7 @@ def test_low_precision_storage_matches_float32(dtype):
     alpha = 0.02 * float((X.T @ y).abs().max()) / 40
     ref, _ = _sklearn_objective(Xl.float(), y, alpha)  # the oracle sees the rounded values
     for solver in ("cd", "fista"):
-        res = lasso.solve(Xl, y, alpha=alpha, solver=solver, tol=1e-8, max_iter=None if solver == "cd" else 5000)
+        res = _solve_checked(Xl, y, alpha=alpha, solver=solver, tol=1e-8, max_iter=None if solver == "cd" else 5000)
         assert res.objective <= ref * (1 + 1e-6)
 
 
@@ -101,7 +116,7 @@ def test_unpenalized_regressors_match_sklearn_on_projected_problem():
     # FISTA is first-order and positive columns make this design ill-conditioned: it gets
     # within 2e-5 in 8000 steps, where cd is exact.
     for solver, rel, iters in (("cd", 1e-6, None), ("fista", 2e-5, 8000)):
-        res = lasso.solve(X, y, alpha=alpha, solver=solver, unpenalized=Z, tol=1e-9, max_iter=iters)
+        res = _solve_checked(X, y, alpha=alpha, solver=solver, unpenalized=Z, tol=1e-9, max_iter=iters)
         assert res.objective <= ref_obj * (1 + rel)
         # c is the least-squares fit of Z to what γ leaves, and close to the oracle's.
         c_own = np.linalg.lstsq(Zn, y.double().numpy() - X.double().numpy() @ res.coef.double().numpy(), rcond=None)[0]
@@ -133,7 +148,9 @@ def test_sgd_divergence_is_reported():
         ({"alpha": -1.0}, "alpha must be > 0"),
         ({"alpha": 1.0, "alpha_ratio": 0.1}, "not both"),
         ({"solver": "lars"}, "valid: auto, cd, fista, sgd, minnorm"),
-        ({"alpha_ratio": 0.1, "bogus": 1}, "unknown solver options"),
+        ({"alpha_ratio": 0.1, "bogus": 1}, r"unknown option\(s\) bogus for solver 'cd'; valid: working_set"),
+        ({"alpha_ratio": 0.1, "solver": "cd", "lr": 0.1}, r"unknown option\(s\) lr for solver 'cd'"),
+        ({"solver": "minnorm", "lr": 0.1, "seed": 1}, r"option\(s\) lr, seed for solver 'minnorm'; valid: ridge"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -173,3 +190,92 @@ def test_feature_sign_polish_is_exact(seed):
     assert out is not None
     r = yn - Xn @ out
     assert 0.5 * r @ r / 30 + alpha * np.abs(out).sum() <= ref * (1 + 1e-9)
+
+
+def test_unconverged_cd_and_fista_warn():
+    X, y = _trajectory_like(40, 600)
+    with pytest.warns(RuntimeWarning, match=r"'fista' stopped after 5 iterations .*duality gap .*raise max_iter"):
+        res = lasso.solve(X, y, alpha_ratio=0.01, solver="fista", max_iter=5)
+    assert not res.converged and res.n_iter == 5
+    with pytest.warns(RuntimeWarning, match=r"'cd' stopped after 2 iterations"):
+        res = lasso.solve(X, y, alpha_ratio=0.01, solver="cd", tol=1e-300, max_iter=2)
+    assert not res.converged
+    with pytest.raises(ValueError, match="max_iter must be >= 1"):
+        lasso.solve(X, y, alpha_ratio=0.01, solver="cd", max_iter=0)
+
+
+def test_solver_registry(monkeypatch):
+    assert lasso.SOLVERS == ("auto", "cd", "fista", "sgd", "minnorm")
+    assert lasso.solver_options("sgd") == {
+        "lr": 0.1, "batch_size": 16, "max_epochs": 50, "patience": 5, "variant": "paper", "seed": 0
+    }  # fmt: skip
+    assert lasso.solver_options("minnorm") == {"ridge": 1e-10}
+    monkeypatch.setattr(lasso, "_REGISTRY", dict(lasso._REGISTRY))
+    monkeypatch.setattr(lasso, "SOLVERS", lasso.SOLVERS)
+
+    @lasso.register_solver("scaled_xty")
+    def _scaled_xty(D, alpha, tol, max_iter, *, scale=1.0):
+        return D.output(scale * D.xty().double(), alpha, 1, True)
+
+    assert lasso.SOLVERS[-1] == "scaled_xty"
+    X, y = _trajectory_like(10, 20)
+    res = lasso.solve(X, y, alpha_ratio=0.1, solver="scaled_xty", scale=1e-3)
+    assert res.solver == "scaled_xty" and torch.allclose(res.coef, 1e-3 * (X.double().T @ y.double()).float())
+    with pytest.raises(ValueError, match=r"unknown option\(s\) lr for solver 'scaled_xty'; valid: scale"):
+        lasso.solve(X, y, alpha_ratio=0.1, solver="scaled_xty", lr=1.0)
+    with pytest.raises(ValueError, match="taken"):
+        lasso.register_solver("cd")
+    with pytest.raises(TypeError, match="need defaults"):
+        lasso.register_solver("bad")(lambda D, alpha, tol, max_iter, *, x: None)
+    with pytest.raises(TypeError, match=r"must take \(D, alpha, tol, max_iter"):
+        lasso.register_solver("bad2")(lambda D, alpha, **kw: None)
+
+
+def test_columns_and_blocked_products(monkeypatch):
+    X, y = _trajectory_like(12, 500, seed=8)
+    cm = X.T.contiguous().T
+    D = lasso.Design([cm[:, :200], cm[:, 200:]], y)
+    assert torch.equal(D.columns(torch.arange(500)), X.double())
+    idx = torch.tensor([499, 3, 200, 199, 201])
+    assert torch.equal(D.columns(idx), X.double()[:, idx])
+    # (PX)[:, idx]ᵀr a block of 64 columns at a time: the same float64 numbers as one gather.
+    monkeypatch.setattr(lasso.Design, "BLOCK_BYTES", 1)
+    D = lasso.Design([cm[:, :200], cm[:, 200:]], y)
+    assert D.block_columns == 64
+    r = torch.randn(12, dtype=torch.float64)
+    for idx in (torch.randperm(500)[:300], torch.arange(500), torch.arange(150, 420)):
+        assert torch.equal(D.exact_rmatvec(idx, r), D.columns(idx).T @ r)
+
+
+def test_dense_solutions_are_evaluated_in_blocks_with_identical_numbers(monkeypatch):
+    """A dense fit is scored a block of columns at a time; with no Z the numbers are bit-identical."""
+    X, y = _trajectory_like(20, 700, seed=9)
+    monkeypatch.setattr(lasso.Design, "EXACT_SUPPORT", 10)  # 700 non-zeros: the dense path
+    Z = torch.randn(20, 2, dtype=torch.float64)
+    ref = lasso.solve(X, y, solver="minnorm", alpha_ratio=0.01)
+    ref_z = lasso.solve(X, y, solver="minnorm", alpha_ratio=0.01, unpenalized=Z)
+    gathered = []  # sizes of the float64 column blocks taken from X
+    columns, column_range = lasso.Design.columns, lasso.Design._column_range
+
+    def spy_columns(self, idx):
+        gathered.append(len(idx))
+        return columns(self, idx)
+
+    def spy_range(self, start, stop):
+        gathered.append(stop - start)
+        return column_range(self, start, stop)
+
+    monkeypatch.setattr(lasso.Design, "columns", spy_columns)
+    monkeypatch.setattr(lasso.Design, "_column_range", spy_range)
+    monkeypatch.setattr(lasso.Design, "BLOCK_BYTES", 1)  # 64 columns per block
+    res = lasso.solve(X, y, solver="minnorm", alpha_ratio=0.01)
+    assert gathered and max(gathered) <= 64 and sum(gathered) >= 700
+    assert int((res.coef != 0).sum()) == 700
+    for f in ("coef", "kkt"):
+        assert torch.equal(getattr(res, f), getattr(ref, f))
+    assert (res.objective, res.gap) == (ref.objective, ref.gap)
+    # With Z the projection of a block and the float64 sum Xγ may round differently in the last bits.
+    res_z = lasso.solve(X, y, solver="minnorm", alpha_ratio=0.01, unpenalized=Z)
+    assert torch.equal(res_z.coef, ref_z.coef)
+    assert torch.allclose(res_z.unpenalized, ref_z.unpenalized, rtol=1e-6)
+    assert res_z.objective == pytest.approx(ref_z.objective, rel=1e-12)

@@ -1,20 +1,27 @@
-"""Lasso solvers for the causal regression (SPEC §3). Pure tensors in, tensors out.
+"""Lasso solvers for the causal regression (docs/method.md, "2. The Lasso"). Pure tensors in, tensors out.
 
 Objective, in scikit-learn's scaling (T rows, γ the penalised coefficients)::
 
     P(γ) = (1 / 2T) · ‖y − Xγ − Zc‖² + α · ‖γ‖₁
 
 Z (T × m) holds optional *unpenalised* regressors (the loss lags of the momentum model,
-SPEC §2). They are profiled out exactly: with Q an orthonormal basis of Z's columns and
-the projection P = I − QQᵀ, the problem is a plain Lasso on (PX, Py), and c is recovered
-by least squares at the end. P is only ever applied to T-vectors and to the few columns a
-solver gathers, never to X itself.
+docs/method.md, "1. Recording: one row per optimizer step"). They are profiled out exactly:
+with Q an orthonormal basis of Z's columns and the projection P = I − QQᵀ, the problem is a
+plain Lasso on (PX, Py), and c is recovered by least squares at the end. P is only ever
+applied to T-vectors and to the few columns a solver gathers, never to X itself.
 
 X may be one (T × d) tensor or a list of blocks sharing T (the momentum model's lagged
 block is an offset view of the same buffer); it may be float32, bfloat16 or float16, any
-layout, on CPU or CUDA. X is never copied to float64: products are taken in float32 chunks.
+layout, on CPU or CUDA. X is never copied, to float64 or to another device: products are
+taken in float32 chunks on X's device, and the columns that are recomputed exactly in
+float64 (on the host) are gathered in blocks of at most `Design.block_columns` columns
+(≈ 64 MiB of float64), so beyond X a solve holds a few (d,) vectors (sgd: also one
+minibatch of rows; cd: its working set's columns and Gram matrix), also for dense
+solutions (``minnorm``), never a copy of X.
 
-Solvers:
+Solvers, each registered under its name with `register_solver` and called as
+``fn(D, alpha, tol, max_iter, **options) -> SolverOutput`` (its keyword-only parameters are
+the options `solve` accepts for it):
 
 * ``cd`` — exact coordinate descent inside working sets with gap-safe screening (the
   celer / skglm strategy: Massias et al. 2018, Ndiaye et al. 2017). The outer loop makes
@@ -35,16 +42,17 @@ Solvers:
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-SOLVERS = ("auto", "cd", "fista", "sgd", "minnorm")
+from .layout import Segments
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,8 @@ class LassoResult:
         alpha: the L1 weight used.
         solver: the solver that produced it.
         kkt: (p,) |x_kᵀ r| / max(T·α, ‖Xᵀr‖_∞) ∈ [0, 1]: how close weight k is to entering
-            the model (SPEC §4); equals |x_kᵀ r| / (T·α) at an exact solution.
+            the model (docs/method.md, "3. Scores, tie-break, masks"); equals |x_kᵀ r| / (T·α)
+            at an exact solution.
         unpenalized: (m,) coefficients c of the unpenalised regressors (empty if none).
         converged: whether the solver's stopping rule was met.
         time_s: wall-clock seconds of the solve.
@@ -77,13 +86,41 @@ class LassoResult:
     time_s: float = 0.0
 
 
+@dataclass(frozen=True)
+class SolverOutput:
+    """What a registered solver returns to `solve` (p columns, T rows, all on the CPU).
+
+    Attributes:
+        coef: (p,) float64 penalised coefficients γ of the projected problem (PX, Py).
+        objective: P(γ) in scikit-learn's scaling (`Design.evaluate`).
+        gap: duality gap at γ, same units (``nan`` when α = 0).
+        n_iter: iterations the solver ran (its own unit: outer iterations, iterations, epochs).
+        corr: (p,) float64 (PX)ᵀr, exact in float64 on the support and the largest entries.
+        residual: (T,) float64 r = Py − PXγ.
+        converged: whether the solver's stopping rule was met.
+    """
+
+    coef: torch.Tensor
+    objective: float
+    gap: float
+    n_iter: int
+    corr: torch.Tensor
+    residual: torch.Tensor
+    converged: bool
+
+
 class Design:
     """The design matrix [X_1 | X_2 | …] with unpenalised regressors Z projected out.
 
     Only the operations the solvers need, each a pass over X in float32 chunks:
     ``rmatvec`` (Xᵀr), ``matvec`` (Xv), ``sq_norms`` (column norms), ``gram`` (XXᵀ) and
-    ``columns`` (gather a few columns as a float64 CPU array).
+    ``columns`` (gather a few columns as a float64 CPU array). It also keeps what the
+    solvers read directly: the raw ``blocks`` of X, the targets (``y64`` raw, ``y``
+    projected) and the unpenalised regressors ``Z`` (T × m, float64, CPU).
     """
+
+    EXACT_SUPPORT = 20_000  # largest support whose columns are gathered for exact residuals
+    BLOCK_BYTES = 64 << 20  # float64 bytes of columns gathered at once by the blocked products
 
     def __init__(
         self,
@@ -112,11 +149,15 @@ class Design:
         self.blocks = blocks
         self.device = blocks[0].device
         self.T = T
-        self.sizes = [b.shape[1] for b in blocks]
-        self.offsets = np.cumsum([0, *self.sizes])
-        self.p = int(self.offsets[-1])
+        self.segments = Segments([b.shape[1] for b in blocks])  # where each block's columns sit in γ
+        self.sizes = self.segments.sizes
+        self.offsets = self.segments.offsets
+        self.p = self.segments.total
         if self.p == 0:
             raise ValueError("X has no columns (nothing alive to score)")
+        # Columns per gathered block: ≈ BLOCK_BYTES of float64, so the transient memory of
+        # the blocked products is a few times BLOCK_BYTES whatever d is.
+        self.block_columns = max(64, self.BLOCK_BYTES // (8 * T))
         # Unpenalised regressors: orthonormal basis Q (T × m), float64 on CPU.
         if unpenalized is not None:
             Z = unpenalized.detach().to("cpu", torch.float64)
@@ -136,7 +177,7 @@ class Design:
             self.R = torch.zeros(0, 0, dtype=torch.float64)
             self.z_keep = torch.zeros(0, dtype=torch.bool)
         self._xty: torch.Tensor | None = None
-        self.y64 = y.detach().to("cpu", torch.float64)
+        self.y64 = y.detach().to("cpu", torch.float64)  # (T,) float64, raw y
         self.y = self.project(self.y64)  # (T,) float64, P y
 
     # --- small (T-sized) operations, float64 on CPU ---------------------------------
@@ -145,6 +186,12 @@ class Design:
         if self.Q.shape[1] == 0:
             return v
         return v - self.Q @ (self.Q.T @ v)
+
+    def _project_(self, v: torch.Tensor) -> torch.Tensor:
+        """Overwrite the (T, k) float64 CPU tensor `v` with P v (the same numbers as `project`) and return it."""
+        if self.Q.shape[1]:
+            v -= self.Q @ (self.Q.T @ v)
+        return v
 
     def unpenalized_coef(self, residual_raw: torch.Tensor) -> torch.Tensor:
         """Return c minimising ‖(y − Xγ) − Zc‖ given residual_raw = y − Xγ (float64, (T,))."""
@@ -171,8 +218,7 @@ class Design:
         """Return Xᵀr as a (p,) float32 tensor on X's device; r is (T,) and lies in range(P)."""
         rr = r.to(self.device, torch.float32)
         out = torch.empty(self.p, dtype=torch.float32, device=self.device)
-        for i, b in enumerate(self.blocks):
-            o = int(self.offsets[i])
+        for b, o in zip(self.blocks, self.offsets[:-1], strict=True):
             for a, chunk in self._chunks(b):
                 out[o + a : o + a + chunk.shape[1]] = chunk.T @ rr
         return out
@@ -181,8 +227,7 @@ class Design:
         """Return P X v as a (T,) float64 CPU tensor, for a (p,) vector v."""
         vv = v.to(self.device, torch.float32)
         acc = torch.zeros(self.T, dtype=torch.float32, device=self.device)
-        for i, b in enumerate(self.blocks):
-            o = int(self.offsets[i])
+        for b, o in zip(self.blocks, self.offsets[:-1], strict=True):
             for a, chunk in self._chunks(b):
                 acc += chunk @ vv[o + a : o + a + chunk.shape[1]]
         return self.project(acc.to("cpu", torch.float64))
@@ -190,10 +235,9 @@ class Design:
     def sq_norms(self) -> torch.Tensor:
         """Return ‖P x_j‖² for every column as a (p,) float64 CPU tensor."""
         out = torch.empty(self.p, dtype=torch.float64)
-        for i, b in enumerate(self.blocks):
-            o = int(self.offsets[i])
+        for b, part in zip(self.blocks, self.segments.split(out), strict=True):
             # A norm reduction reads X once, accumulates in float32 and allocates no temporary.
-            out[o : o + b.shape[1]] = torch.linalg.vector_norm(b, dim=0, dtype=torch.float32).to("cpu", torch.float64)
+            part.copy_(torch.linalg.vector_norm(b, dim=0, dtype=torch.float32))
         out.square_()
         for k in range(self.Q.shape[1]):  # ‖Px‖² = ‖x‖² − Σ_k (q_kᵀx)²
             out -= self.rmatvec(self.Q[:, k]).to("cpu", torch.float64) ** 2
@@ -208,18 +252,77 @@ class Design:
         return self.project(self.project(G).T)
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
-        """Return the columns `idx` of PX as a (T, len(idx)) float64 CPU tensor."""
+        """Return the columns `idx` of PX as a (T, len(idx)) float64 CPU tensor.
+
+        This allocates 8·T·len(idx) bytes (and as much again for the projection): callers
+        gather working sets and supports, or blocks of at most `block_columns` columns.
+        """
         idx = idx.to("cpu", torch.long)
-        if len(idx) == self.p and bool((idx == torch.arange(self.p)).all()):  # all of them: no gather
-            return self.project(torch.cat([b.to("cpu", torch.float64) for b in self.blocks], dim=1))
+        if len(idx) and _is_run(idx):
+            return self._column_range(int(idx[0]), int(idx[-1]) + 1)
         out = torch.empty(self.T, len(idx), dtype=torch.float64)
+        for i, pos, local in self.segments.locate(idx):
+            b = self.blocks[i]
+            cols = b.T.index_select(0, local.to(b.device))  # (k, T): rows of Xᵀ
+            out[:, pos] = cols.to("cpu", torch.float64).T
+        return self._project_(out)
+
+    def _column_range(self, start: int, stop: int) -> torch.Tensor:
+        """Return the columns start, …, stop − 1 of PX as a (T, stop − start) float64 CPU tensor (a copy, no gather)."""
+        out = torch.empty(self.T, stop - start, dtype=torch.float64)
         for i, b in enumerate(self.blocks):
-            lo, hi = int(self.offsets[i]), int(self.offsets[i + 1])
-            sel = torch.nonzero((idx >= lo) & (idx < hi)).squeeze(1)
-            if len(sel):
-                cols = b.T.index_select(0, (idx[sel] - lo).to(b.device))  # (k, T): rows of Xᵀ
-                out[:, sel] = cols.to("cpu", torch.float64).T
-        return self.project(out)
+            lo, hi = self.segments.span(i)
+            a, e = max(start, lo), min(stop, hi)
+            if a < e:
+                out[:, a - start : e - start].copy_(b[:, a - lo : e - lo])
+        return self._project_(out)
+
+    def exact_rmatvec(self, idx: torch.Tensor | None, r: torch.Tensor) -> torch.Tensor:
+        """Return (PX)[:, idx]ᵀ r (`idx` None: every column) as a float64 CPU vector, exact in float64.
+
+        The columns are gathered `block_columns` at a time, so the extra memory is bounded
+        whatever len(idx) is; without Z each entry is the same float64 product as with one
+        gather (with Z, the projection of a block may round differently in the last bit).
+        """
+        # Consecutive columns from `start` (every column of a dense fit): copy block after block, no gather.
+        start: int | None = 0
+        if idx is None:
+            n = self.p
+        else:
+            idx = idx.to("cpu", torch.long)
+            n = len(idx)
+            start = int(idx[0]) if n and _is_run(idx) else None
+        out = torch.empty(n, dtype=torch.float64)
+        step = self.block_columns
+        for a in range(0, n, step):
+            e = min(a + step, n)
+            cols = self._column_range(start + a, start + e) if start is not None else self.columns(idx[a:e])
+            out[a:e] = cols.T @ r
+            del cols  # before the next block is allocated
+        return out
+
+    def raw_fit(self, coef: torch.Tensor) -> torch.Tensor:
+        """Return Xγ without the projection as a (T,) float64 CPU tensor, from the non-zeros of `coef`.
+
+        The non-zero columns are gathered in float64 `block_columns` at a time.
+        """
+        nz = torch.nonzero(coef).squeeze(1)
+        out = torch.zeros(self.T, dtype=torch.float64)
+        step = self.block_columns
+        for i, pos, local in self.segments.locate(nz):
+            b = self.blocks[i]
+            c = coef[nz[pos]]
+            run = _is_run(local)  # every column of the block (a dense fit): copy, no gather
+            for a in range(0, len(local), step):
+                e = min(a + step, len(local))
+                if run:
+                    lo = int(local[0])
+                    cols = torch.empty(e - a, self.T, dtype=torch.float64).copy_(b.T[lo + a : lo + e])  # (k, T)
+                else:
+                    cols = b.T.index_select(0, local[a:e].to(b.device)).to("cpu", torch.float64)  # (k, T)
+                out += cols.T @ c[a:e]
+                del cols  # before the next block is allocated
+        return out
 
     # --- objective and duality gap ---------------------------------------------------
     def xty(self) -> torch.Tensor:
@@ -236,8 +339,8 @@ class Design:
         """Return (r = Py − PXγ, support indices, support columns or None), r float64.
 
         y − Xγ nearly cancels near a solution, so when the support is small (the usual
-        Lasso case) r is computed from the support's columns in float64; otherwise from a
-        float32 product.
+        Lasso case, at most `EXACT_SUPPORT` columns) r is computed from the support's
+        columns in float64; otherwise from a float32 product.
         """
         nz = torch.nonzero(coef).squeeze(1)
         if len(nz) <= self.EXACT_SUPPORT:
@@ -245,10 +348,13 @@ class Design:
             return self.y - cols @ coef[nz], nz, cols
         return self.y - self.matvec(coef), nz, None
 
-    EXACT_SUPPORT = 20_000  # largest support whose columns are gathered for exact residuals
-
     def evaluate(self, coef: torch.Tensor, alpha: float) -> tuple[float, float, torch.Tensor, torch.Tensor]:
-        """Return (objective, gap, residual r = Py − PXγ, Xᵀr) for the float64 CPU `coef`."""
+        """Return (objective, gap, residual r = Py − PXγ, Xᵀr) for the float64 CPU `coef`.
+
+        Xᵀr is a float32 pass over X, then recomputed exactly in float64 on the support and
+        the 2·|support| + 64 largest entries — every column for a dense solution, in blocks
+        (`exact_rmatvec`), so no more than `block_columns` columns are held in float64.
+        """
         residual, nz, cols = self.residual(coef)
         corr = (self.xty() if len(nz) == 0 else self.rmatvec(residual)).to("cpu", torch.float64)
         if not torch.isfinite(corr).all():
@@ -257,11 +363,15 @@ class Design:
         # Recompute exactly (float64) where it decides the dual point: the support and the
         # largest |x_jᵀr|, whose float32 rounding would otherwise inflate ‖Xᵀr‖∞.
         k = min(self.p, 2 * len(nz) + 64)
-        top = torch.topk(corr.abs(), k).indices if k < self.p else torch.arange(self.p)  # a dense fit: all
+        top = torch.topk(corr.abs(), k).indices if k < self.p else None  # None: all (a dense fit)
         if cols is not None and len(nz):
             corr[nz] = cols.T @ residual
+            top = torch.arange(self.p) if top is None else top  # p ≤ 2·EXACT_SUPPORT + 64 here
             top = top[~torch.isin(top, nz)]
-        corr[top] = self.columns(top).T @ residual
+        if top is None:
+            corr = self.exact_rmatvec(None, residual)
+        else:
+            corr[top] = self.exact_rmatvec(top, residual)
         T = self.T
         rr = float(residual @ residual)
         primal = 0.5 * rr / T + alpha * float(coef.abs().sum())
@@ -276,6 +386,16 @@ class Design:
             gap = math.nan
         return primal, gap, residual, corr
 
+    def output(self, coef: torch.Tensor, alpha: float, n_iter: int, converged: bool) -> SolverOutput:
+        """Evaluate the float64 CPU `coef` and return it as a `SolverOutput`."""
+        obj, gap, residual, corr = self.evaluate(coef, alpha)
+        return SolverOutput(coef, obj, gap, int(n_iter), corr, residual, bool(converged))
+
+
+def _is_run(idx: torch.Tensor) -> bool:
+    """Whether the non-empty (k,) long tensor `idx` is k consecutive integers in increasing order."""
+    return int(idx[-1]) - int(idx[0]) == len(idx) - 1 and bool((idx.diff() == 1).all())
+
 
 def _soft(x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.clamp(x.abs() - t, min=0.0)
@@ -286,10 +406,71 @@ def _kkt(corr: torch.Tensor, T: int, alpha: float) -> torch.Tensor:
     return (corr.abs() / denom).float()
 
 
+# --- the solver registry -------------------------------------------------------------
+SolverFn = Callable[..., SolverOutput]
+"""``fn(D: Design, alpha: float, tol: float, max_iter: int | None, *, **options) -> SolverOutput``."""
+
+
+@dataclass(frozen=True)
+class _Registered:
+    fn: SolverFn
+    certified: bool  # stops on a duality-gap certificate: warn when it stops without one
+
+
+_REGISTRY: dict[str, _Registered] = {}
+SOLVERS: tuple[str, ...] = ("auto",)  # "auto" (fista on CUDA, cd on CPU), then the registered solvers in order
+
+
+def register_solver(name: str, *, certified: bool = False) -> Callable[[SolverFn], SolverFn]:
+    """Register a solver under `name` (a decorator); `solve(..., solver=name)` calls it.
+
+    The solver is called as ``fn(D, alpha, tol, max_iter, **options)`` with the `Design` D,
+    the L1 weight, the relative duality-gap tolerance and the iteration budget (None: the
+    solver's default; solvers without one ignore tol and max_iter), and returns a
+    `SolverOutput`. Its keyword-only parameters, each with a default, are the options
+    `solve` accepts for it. ``certified=True`` marks a solver whose stopping rule is the
+    duality gap: `solve` warns when it returns unconverged. `SOLVERS` lists the new name.
+    """
+    if name == "auto" or name in _REGISTRY:
+        raise ValueError(f"Lasso solver name {name!r} is taken")
+
+    def decorate(fn: SolverFn) -> SolverFn:
+        global SOLVERS
+        params = list(inspect.signature(fn).parameters.values())
+        positional = [q for q in params if q.kind in (q.POSITIONAL_ONLY, q.POSITIONAL_OR_KEYWORD)]
+        keyword = [q for q in params if q.kind is q.KEYWORD_ONLY]
+        if len(positional) != 4 or len(positional) + len(keyword) != len(params):
+            raise TypeError(f"solver {name!r} must take (D, alpha, tol, max_iter, *, **options)")
+        missing = [q.name for q in keyword if q.default is q.empty]
+        if missing:
+            raise TypeError(f"solver {name!r}: options {', '.join(missing)} need defaults")
+        _REGISTRY[name] = _Registered(fn, certified)
+        SOLVERS = ("auto", *_REGISTRY)
+        return fn
+
+    return decorate
+
+
+def solver_options(name: str) -> dict[str, object]:
+    """Return the options of the registered solver `name` with their defaults (from its signature)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown Lasso solver {name!r}; valid: {', '.join(_REGISTRY)}")
+    params = inspect.signature(_REGISTRY[name].fn).parameters.values()
+    return {q.name: q.default for q in params if q.kind is q.KEYWORD_ONLY}
+
+
 # --- solvers ------------------------------------------------------------------------
-def _solve_cd(D: Design, alpha: float, tol: float, max_iter: int, p0: int | None = None):
+@register_solver("cd", certified=True)
+def _solve_cd(
+    D: Design, alpha: float, tol: float, max_iter: int | None, *, working_set: int | None = None
+) -> SolverOutput:
+    """Working-set coordinate descent; `max_iter` outer iterations (default 100).
+
+    `working_set` is the size of the first working set (default max(100, T)).
+    """
     from sklearn.linear_model import enet_path
 
+    max_iter = 100 if max_iter is None else max_iter
     T, p = D.T, D.p
     coef = torch.zeros(p, dtype=torch.float64)
     norms = D.sq_norms().sqrt()
@@ -297,7 +478,7 @@ def _solve_cd(D: Design, alpha: float, tol: float, max_iter: int, p0: int | None
     lam = T * alpha
     inner_epochs = 100
     # First working set: T columns (an exact Lasso has at most T non-zeros), at least 100.
-    ws_size = min(p0 if p0 is not None else max(100, T), p)
+    ws_size = min(working_set if working_set is not None else max(100, T), p)
     converged = False
     gaps: list[float] = []
     for it in range(1, max_iter + 1):  # noqa: B007 (it is returned)
@@ -323,7 +504,7 @@ def _solve_cd(D: Design, alpha: float, tol: float, max_iter: int, p0: int | None
         n_candidates = int((~screened).sum())
         ws_size = min(max(ws_size, 2 * int(support.sum())), n_candidates)
         W = torch.topk(prio, ws_size, largest=False).indices.sort().values
-        Xw = D.columns(W).numpy(force=True)  # (T, w) float64
+        Xw = D.columns(W).numpy(force=True)  # (T, w) float64: the working set only
         Xw = np.asfortranarray(Xw)
         G = np.ascontiguousarray(Xw.T @ Xw)
         yv = D.y.numpy()
@@ -350,7 +531,7 @@ def _solve_cd(D: Design, alpha: float, tol: float, max_iter: int, p0: int | None
     else:
         obj, gap, residual, corr = D.evaluate(coef, alpha)
         converged = gap <= tol * obj
-    return coef, obj, gap, it, corr, residual, converged
+    return SolverOutput(coef, obj, gap, it, corr, residual, converged)
 
 
 def _polish(G: np.ndarray, q: np.ndarray, coef: np.ndarray, lam: float, max_steps: int = 500) -> np.ndarray | None:
@@ -420,13 +601,14 @@ def _power_lipschitz(D: Design, n_iter: int = 30) -> float:
     return L / D.T
 
 
-def _solve_fista(D: Design, alpha: float, tol: float, max_iter: int, check_every: int = 10):
+@register_solver("fista", certified=True)
+def _solve_fista(D: Design, alpha: float, tol: float, max_iter: int | None, *, check_every: int = 10) -> SolverOutput:
+    """FISTA with adaptive restart; `max_iter` iterations (default 20 000), the gap checked every `check_every`."""
+    max_iter = 20_000 if max_iter is None else max_iter
     T = D.T
     L = _power_lipschitz(D) * 1.05  # power iteration approaches ‖X‖₂² from below
     if L == 0:
-        coef = torch.zeros(D.p, dtype=torch.float64)
-        obj, gap, residual, corr = D.evaluate(coef, alpha)
-        return coef, obj, gap, 0, corr, residual, True
+        return D.output(torch.zeros(D.p, dtype=torch.float64), alpha, 0, True)
     # Iterates are float64 on the CPU (p-vectors); X is only touched by matrix-vector
     # products, and residuals come from the (small) support in float64 (Design.residual).
     x = torch.zeros(D.p, dtype=torch.float64)
@@ -449,15 +631,15 @@ def _solve_fista(D: Design, alpha: float, tol: float, max_iter: int, check_every
                 converged = True
                 break
     obj, gap, residual, corr = D.evaluate(x, alpha)
-    return x, obj, gap, it, corr, residual, converged or gap <= tol * obj
+    return SolverOutput(x, obj, gap, it, corr, residual, converged or gap <= tol * obj)
 
 
+@register_solver("sgd")
 def _solve_sgd(
     D: Design,
-    X: list[torch.Tensor],
-    y: torch.Tensor,
-    Z: torch.Tensor | None,
     alpha: float,
+    tol: float,
+    max_iter: int | None,
     *,
     lr: float = 0.1,
     batch_size: int = 16,
@@ -465,23 +647,26 @@ def _solve_sgd(
     patience: int = 5,
     variant: str = "paper",
     seed: int = 0,
-):
-    """Minibatch SGD with the cumulative L1 penalty (Tsuruoka et al. 2009), from γ = 0."""
+) -> SolverOutput:
+    """Minibatch SGD with the cumulative L1 penalty (Tsuruoka et al. 2009), from γ = 0.
+
+    Reads the raw blocks, y and Z from `D` (the unpenalised coefficients are fitted along).
+    Its budget is `max_epochs` (``variant="authors"``: 30 epochs, patience 2); tol and
+    max_iter are not used. ``converged`` means it stopped on `patience`.
+    """
     T, dev = D.T, D.device
     if variant == "authors":
         max_epochs, patience = 30, 2
     elif variant != "paper":
         raise ValueError(f"unknown sgd variant {variant!r}; valid: paper, authors")
-    yy = y.to(dev, torch.float32)
+    yy = D.y64.to(dev, torch.float32)
     y_scale = 1.0
     if variant == "authors":
         y_scale = float(yy.mean())
         if y_scale == 0 or not math.isfinite(y_scale):
             raise ValueError("sgd variant 'authors' divides y by its mean, which is 0")
         yy = yy / y_scale
-    Zd = (Z.to(dev, torch.float32) if Z is not None else torch.zeros(T, 0, device=dev))
-    if Zd.dim() == 1:
-        Zd = Zd[:, None]
+    Zd = D.Z.to(dev, torch.float32)  # (T, m)
     gamma = torch.zeros(D.p, dtype=torch.float32, device=dev)
     c = torch.zeros(Zd.shape[1], dtype=torch.float32, device=dev)
     q = torch.zeros_like(gamma)  # penalty actually applied to each weight so far
@@ -495,7 +680,7 @@ def _solve_sgd(
         perm = torch.randperm(T, generator=g).to(dev)
         for a in range(0, T, batch_size):
             rows = perm[a : a + batch_size]
-            Xb = torch.cat([b.index_select(0, rows).float() for b in X], dim=1)  # (B, p)
+            Xb = torch.cat([b.index_select(0, rows).float() for b in D.blocks], dim=1)  # (B, p)
             r = yy[rows] - Xb @ gamma - Zd[rows] @ c
             step_t += 1
             eta = lr / step_t**0.1 if variant == "authors" else lr
@@ -522,19 +707,18 @@ def _solve_sgd(
             bad += 1
             if bad >= patience:
                 break
-    coef = best[1].to("cpu", torch.float64) * y_scale
-    obj, gap, residual, corr = D.evaluate(coef, alpha)
-    return coef, obj, gap, epoch, corr, residual, bad >= patience
+    return D.output(best[1].to("cpu", torch.float64) * y_scale, alpha, epoch, bad >= patience)
 
 
-def _solve_minnorm(D: Design, alpha: float, ridge: float = 1e-10):
+@register_solver("minnorm")
+def _solve_minnorm(D: Design, alpha: float, tol: float, max_iter: int | None, *, ridge: float = 1e-10) -> SolverOutput:
+    """γ = (PX)ᵀ(G + ρI)⁻¹Py with G the T × T Gram and ρ = `ridge` · mean(diag G); tol, max_iter unused."""
     G = D.gram()
     rho = ridge * max(float(G.diagonal().mean()), 1e-300)
     # Minimum-norm solution in range(P): γ = (PX)ᵀ (G + ρI)⁺ Py, solved in float64 (T × T).
     cvec = torch.linalg.lstsq(G + rho * torch.eye(D.T, dtype=torch.float64), D.y[:, None]).solution[:, 0]
     coef = D.rmatvec(D.project(cvec)).to("cpu", torch.float64)
-    obj, gap, residual, corr = D.evaluate(coef, alpha)
-    return coef, obj, gap, 1, corr, residual, True
+    return D.output(coef, alpha, 1, True)
 
 
 def solve(
@@ -555,12 +739,18 @@ def solve(
         y: (T,) targets, e.g. the loss changes ΔL_t.
         alpha: the L1 weight (> 0). Give `alpha` or `alpha_ratio`, not both.
         alpha_ratio: α as a fraction of α_max = ‖Xᵀy‖_∞/T (default 0.01 when neither is given).
-        solver: ``auto`` (cd on CPU, fista on CUDA), ``cd``, ``fista``, ``sgd``, ``minnorm``.
+        solver: ``auto`` (cd on CPU, fista on CUDA), ``cd``, ``fista``, ``sgd``, ``minnorm``
+            (`SOLVERS`; more can be added with `register_solver`).
         tol: stop when the duality gap ≤ tol · objective (cd, fista).
         max_iter: outer iterations (cd, default 100), iterations (fista, default 20000).
         unpenalized: optional (T, m) regressors whose coefficients are not penalised.
-        **options: solver-specific: sgd ``lr``, ``batch_size``, ``max_epochs``, ``patience``,
-            ``variant`` (``paper``/``authors``), ``seed``; minnorm ``ridge``.
+        **options: the chosen solver's own keyword options (`solver_options`): sgd ``lr``,
+            ``batch_size``, ``max_epochs``, ``patience``, ``variant`` (``paper``/``authors``),
+            ``seed``; minnorm ``ridge``; cd ``working_set``; fista ``check_every``.
+
+    Warns:
+        RuntimeWarning: cd or fista stopped (max_iter reached, or cd stalled) before the
+            duality gap met tol; the result is still returned, with ``converged=False``.
     """
     if solver not in SOLVERS:
         raise ValueError(f"unknown Lasso solver {solver!r}; valid: {', '.join(SOLVERS)}")
@@ -585,45 +775,42 @@ def solve(
         raise ValueError(f"alpha must be > 0, got {alpha}")
     if tol <= 0:
         raise ValueError(f"tol must be > 0, got {tol}")
-    unknown = set(options) - {"lr", "batch_size", "max_epochs", "patience", "variant", "seed", "ridge"}
+    if max_iter is not None and max_iter < 1:
+        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
+    valid = solver_options(solver)
+    unknown = sorted(set(options) - set(valid))
     if unknown:
-        raise ValueError(f"unknown solver options: {', '.join(sorted(unknown))}")
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for solver {solver!r}; valid: {', '.join(valid) or 'none'}"
+        )
 
-    if solver == "cd":
-        out = _solve_cd(D, alpha, tol, 100 if max_iter is None else max_iter)
-    elif solver == "fista":
-        out = _solve_fista(D, alpha, tol, 20_000 if max_iter is None else max_iter)
-    elif solver == "sgd":
-        blocks = [X] if isinstance(X, torch.Tensor) else list(X)
-        out = _solve_sgd(D, blocks, y, unpenalized, alpha, **options)  # type: ignore[arg-type]
-    else:
-        out = _solve_minnorm(D, alpha, **options)  # type: ignore[arg-type]
-    coef, obj, gap, n_iter, corr, _, converged = out
-    raw_residual = D.y64 - _raw_fit(D, coef)
+    entry = _REGISTRY[solver]
+    out = entry.fn(D, alpha, tol, max_iter, **options)
+    if entry.certified and not out.converged:
+        warnings.warn(
+            f"Lasso solver {solver!r} stopped after {out.n_iter} iterations without converging: duality gap "
+            f"{out.gap:.3g} > tol · objective = {tol * out.objective:.3g}; raise max_iter (or tol, now {tol:g}, "
+            "if the gap has stalled at the precision of X's dtype)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    raw_residual = D.y64 - _raw_fit(D, out.coef)
     return LassoResult(
-        coef=coef.to(D.device, torch.float32),
-        objective=obj,
-        gap=gap,
-        n_iter=int(n_iter),
+        coef=out.coef.to(D.device, torch.float32),
+        objective=out.objective,
+        gap=out.gap,
+        n_iter=int(out.n_iter),
         alpha=alpha,
         solver=solver,
-        kkt=_kkt(corr, D.T, alpha).to(D.device),
+        kkt=_kkt(out.corr, D.T, alpha).to(D.device),
         unpenalized=D.unpenalized_coef(raw_residual).float(),
-        converged=bool(converged),
+        converged=bool(out.converged),
         time_s=time.perf_counter() - t0,
     )
 
 
 def _raw_fit(D: Design, coef: torch.Tensor) -> torch.Tensor:
-    """Return Xγ without the projection (T,) float64, for recovering c."""
-    nz = torch.nonzero(coef).squeeze(1)
-    if len(nz) == 0 or D.Z.shape[1] == 0:
+    """Return Xγ without the projection (T,) float64, for recovering c (zeros when there is no Z)."""
+    if D.Z.shape[1] == 0:
         return torch.zeros(D.T, dtype=torch.float64)
-    out = torch.zeros(D.T, dtype=torch.float64)
-    for i, b in enumerate(D.blocks):
-        lo, hi = int(D.offsets[i]), int(D.offsets[i + 1])
-        sel = nz[(nz >= lo) & (nz < hi)]
-        if len(sel):
-            cols = b.T.index_select(0, (sel - lo).to(b.device)).to("cpu", torch.float64)  # (k, T)
-            out += cols.T @ coef[sel]
-    return out
+    return D.raw_fit(coef)
