@@ -25,7 +25,7 @@ def _solve_checked(*args, **kwargs):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = lasso.solve(*args, **kwargs)
-    msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    msgs = [str(w.message) for w in caught if issubclass(w.category, lasso.ConvergenceWarning)]
     if res.converged:
         assert not msgs
     else:
@@ -194,10 +194,11 @@ def test_feature_sign_polish_is_exact(seed):
 
 def test_unconverged_cd_and_fista_warn():
     X, y = _trajectory_like(40, 600)
-    with pytest.warns(RuntimeWarning, match=r"'fista' stopped after 5 iterations .*duality gap .*raise max_iter"):
+    fista_stopped = r"'fista' stopped after 5 iterations .*duality gap .*raise max_iter"
+    with pytest.warns(lasso.ConvergenceWarning, match=fista_stopped):
         res = lasso.solve(X, y, alpha_ratio=0.01, solver="fista", max_iter=5)
     assert not res.converged and res.n_iter == 5
-    with pytest.warns(RuntimeWarning, match=r"'cd' stopped after 2 iterations"):
+    with pytest.warns(lasso.ConvergenceWarning, match=r"'cd' stopped after 2 iterations"):
         res = lasso.solve(X, y, alpha_ratio=0.01, solver="cd", tol=1e-300, max_iter=2)
     assert not res.converged
     with pytest.raises(ValueError, match="max_iter must be >= 1"):
@@ -279,3 +280,29 @@ def test_dense_solutions_are_evaluated_in_blocks_with_identical_numbers(monkeypa
     assert torch.equal(res_z.coef, ref_z.coef)
     assert torch.allclose(res_z.unpenalized, ref_z.unpenalized, rtol=1e-6)
     assert res_z.objective == pytest.approx(ref_z.objective, rel=1e-12)
+
+
+def test_non_converged_solve_is_one_warning_line_under_the_cli_and_a_level_event_field(tmp_path, capsys,
+                                                                                      monkeypatch):  # fmt: skip
+    import dataclasses
+    import json
+
+    import yaml
+
+    from causalprune.cli import main
+
+    from .conftest import TINY
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "r"
+    # fista stopped after 3 iterations cannot meet its duality-gap criterion
+    entry = lasso._REGISTRY["fista"]
+    capped = dataclasses.replace(entry, fn=lambda D, alpha, tol, max_iter, **o: entry.fn(D, alpha, tol, 3, **o))
+    monkeypatch.setitem(lasso._REGISTRY, "fista", capped)
+    assert main(["run", str(cfg), "--out", str(out), "--set", "causal.solver=fista", "--set", "prune.n_iter=1"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "fista" in line]
+    assert err and all(line.startswith("causalprune: warning: Lasso solver 'fista' stopped") for line in err), err
+    events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    level = next(e for e in events if e["event"] == "level")
+    assert level["solver"] == "fista" and level["converged"] is False

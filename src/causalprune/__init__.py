@@ -5,7 +5,7 @@ training (a Lasso fit of ΔL_t on (Δθ_k^t)², docs/method.md) and the least ca
 """
 
 from . import criteria, lasso, selection
-from .lasso import LassoResult
+from .lasso import ConvergenceWarning, LassoResult
 from .masks import Mask, prunable_parameters
 from .selection import LayerCollapseWarning, schedule, select
 from .trajectory import Trajectory, TrajectoryRecorder
@@ -13,6 +13,7 @@ from .trajectory import Trajectory, TrajectoryRecorder
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConvergenceWarning",
     "LassoResult",
     "LayerCollapseWarning",
     "Mask",

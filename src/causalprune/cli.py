@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from . import __version__, criteria, lasso, selection, trajectory
@@ -230,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     from .train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _warning_line
     try:
         return int(args.func(args))
     except (ValueError, RunFolderError, TrainingDiverged) as e:
@@ -242,6 +245,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("causalprune: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: object = None, line: str | None = None) -> None:  # fmt: skip
+    """Show a warning (a Lasso that did not converge, the layer-collapse guard) as one line on stderr."""
+    print(f"causalprune: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

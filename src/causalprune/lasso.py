@@ -55,6 +55,10 @@ import torch
 from .layout import Segments
 
 
+class ConvergenceWarning(RuntimeWarning):
+    """A Lasso solver stopped before its duality-gap criterion was met (the result is still returned)."""
+
+
 @dataclass(frozen=True)
 class LassoResult:
     """A Lasso solution and the evidence of its quality.
@@ -749,7 +753,7 @@ def solve(
             ``seed``; minnorm ``ridge``; cd ``working_set``; fista ``check_every``.
 
     Warns:
-        RuntimeWarning: cd or fista stopped (max_iter reached, or cd stalled) before the
+        ConvergenceWarning: cd or fista stopped (max_iter reached, or cd stalled) before the
             duality gap met tol; the result is still returned, with ``converged=False``.
     """
     if solver not in SOLVERS:
@@ -791,7 +795,7 @@ def solve(
             f"Lasso solver {solver!r} stopped after {out.n_iter} iterations without converging: duality gap "
             f"{out.gap:.3g} > tol · objective = {tol * out.objective:.3g}; raise max_iter (or tol, now {tol:g}, "
             "if the gap has stalled at the precision of X's dtype)",
-            RuntimeWarning,
+            ConvergenceWarning,
             stacklevel=2,
         )
     raw_residual = D.y64 - _raw_fit(D, out.coef)
