@@ -31,7 +31,6 @@ from . import __version__, criteria, resolve
 from .config import Config, ConfigError
 from .criteria import Criterion, Scored, ScoreInput
 from .data import AUGMENTATIONS, Splits, load_pool, make_splits, materialize, shape_of
-from .io import save_torch
 from .masks import Mask, prunable_parameters
 from .metrics import efficiency
 from .models import build_model, load_pretrained, pretrained_status
@@ -265,7 +264,6 @@ def _rewind(model: nn.Module, theta_pre: dict[str, torch.Tensor], reset_bn: bool
 # --- the stages ---------------------------------------------------------------------------
 def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
     """Return θ_pre: this run's, a shared one (charging its training time), or trained now."""
-    ckpt = run.folder.pre_checkpoint
     own = run.folder.load_pre(run.device)
     if own is not None:
         return own
@@ -273,7 +271,7 @@ def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
     shared = load_shared_pre(cache, run.device) if cache is not None else None
     if shared is not None:  # a shared θ_pre: charge its training time to this run too
         theta, pre_s = shared
-        save_torch(theta, ckpt)
+        run.folder.save_pre(theta)
         run.add_time("pre_s", pre_s)
         run.add_time("total_s", pre_s)
         return theta
@@ -281,7 +279,7 @@ def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
     theta = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if cache is not None:
         save_shared_pre(cache, theta, run.timing["pre_s"])
-    save_torch(theta, ckpt)
+    run.folder.save_pre(theta)
     run.folder.save_timing(run.timing)
     return theta
 

@@ -66,7 +66,7 @@ def short(key: str, value: Any) -> str:
 def plan(base: Config | dict[str, Any], grid: Sequence[tuple[str, Sequence[Any]]], naming: Naming) -> list[Cell]:
     """Return one `Cell` per distinct run of the grid (in grid order; cells a method ignores dropped)."""
     base_dict = base.to_dict() if isinstance(base, Config) else base
-    default_method = base_dict.get("prune", {}).get("method", "causal")
+    default_method = base_dict["prune"]["method"]
     cells: list[Cell] = []
     seen: set[tuple[tuple[str, str], ...]] = set()
     keys = [k for k, _ in grid]

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .config import Config, ConfigError, dump_config, load_config, non_default
+from .config import SECTIONS, Config, ConfigError, dump_config, load_config, non_default
 from .io import append_jsonl, save_json, save_text, save_torch
 from .masks import Mask
 
@@ -66,7 +66,7 @@ def _load_json(path: Path, stage_dir: Path | None) -> Any:
 
 def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
     """Return runs/<config-name>-<short-hash>/seed_<n> for a config."""
-    h = cfg.digest(keys=("name", "data", "model", "train", "prune", "causal"))
+    h = cfg.digest(keys=("name", "data", "model", "train", "prune", *SECTIONS))
     return Path(root) / f"{cfg.name}-{h}" / f"seed_{cfg.seed}"
 
 
@@ -76,7 +76,9 @@ def pre_cache_dir(cfg: Config, root: Path) -> Path:
     train = {k: v for k, v in d["train"].items() if not k.startswith("post_")}  # post-training only
     key = {"seed": d["seed"], "data": non_default(d["data"], defaults["data"]),
            "model": non_default(d["model"], defaults["model"]), "train": non_default(train, defaults["train"]),
-           "n_pre": d["prune"]["n_pre"], "probe_size": d["causal"]["probe_size"]}  # fmt: skip
+           "n_pre": d["prune"]["n_pre"]}  # fmt: skip
+    for section, cls in SECTIONS.items():  # fields every run reads (causal.probe_size: the data split)
+        key.update({name: d[section][name] for name in getattr(cls, "SHARED", ())})
     h = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return root / f"pre-{h}"
 
@@ -179,6 +181,10 @@ class RunFolder:
         """Return this run's θ_pre on `device`, or None if the pre stage has not finished."""
         ckpt = self.pre_checkpoint
         return _load_torch(ckpt, device, ckpt.parent) if ckpt.exists() else None
+
+    def save_pre(self, theta: dict[str, torch.Tensor]) -> None:
+        """Write θ_pre."""
+        save_torch(theta, self.pre_checkpoint)
 
     # --- levels ---------------------------------------------------------------------------
     def level_dir(self, k: int) -> Path:
