@@ -164,3 +164,26 @@ def test_dry_run_plans_without_training(tmp_path, capsys):
                  "--set", f"data.root={tmp_path / 'none'}"]) == 0  # fmt: skip
     text = capsys.readouterr().out
     assert "NOT PRESENT" in text and "268,336 prunable" in text
+
+
+def test_shipped_configs_run_by_name_outside_the_repository(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "mlp-digits", "--dry-run"]) == 0
+    assert "prunable" in capsys.readouterr().out
+    assert main(["run", "configs/mlp-digits.yaml", "--dry-run"]) == 0
+    assert main(["run", "paper/resnet20-cifar10-oneshot", "--dry-run", "--set", "train.device=cpu"]) == 0
+    capsys.readouterr()
+    assert main(["run", "mlp-digit", "--dry-run"]) == 2
+    _one_line_error(capsys, "config file not found: mlp-digit", "causalprune list")
+    assert main(["compare", "mlp-digits", "--out", str(tmp_path / "cmp"), "--methods", "magnitude", "--sparsity",
+                 "0.5", "--seeds", "0", "--set", "prune.n_pre=0", "--set", "prune.n_iter=1", "--set",
+                 "prune.n_prune=1", "--set", "prune.n_post=1"]) == 0  # fmt: skip
+    assert "| magnitude | 0.5 | 1 |" in (tmp_path / "cmp" / "table.md").read_text()
+
+
+def test_list_names_the_shipped_configs(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    configs = next(line for line in out.splitlines() if line.startswith("configs:"))
+    assert "mlp-digits" in configs and "paper/resnet20-cifar10-oneshot" in configs and ".yaml" not in configs
+    assert "sweep-ablation" in out

@@ -148,3 +148,63 @@ def test_digest_ignores_keys_at_their_default():
     assert load_config(None, ["causal.storage=device", "data.workers=4"]).digest() == base.digest()
     assert load_config(None, ["causal.storage=cpu"]).digest() != base.digest()
     assert load_config(None, ["seed=1"]).digest() != base.digest()
+
+
+def test_yaml_errors_give_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndata:\n  name: digits\n model: mlp\n")  # line 4, column 2: the stray indent
+    with pytest.raises(ConfigError, match="not valid YAML") as e:
+        load_config(bad)
+    assert "line 4, column 2" in str(e.value) and "\n" not in str(e.value)
+    bad.write_text("prune: {sparsity: 0.9\nseed: 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert "line 2, column 5" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_sweep_yaml_errors_give_line_and_column(tmp_path, capsys):
+    from causalprune.cli import main
+
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("name: s\ngrid:\n  seed: [0, 1\n  prune.n_pre: [1]\n")
+    assert main(["sweep", str(bad), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not valid YAML" in err[0] and "line 4, column 14" in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_configs_resolve_by_name_from_anywhere(tmp_path, monkeypatch):
+    from causalprune.config import find_config
+
+    monkeypatch.chdir(tmp_path)  # not the repository: its configs/ link is not here
+    for spelling in ("mlp-digits", "mlp-digits.yaml", "configs/mlp-digits.yaml"):
+        assert find_config(spelling) == CONFIG_DIR / "mlp-digits.yaml", spelling
+        assert load_config(spelling).name == "mlp-digits"
+    for spelling in ("paper/resnet20-cifar10-oneshot", "configs/paper/resnet20-cifar10-oneshot.yaml"):
+        assert load_config(spelling).name == "resnet20-cifar10-oneshot"
+    # A real local file always wins.
+    (tmp_path / "mlp-digits.yaml").write_text("name: mine\n")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mlp-digits.yaml").write_text("name: mine-too\n")
+    assert load_config("mlp-digits.yaml").name == "mine"
+    assert load_config("mlp-digits").name == "mine"
+    assert load_config("configs/mlp-digits.yaml").name == "mine-too"
+    assert load_config("configs/cnn1d-mnist1d.yaml").name == "cnn1d-mnist1d"  # not here: the shipped one
+    with pytest.raises(ConfigError) as e:
+        load_config("mlp-digit")
+    msg = str(e.value)
+    assert msg.startswith("config file not found: mlp-digit") and "causalprune list" in msg and "\n" not in msg
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_shipped_sweeps_resolve_by_name(tmp_path, monkeypatch):
+    from causalprune.sweep import load_sweep, plan_sweep
+
+    monkeypatch.chdir(tmp_path)
+    base, name, _, _ = load_sweep("sweep-ablation")
+    assert name == "ablation" and base == CONFIG_DIR / "demo.yaml"
+    assert len(plan_sweep("configs/paper/sweep-fig3-smoke.yaml", tmp_path / "out")) > 1
+    assert len(plan_sweep("paper/sweep-fig3-smoke", tmp_path / "out")) > 1
+    with pytest.raises(ConfigError, match="sweep file not found: sweep-nope"):
+        load_sweep("sweep-nope")

@@ -34,6 +34,7 @@ def _methods(text: str) -> list[str]:
 
 
 def _cmd_list(_: argparse.Namespace) -> int:
+    from .config import shipped_configs
     from .data import DATASETS
     from .models import MODELS
 
@@ -46,6 +47,10 @@ def _cmd_list(_: argparse.Namespace) -> int:
     print("delta_loss: " + ", ".join(trajectory.DELTA_LOSSES))
     print("schedules:  " + ", ".join(selection.SCHEDULES))
     print("scopes:     " + ", ".join(selection.SCOPES))
+    names = shipped_configs()
+    print("configs:    " + ", ".join(n for n in names if not Path(n).name.startswith("sweep-")))
+    print("sweeps:     " + ", ".join(n for n in names if Path(n).name.startswith("sweep-")))
+    print("            (shipped inside the package: give the name, e.g. causalprune run mlp-digits)")
     return 0
 
 
@@ -92,11 +97,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no such folder: {folder}")
-    summaries = collect(folder)
+    skipped: list[str] = []
+    summaries = collect(folder, skipped)
+    if not summaries and skipped:
+        raise ValueError(f"no readable finished runs under {folder}: {len(skipped)} damaged, e.g. {skipped[0]}")
     if not summaries:
         raise ValueError(f"no finished runs (summary.json) under {folder}")
+    for line in skipped:
+        print(f"causalprune: warning: skipping {line}", file=sys.stderr)
     seeds = sorted({s["seed"] for s in summaries})
-    header = f"{folder}: {len(summaries)} finished runs, seeds {','.join(map(str, seeds))}\n\n"
+    damaged = f" ({len(skipped)} damaged, skipped)" if skipped else ""
+    header = f"{folder}: {len(summaries)} finished runs{damaged}, seeds {','.join(map(str, seeds))}\n\n"
     print(write_table(summaries, folder, header))
     print(f"wrote {folder / 'table.md'} and {folder / 'table.csv'}")
     return 0
@@ -153,7 +164,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", default=None, help="YAML config (default: the built-in demo config)")
+    p.add_argument("config", nargs="?", default=None,
+                   help="YAML config file, or a shipped config's name (causalprune list); default: the demo config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set prune.sparsity=0.98 (repeatable)")  # fmt: skip
 
@@ -211,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_friedman)
 
     p = sub.add_parser("sweep", help="run a grid of configs (SWEEP.yaml) in parallel processes, resumably")
-    p.add_argument("sweep", help="sweep file: base, name, set, grid")
+    p.add_argument("sweep", help="sweep file (base, name, set, grid), or a shipped sweep's name")
     p.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
     p.add_argument("--out", default=None, help="output folder (default runs/sweep-<name>)")
     p.set_defaults(func=_cmd_sweep)

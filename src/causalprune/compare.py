@@ -8,6 +8,9 @@ same weights — which is also what makes paired differences meaningful. Plannin
 
 from __future__ import annotations
 
+import json
+import re
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,7 @@ from typing import Any
 import torch
 
 from . import report
-from .config import Config
+from .config import Config, read_yaml
 from .experiment import run_experiment
 from .grid import Cell, Grid, parse_grid, short, slug
 from .grid import plan as plan_grid
@@ -42,14 +45,16 @@ def run_grid(cfg: Config, methods: list[str], sparsities: list[float], seeds: li
              grid: Grid | None = None) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
     """Run (or resume) every run of the grid under `out`; write table.md and table.csv."""
     cells = plan(cfg, methods, sparsities, seeds, grid or [])
-    summaries = []
+    summaries, configs = [], []
     t0 = time.perf_counter()
     for i, cell in enumerate(cells, 1):
         rc = cell.config
         print(f"[{i}/{len(cells)}] {cell.label} sparsity {rc.prune.sparsity:g} seed {rc.seed}", flush=True)
         s = run_experiment(rc, out / cell.folder, pre_cache=out / "_pre", quiet=True)
         save_text(cell.label + "\n", out / cell.folder / "label.txt")
-        summaries.append({**s, "label": cell.label})
+        summaries.append({**s, "label": cell.label, "run_dir": str(out / cell.folder)})
+        configs.append(rc.to_dict())
+    report.tag_experiments(summaries, configs)
     first = summaries[0] if summaries else {}
     header = (
         f"{cfg.name}: {cfg.data.name}, {cfg.model.name}, seeds {','.join(map(str, seeds))}; "
@@ -61,31 +66,97 @@ def run_grid(cfg: Config, methods: list[str], sparsities: list[float], seeds: li
     return summaries, write_table(summaries, out, header)
 
 
-def collect(folder: Path) -> list[dict[str, Any]]:
-    """Return the summaries of every finished run under `folder` (label from the run's path)."""
-    import json
+def _read_run(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return (summary, config as nested dicts) of the finished run folder `run`; ValueError says what is wrong."""
+    try:
+        summary = json.loads((run / "summary.json").read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"summary.json is not valid JSON (truncated?): {e}") from None
+    if not isinstance(summary, dict):
+        raise ValueError("summary.json is not a JSON object")
+    metric = report.metric_of(summary)
+    missing = [k for k in ("method", "seed", "sparsity_target", "sparsity_actual") if k not in summary]
+    for part, keys in (("pruned", (f"test_{metric}", f"test_{metric}_at_best_val", f"best_test_{metric}")),
+                       ("timing", ("total_s",))):  # fmt: skip
+        inner = summary.get(part)
+        missing += [f"{part}.{k}" for k in keys if not isinstance(inner, dict) or k not in inner]
+    if missing:
+        raise ValueError(f"summary.json lacks {', '.join(repr(k) for k in missing)}")
+    if not (run / "config.yaml").is_file():
+        raise ValueError("no config.yaml beside summary.json: not a run folder")
+    config = read_yaml(run / "config.yaml")
+    if not isinstance(config, dict):
+        raise ValueError("config.yaml is not a mapping of keys to values")
+    said = {"prune.method": summary["method"], "seed": summary["seed"]}
+    prune = config.get("prune")
+    ran = {"prune.method": prune.get("method") if isinstance(prune, dict) else None, "seed": config.get("seed")}
+    clash = [k for k in said if ran[k] is not None and ran[k] != said[k]]
+    if clash:
+        raise ValueError(f"summary.json and config.yaml disagree on {', '.join(clash)}")
+    return summary, config
 
-    out = []
+
+def collect(folder: Path, skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """Return the summaries of every finished run under `folder`, each tagged with its experiment.
+
+    A run's label comes from its label.txt (or its path), its experiment from its config.yaml
+    (`report.tag_experiments`), and ``run_dir`` names its folder. A damaged run (unreadable or
+    incomplete summary.json, missing or unreadable config.yaml) is left out: one line
+    ``<folder>: <what is wrong>`` is appended to `skipped`, or, without it, warned on stderr.
+    """
+    summaries, configs = [], []
     for path in sorted(folder.rglob("summary.json")):
-        s = json.loads(path.read_text())
-        label_file = path.parent / "label.txt"
-        parts = path.parent.relative_to(folder).parts  # <label>/p<sparsity>/seed_<n> in a compare folder
+        run = path.parent
+        try:
+            s, config = _read_run(run)
+        except (ValueError, OSError) as e:  # ConfigError is a ValueError
+            line = f"{run}: {' '.join(str(e).split())}"
+            if skipped is None:
+                print(f"causalprune: warning: skipping {line}", file=sys.stderr)
+            else:
+                skipped.append(line)
+            continue
+        label_file = run / "label.txt"
+        parts = run.relative_to(folder).parts
         if label_file.exists():
             s["label"] = label_file.read_text().strip()
+        elif len(parts) >= 3 and re.fullmatch(r"p[0-9.e+-]+", parts[-2]) and parts[-1].startswith("seed_"):
+            s["label"] = parts[-3]  # <label>/p<sparsity>/seed_<n> in a compare folder
         else:
-            s["label"] = parts[0] if len(parts) >= 3 else s["method"]
-        out.append(s)
-    return out
+            s["label"] = s["method"]
+        s["run_dir"] = str(run)
+        summaries.append(s)
+        configs.append(config)
+    report.tag_experiments(summaries, configs)
+    return summaries
 
 
 def write_table(summaries: list[dict[str, Any]], out: Path, header: str) -> str:
-    """Write table.md, table.csv and boxplots.png for `summaries` under `out`; return the markdown."""
-    rows = report.table_rows(summaries)
-    baselines = report.baselines_of(rows)
-    table = header + report.markdown(rows, baselines)
+    """Write table.md, table.csv and boxplots for `summaries` under `out`; return the markdown.
+
+    Summaries of several experiments (`report.experiments`) are never pooled: table.md holds a
+    one-line note on what differs and one table per experiment, table.csv one row per
+    experiment, method and sparsity (its ``experiment`` column tells them apart), and each
+    experiment gets ``boxplots-<experiment>.png`` instead of one boxplots.png.
+    """
+    groups = report.experiments(summaries)
+    tables = {exp: report.table_rows(runs) for exp, runs in groups.items()}  # refuses pooling before writing
+    if len(groups) <= 1:
+        rows = next(iter(tables.values()), [])
+        table = header + report.markdown(rows, report.baselines_of(rows))
+        report.boxplots(summaries, out / "boxplots.png")
+    else:
+        keys = report.differing_keys(summaries)[:6]
+        parts = [header, report.split_note(summaries, out) + "\n\n"]
+        for exp, runs in groups.items():
+            ident = report.identity(runs[0])
+            what = ", ".join(f"{k}={ident.get(k, '—')}" for k in keys)
+            parts.append(f"### {exp} ({what})\n\n" + report.markdown(tables[exp]) + "\n")
+            report.boxplots(runs, out / f"boxplots-{slug(exp)}.png")
+        table = "".join(parts)
+        rows = [r for t in tables.values() for r in t]
     save_text(table, out / "table.md")
     save_text(report.to_csv(rows), out / "table.csv")
-    report.boxplots(summaries, out / "boxplots.png")
     return table
 
 

@@ -375,7 +375,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {text!r}: value is not valid YAML ({e})") from None
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({yaml_problem(e)})") from None
     return key.split("."), value
 
 
@@ -399,19 +399,77 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     return _build(Config, apply_overrides(data or {}, list(overrides or [])), "")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (None: the built-in demo config) and apply overrides."""
-    if path is None:
-        path = Path(__file__).parent / "configs" / "demo.yaml"
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+#: the configs shipped inside the package (the repository's configs/ links here)
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Return the names of the shipped configs and sweep files (``mlp-digits``, ``paper/resnet20-cifar10-oneshot``)."""
+    return sorted(p.relative_to(SHIPPED_CONFIGS).with_suffix("").as_posix() for p in SHIPPED_CONFIGS.rglob("*.yaml"))
+
+
+def find_config(name: str | Path, what: str = "config file", relative_to: str | Path | None = None) -> Path:
+    """Return the file a config (or sweep file) name means; raise `ConfigError` naming what was tried.
+
+    A real file wins: `name` relative to `relative_to` (default: the working directory), then
+    the same with ``.yaml`` added. Otherwise a relative name is looked up among the configs
+    shipped inside the package, so ``mlp-digits``, ``mlp-digits.yaml``, ``configs/mlp-digits.yaml``
+    and ``paper/resnet20-cifar10-oneshot`` work wherever the package is installed.
+    """
+    def spellings(folder: Path, p: Path) -> list[Path]:
+        return [folder / p] + ([folder / f"{p}.yaml"] if p.suffix != ".yaml" else [])
+
+    path = Path(name)
+    local = spellings(Path(relative_to) if relative_to is not None else Path(), path)
+    for candidate in local:
+        if candidate.is_file():
+            return candidate
+    tried = " and ".join(str(c) for c in local)
+    if not path.is_absolute():
+        parts = path.parts
+        if "configs" in parts:  # configs/paper/x.yaml → paper/x.yaml
+            parts = parts[len(parts) - parts[::-1].index("configs"):]
+        inner = Path(*parts) if parts else None
+        if inner is not None and ".." not in inner.parts:
+            shipped = spellings(SHIPPED_CONFIGS, inner)
+            for candidate in shipped:
+                if candidate.is_file():
+                    return candidate
+            names = " and ".join(c.relative_to(SHIPPED_CONFIGS).as_posix() for c in shipped)
+            tried += f", then {names} among the shipped configs"
+    raise ConfigError(f"{what} not found: {name} (tried {tried}; `causalprune list` names the shipped configs)")
+
+
+def yaml_problem(e: yaml.YAMLError) -> str:
+    """Return a PyYAML error as one line: ``line L, column C: problem (context from line L', column C')``."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(e).split())
+    text = f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    context, where = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if context:
+        text += f" ({context}" + (f" from line {where.line + 1}, column {where.column + 1})" if where else ")")
+    return text
+
+
+def read_yaml(path: Path, what: str = "config") -> Any:
+    """Read YAML file `path`; raise a one-line `ConfigError` (with line and column for syntax errors)."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read config {path}: {e}") from None
+        raise ConfigError(f"cannot read {what} {path}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(e)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (None: the built-in demo config) and apply overrides.
+
+    `path` may be a file or the name of a shipped config (`find_config`).
+    """
+    path = SHIPPED_CONFIGS / "demo.yaml" if path is None else find_config(path)
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of keys to values")
     data.setdefault("name", path.stem)

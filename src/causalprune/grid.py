@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from . import criteria, resolve
-from .config import Config, ConfigError, apply_overrides, config_from_dict
+from .config import Config, ConfigError, apply_overrides, config_from_dict, yaml_problem
 
 Grid = list[tuple[str, list[Any]]]
 #: (the cell's (key, value) pairs, its config) → (label, run folder relative to the grid's folder)
@@ -44,7 +44,10 @@ def parse_grid(items: list[str]) -> Grid:
         if "=" not in item:
             raise ConfigError(f"--grid {item!r} must look like key.sub=value1,value2")
         key, _, raw = item.partition("=")
-        out.append((key.strip(), [yaml.safe_load(v) for v in raw.split(",")]))
+        try:
+            out.append((key.strip(), [yaml.safe_load(v) for v in raw.split(",")]))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--grid {item!r}: a value is not valid YAML ({yaml_problem(e)})") from None
     return out
 
 

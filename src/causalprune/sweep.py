@@ -2,7 +2,8 @@
 
 A sweep file names a base config, overrides, and a grid::
 
-    base: configs/demo.yaml          # relative to the sweep file; omit for the built-in demo
+    base: demo.yaml                  # relative to the sweep file, else a shipped config's name;
+                                     # omit for the built-in demo
     name: ablation-npre
     set: {prune.n_post: 20}          # fixed overrides
     grid:                            # every combination is one run
@@ -22,9 +23,7 @@ import multiprocessing as mp
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from .config import Config, ConfigError, config_from_dict, load_config
+from .config import Config, ConfigError, config_from_dict, find_config, load_config, read_yaml
 from .experiment import run_experiment
 from .grid import Cell, Grid, override, plan, short, slug
 from .io import save_text
@@ -32,17 +31,17 @@ from .runfolder import pre_cache_dir
 
 
 def load_sweep(path: str | Path) -> tuple[Path | None, str, list[str], Grid]:
-    """Read a sweep file: (base config path, name, fixed overrides, grid)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep file not found: {path}")
-    spec = yaml.safe_load(path.read_text()) or {}
+    """Read a sweep file (a path or a shipped sweep's name): (base config path, name, fixed overrides, grid)."""
+    path = find_config(path, "sweep file")
+    spec = read_yaml(path, "sweep file") or {}
     if not isinstance(spec, dict):
         raise ConfigError(f"sweep file {path} must be a mapping")
     unknown = set(spec) - {"base", "name", "set", "grid"}
     if unknown:
         raise ConfigError(f"unknown sweep key {sorted(unknown)[0]!r}; valid: base, name, set, grid")
-    base = (path.parent / spec["base"]) if spec.get("base") else None
+    base = None
+    if spec.get("base"):
+        base = find_config(str(spec["base"]), f"base config of {path}", relative_to=path.parent)
     fixed = [override(k, v) for k, v in (spec.get("set") or {}).items()]
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or not grid:
