@@ -6,7 +6,7 @@ training (a Lasso fit of ΔL_t on (Δθ_k^t)², docs/method.md) and the least ca
 
 from . import criteria, lasso, selection
 from .lasso import ConvergenceWarning, LassoResult
-from .masks import Mask, prunable_parameters
+from .masks import Mask, parameter_aliases, prunable_parameters
 from .selection import LayerCollapseWarning, schedule, select
 from .trajectory import Trajectory, TrajectoryRecorder
 
@@ -22,6 +22,7 @@ __all__ = [
     "__version__",
     "criteria",
     "lasso",
+    "parameter_aliases",
     "prunable_parameters",
     "schedule",
     "select",

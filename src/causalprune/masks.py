@@ -4,6 +4,13 @@ A `Mask` maps parameter names to bool tensors (True = alive). The model keeps pl
 dense parameters whose pruned entries are exactly zero; `Mask.attach` enforces that
 after every optimizer step, optimizer state included, so that neither momentum nor
 weight decay nor Adam's moments can revive a pruned weight.
+
+Parameters are unique tensors. A tensor shared by several modules (a tied weight:
+``h2.weight = h1.weight``, or a language-model head tied to its embedding) has one
+*canonical* name, the one `model.named_parameters()` gives it (its first occurrence in
+module order); its other names are *aliases* (`parameter_aliases`). Every name → tensor
+map of the library is keyed by canonical names; a `Mask` keyed by an alias is accepted
+wherever it meets its model (`Mask.canonical`).
 """
 
 from __future__ import annotations
@@ -31,24 +38,50 @@ PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (
 )
 
 
+def _canonical_names(model: nn.Module) -> dict[int, str]:
+    """Return id(tensor) → its canonical name (first name in `model.named_parameters()`)."""
+    return {id(p): n for n, p in model.named_parameters()}
+
+
+def parameter_aliases(model: nn.Module) -> dict[str, str]:
+    """Return alias → canonical name for every parameter of `model` reachable under several names.
+
+    The canonical name is the one `model.named_parameters()` gives the tensor, its first
+    occurrence in module order; e.g. ``{"head.weight": "emb.weight"}`` for a head tied
+    to its embedding. Empty for a model without shared parameters.
+    """
+    first: dict[int, str] = {}
+    out: dict[str, str] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        canonical = first.setdefault(id(p), name)
+        if canonical != name:
+            out[name] = canonical
+    return out
+
+
 def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
     """Return the prunable parameters of `model`: the `.weight` of every Linear/Conv layer.
 
-    Names are those of `model.named_parameters()`, in module order. A layer already
-    converted by `torch.nn.utils.prune` contributes its `weight_orig`.
+    Each tensor appears once, under its canonical name (the name `model.named_parameters()`
+    gives it), in the module order of its first use by a Linear/Conv layer. A tensor shared
+    by several modules (a tied weight) is prunable when one of them is a Linear/Conv layer,
+    even if its canonical name belongs to another module (a head tied to an
+    ``nn.Embedding`` is listed as ``emb.weight``). A layer already converted by
+    `torch.nn.utils.prune` contributes its `weight_orig`. Other names of the same tensors:
+    `parameter_aliases`.
 
     Raises:
         ValueError: if the model has no prunable parameter.
     """
+    canonical = _canonical_names(model)
     out: dict[str, nn.Parameter] = {}
-    for module_name, module in model.named_modules():
+    for module in model.modules():
         if not isinstance(module, PRUNABLE_LAYERS):
             continue
-        prefix = f"{module_name}." if module_name else ""
         for attr in ("weight", "weight_orig"):
             p = module._parameters.get(attr)
             if isinstance(p, nn.Parameter) and p.requires_grad:
-                out[prefix + attr] = p
+                out.setdefault(canonical[id(p)], p)  # a tied tensor keeps its first place
                 break
     if not out:
         kinds = ", ".join(t.__name__ for t in PRUNABLE_LAYERS)
@@ -56,6 +89,27 @@ def prunable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
             f"model {type(model).__name__} has no prunable parameters "
             f"(looked for trainable .weight of {kinds})"
         )
+    return out
+
+
+def names_hint(model: nn.Module) -> str:
+    """Return "prunable: a, b; aliases: x → a" (the model's canonical prunable names and aliases), for errors."""
+    try:
+        prunable = ", ".join(prunable_parameters(model))
+    except ValueError:
+        prunable = "none"
+    aliases = ", ".join(f"{a} → {c}" for a, c in parameter_aliases(model).items()) or "none"
+    return f"prunable: {prunable}; aliases of tied weights: {aliases}"
+
+
+def _uses(model: nn.Module) -> dict[int, list[tuple[str, nn.Module, str]]]:
+    """Return id(tensor) → every (qualified name, module, attribute) that holds it, in module order."""
+    out: dict[int, list[tuple[str, nn.Module, str]]] = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for attr, p in module._parameters.items():
+            if p is not None:
+                out.setdefault(id(p), []).append((prefix + attr, module, attr))
     return out
 
 
@@ -128,27 +182,63 @@ class Mask(Mapping[str, torch.Tensor]):
         return {n: 1.0 - float(m.sum()) / max(m.numel(), 1) for n, m in self._masks.items()}
 
     # --- model side ---------------------------------------------------------------
-    def check(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        """Check that every masked tensor exists in `model` with the same shape; return them."""
+    def _resolve(self, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, nn.Parameter]]:
+        """Return (canonical name → mask, canonical name → parameter), in mask order, aliases resolved.
+
+        Raises ValueError on an unknown name, a shape mismatch, or an alias and its
+        canonical name (or two aliases) given different values.
+        """
         params = dict(model.named_parameters())
+        aliases = parameter_aliases(model)
+        masks: dict[str, torch.Tensor] = {}
+        given: dict[str, str] = {}  # canonical name → the mask's name for it
         out: dict[str, nn.Parameter] = {}
         for name, m in self._masks.items():
-            if name not in params:
-                valid = ", ".join(prunable_parameters(model)) or "none"
-                raise ValueError(f"mask names parameter {name!r}, which the model lacks (prunable: {valid})")
-            if tuple(params[name].shape) != tuple(m.shape):
+            canonical = aliases.get(name, name)
+            if canonical not in params:
+                raise ValueError(f"mask names parameter {name!r}, which the model lacks ({names_hint(model)})")
+            p = params[canonical]
+            if tuple(p.shape) != tuple(m.shape):
+                alias = f" (alias of {canonical!r})" if canonical != name else ""
                 raise ValueError(
-                    f"mask shape {tuple(m.shape)} does not match parameter {name!r} "
-                    f"of shape {tuple(params[name].shape)}"
+                    f"mask shape {tuple(m.shape)} does not match parameter {name!r}{alias} of shape {tuple(p.shape)}"
                 )
-            out[name] = params[name]
-        return out
+            if canonical in masks:
+                if not torch.equal(masks[canonical], m):
+                    raise ValueError(
+                        f"mask entries {name!r} and {given[canonical]!r} name the same tensor (a tied weight, "
+                        f"canonical name {canonical!r}) but differ; give it once"
+                    )
+                continue
+            masks[canonical], given[canonical], out[canonical] = m, name, p
+        return masks, out
+
+    def check(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """Check that every masked tensor exists in `model` with the same shape; return them.
+
+        The result is keyed by canonical names: an entry keyed by an alias of a tied
+        weight names its canonical tensor (`parameter_aliases`); two names of one tensor
+        must carry the same values.
+        """
+        return self._resolve(model)[1]
+
+    def canonical(self, model: nn.Module) -> Mask:
+        """Return this mask keyed by `model`'s canonical names (itself when it already is).
+
+        Aliases of tied weights are mapped to their canonical name; an alias given
+        together with its canonical name (same values) becomes one entry.
+        """
+        masks, _ = self._resolve(model)
+        if list(masks) == list(self._masks):
+            return self
+        return Mask(masks)
 
     @torch.no_grad()
     def apply_(self, model: nn.Module) -> nn.Module:
         """Set every pruned weight of `model` to exactly zero, in place; return the model."""
-        for name, p in self.check(model).items():
-            p.mul_(self._masks[name].to(p.device, p.dtype))
+        masks, params = self._resolve(model)
+        for name, p in params.items():
+            p.mul_(masks[name].to(p.device, p.dtype))
         return model
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> MaskHandle:
@@ -160,13 +250,13 @@ class Mask(Mapping[str, torch.Tensor]):
         any optimizer whose per-parameter state tensors have the parameter's shape.
         Call ``handle.remove()`` to stop.
         """
-        params = self.check(model)
+        masks, params = self._resolve(model)
         in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
         missing = [n for n, p in params.items() if id(p) not in in_optimizer]
         if missing:
             raise ValueError(f"masked parameters are not in the optimizer: {', '.join(missing)}")
         # Masks live on the parameters' devices, in their dtypes: a multiply per step, no sync.
-        keep = {n: self._masks[n].to(p.device, p.dtype) for n, p in params.items()}
+        keep = {n: masks[n].to(p.device, p.dtype) for n, p in params.items()}
         pairs = [(params[n], keep[n]) for n in params]
         self.apply_(model)
 
@@ -205,15 +295,30 @@ class Mask(Mapping[str, torch.Tensor]):
         """Convert `model` in place to the `torch.nn.utils.prune` convention.
 
         Each masked ``<module>.weight`` becomes ``weight_orig`` plus a ``weight_mask`` buffer.
+        A tied weight is converted in every module that uses it (each gets its own
+        ``weight_mask``, all equal, and its ``weight_orig`` is the one shared tensor);
+        that needs every use to be a module's ``.weight``, else ValueError names the others.
         """
-        self.check(model)
-        modules = dict(model.named_modules())
-        for name, m in self._masks.items():
-            module_name, _, attr = name.rpartition(".")
-            module = modules[module_name]
-            if attr != "weight":
+        masks, params = self._resolve(model)
+        uses = _uses(model)
+        for name in masks:
+            p = params[name]
+            holders = uses[id(p)]
+            if any(attr == "weight_orig" for _, _, attr in holders):
                 raise ValueError(f"{name!r} is already in the torch.nn.utils.prune convention")
-            torch_prune.custom_from_mask(module, "weight", m.to(module.weight.device))
+            others = [q for q, _, attr in holders if attr != "weight"]
+            if others and len(holders) > 1:
+                raise ValueError(
+                    f"tied weight {name!r} (used as {', '.join(q for q, _, _ in holders)}) cannot be converted: the "
+                    "torch.nn.utils.prune convention (weight_orig + weight_mask in each module) needs every use to "
+                    f"be a module's .weight, and {', '.join(others)} is not"
+                )
+            if others:
+                raise ValueError(f"{name!r} cannot be converted: the torch.nn.utils.prune convention covers a "
+                                 "module's .weight only")  # fmt: skip
+        for name, m in masks.items():
+            for _, module, _ in uses[id(params[name])]:
+                torch_prune.custom_from_mask(module, "weight", m.to(params[name].device))
         return model
 
     @classmethod
@@ -221,17 +326,38 @@ class Mask(Mapping[str, torch.Tensor]):
         """Read the ``weight_mask`` buffers of a model pruned with `torch.nn.utils.prune`.
 
         With ``remove=True`` the pruning re-parametrisation is made permanent
-        (`torch.nn.utils.prune.remove`), leaving plain ``weight`` parameters.
+        (`torch.nn.utils.prune.remove`), leaving plain ``weight`` parameters (a tied weight
+        stays one shared tensor). A tied weight is one entry, under the name of its first
+        use; every module that uses it must be pruned with the same mask, else ValueError
+        (a use left unmasked would compute with the pruned weights).
         """
-        masks: dict[str, torch.Tensor] = {}
+        groups: dict[int, list[tuple[str, nn.Module, torch.Tensor]]] = {}  # one per tensor
         for module_name, module in model.named_modules():
             buf = module._buffers.get("weight_mask")
             if buf is None:
                 continue
             prefix = f"{module_name}." if module_name else ""
-            masks[prefix + "weight"] = buf.detach().bool()
-            if remove:
-                torch_prune.remove(module, "weight")
-        if not masks:
+            orig = module._parameters.get("weight_orig")
+            groups.setdefault(id(orig) if orig is not None else id(module), []).append((prefix + "weight", module, buf))
+        if not groups:
             raise ValueError("model has no torch.nn.utils.prune weight_mask buffers")
+        uses = _uses(model)
+        masks: dict[str, torch.Tensor] = {}
+        for key, entries in groups.items():
+            name, _, buf = entries[0]
+            unmasked = [q for q, module, attr in uses.get(key, [])
+                        if not (attr == "weight_orig" and "weight_mask" in module._buffers)]  # fmt: skip
+            if unmasked:
+                raise ValueError(
+                    f"{', '.join(unmasked)} uses the same tensor as {name!r} (a tied weight) without its "
+                    "torch.nn.utils.prune mask; prune every use of a tied weight with the same mask"
+                )
+            differ = [n for n, _, b in entries[1:] if not torch.equal(b.bool(), buf.bool())]
+            if differ:
+                raise ValueError(f"tied weight {name!r} has different weight_mask buffers in {', '.join(differ)}")
+            masks[name] = buf.detach().bool()
+        if remove:
+            for entries in groups.values():
+                for _, module, _ in entries:
+                    torch_prune.remove(module, "weight")
         return cls(masks)

@@ -1,11 +1,11 @@
 """Efficiency metrics, ShrinkBench's set (Blalock et al. 2020), for a (pruned) model.
 
 * ``size``: all parameters; ``size_nz``: non-zero parameters; ``compression_ratio`` =
-  size / size_nz.
+  size / size_nz. A tensor shared by several modules (a tied weight) counts once.
 * ``flops``: multiply-accumulate-based FLOPs of one forward on one sample, counted by
   `torch.utils.flop_counter` (dense); ``flops_nz``: each prunable layer's FLOPs scaled by
-  its weight density (other operations count in full); ``theoretical_speedup`` =
-  flops / flops_nz.
+  its weight density (other operations count in full; a tied weight's density scales the
+  FLOPs of every layer that uses it); ``theoretical_speedup`` = flops / flops_nz.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .masks import PRUNABLE_LAYERS
 @torch.no_grad()
 def efficiency(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
     """Return size, size_nz, compression_ratio, flops, flops_nz, theoretical_speedup."""
-    size = sum(p.numel() for p in model.parameters())
+    size = sum(p.numel() for p in model.parameters())  # parameters() yields a shared tensor once
     size_nz = sum(int((p != 0).sum()) for p in model.parameters())
     device = next(model.parameters()).device
     was_training = model.training

@@ -73,7 +73,8 @@ def _checked_scores(scores: Mapping[str, torch.Tensor], layout: ParamLayout, wha
     out = {}
     for n in layout.names:
         if n not in scores:
-            raise ValueError(f"{what} lack parameter {n!r} (have: {', '.join(scores)})")
+            raise ValueError(f"{what} lack parameter {n!r} (have: {', '.join(scores)}); key the mask and the "
+                             "scores alike (a tied weight: by canonical names, Mask.canonical(model))")  # fmt: skip
         s = scores[n].detach().to("cpu", torch.float64)
         if s.shape != layout.shapes[n]:
             raise ValueError(f"{what} for {n!r} have shape {tuple(s.shape)}, mask has {tuple(layout.shapes[n])}")

@@ -32,7 +32,7 @@ from torch import nn
 
 from .batching import Batch, as_batches
 from .layout import ParamLayout
-from .masks import Mask, prunable_parameters
+from .masks import Mask, names_hint, parameter_aliases, prunable_parameters
 
 DELTA_LOSSES = ("same_batch", "probe")
 STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -288,7 +288,8 @@ class TrajectoryRecorder:
 
     Args:
         model: the network; its prunable parameters are the ``.weight`` of Linear/Conv
-            layers (or ``params``).
+            layers (or ``params``), each unique tensor once under its canonical name
+            (`masks.prunable_parameters`: a tied weight is one column block).
         loss_fn: ``loss_fn(outputs, targets) -> scalar tensor`` (mean over the batch).
         optimizer: the optimizer that takes the steps.
         mask: alive weights; only they get columns. Default: all prunable weights.
@@ -298,7 +299,8 @@ class TrajectoryRecorder:
             fixed `probe_data`, one probe forward per step).
         probe_data: (inputs, targets) or an iterable of such batches, for ``probe``.
         momentum_features: also expose the lagged block and loss lags (docs/method.md, "Recording").
-        params: names of the parameters to record (default: all prunable ones).
+        params: names of the parameters to record (default: all prunable ones). Aliases of a
+            tied weight name its canonical tensor, which gets one column block.
         memory_budget: bytes of storage kept on the storage device; further rows spill to
             disk-backed files in `spill_dir` (default: a temp folder). None: no limit.
         chunk_rows: rows per storage chunk. `capacity`: allocate that many rows up front
@@ -339,13 +341,14 @@ class TrajectoryRecorder:
         prunable = prunable_parameters(model)
         if params is not None:
             named = dict(model.named_parameters())
-            missing = [n for n in params if n not in named]
+            aliases = parameter_aliases(model)
+            missing = [n for n in params if aliases.get(n, n) not in named]
             if missing:
-                raise ValueError(f"unknown parameters {missing}; prunable: {', '.join(prunable)}")
-            prunable = {n: named[n] for n in params}
+                raise ValueError(f"unknown parameters {missing}; {names_hint(model)}")
+            # Canonical names: an alias and its tensor's canonical name are one column block.
+            prunable = {aliases.get(n, n): named[aliases.get(n, n)] for n in params}
         if mask is not None:
-            m = mask if isinstance(mask, Mask) else Mask(mask)
-            m.check(model)
+            m = (mask if isinstance(mask, Mask) else Mask(mask)).canonical(model)
             unknown = [n for n in m if n not in prunable]
             if unknown:
                 raise ValueError(f"mask covers non-recorded parameters {unknown}")

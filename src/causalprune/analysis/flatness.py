@@ -43,16 +43,14 @@ def mean_loss(model: nn.Module, loss_fn: Callable[[Any, Any], torch.Tensor], bat
 
 
 def mask_factors(model: nn.Module, mask: Mask | None) -> dict[str, torch.Tensor]:
-    """Return parameter name → its mask as 0/1 in the parameter's dtype and device (empty without a mask).
+    """Return canonical parameter name → its mask as 0/1 in the parameter's dtype and device (empty without a mask).
 
     Multiplying a perturbation of that parameter by it keeps pruned weights exactly zero.
     """
     if mask is None:
         return {}
+    mask = mask.canonical(model)  # names the model lacks raise; aliases of tied weights are resolved
     named = dict(model.named_parameters())
-    unknown = [n for n in mask if n not in named]
-    if unknown:
-        raise ValueError(f"mask names parameters the model lacks: {unknown}")
     return {n: mask[n].to(named[n].device, named[n].dtype) for n in mask}
 
 

@@ -33,7 +33,8 @@ class HVP:
                  data: Batch | Iterable[Batch], mask: Mask | None = None) -> None:  # fmt: skip
         self.model, self.loss_fn = model, loss_fn
         self.batches = as_batches(data)
-        params = prunable_parameters(model)
+        params = prunable_parameters(model)  # unique tensors: a tied weight is one block
+        mask = mask.canonical(model) if mask is not None else None
         self.names = list(mask) if mask is not None else list(params)
         self.params = [params[n] for n in self.names]
         self.layout = ParamLayout.of(dict(zip(self.names, self.params, strict=True)), alive=mask)

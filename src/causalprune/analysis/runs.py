@@ -42,7 +42,7 @@ def load_run(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
     data = load_splits(cfg, download=False)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
     model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
-    return cfg, model, Mask.load(run_dir / "mask.pt"), data
+    return cfg, model, Mask.load(run_dir / "mask.pt").canonical(model), data
 
 
 def run_name(run_dir: Path) -> str:

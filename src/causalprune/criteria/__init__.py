@@ -49,6 +49,13 @@ class ScoreInput:
     target_sparsity: float | None = None  # the round's cumulative target (SynFlow's inner schedule)
     input_shape: tuple[int, ...] | None = None  # one sample's shape (data-free criteria such as SynFlow)
     options: dict[str, Any] = field(default_factory=dict)
+    input_dtype: torch.dtype | None = None  # the inputs' dtype when not floating (token ids); None: float
+
+    def __post_init__(self) -> None:
+        # Criteria key their scores by the model's canonical names (a mask keyed by an alias
+        # of a tied weight is re-keyed; masks.Mask.canonical).
+        if self.mask is not None:
+            self.mask = self.mask.canonical(self.model)
 
 
 @dataclass
@@ -183,10 +190,12 @@ def score(
     """Score `model`'s prunable weights with criterion `name`; return name → scores.
 
     `data` is an iterable of (inputs, targets) batches (ignored by data-free criteria).
-    Options: ``mask`` (a `Mask`; default all alive), ``seed``, ``sparsity`` (SynFlow's
-    iterative target), ``trajectory`` (causal criteria), ``input_shape`` (SynFlow without
-    data), fields of the criterion's settings (e.g. ``solver`` for causal), and
-    criterion-specific ones. Scores follow each method's own formula; for GraSP the
+    Options: ``mask`` (a `Mask`; default all alive; may be keyed by aliases of tied weights),
+    ``seed``, ``sparsity`` (SynFlow's iterative target), ``trajectory`` (causal criteria),
+    ``input_shape`` and ``input_dtype`` (SynFlow without data; with data, those of the first
+    batch's inputs), fields of the criterion's settings (e.g. ``solver`` for causal), and
+    criterion-specific ones. Scores are keyed by canonical names (`masks.prunable_parameters`:
+    a tied weight is scored once). Scores follow each method's own formula; for GraSP the
     *largest* scores are pruned (`Criterion.higher_is_important` is False).
     """
     from ..masks import Mask
@@ -207,12 +216,16 @@ def score(
     input_shape = options.pop("input_shape", None)
     if input_shape is None and batches:
         input_shape = tuple(batches[0][0].shape[1:])
+    input_dtype = options.pop("input_dtype", None)
+    if input_dtype is None and batches and isinstance(batches[0][0], torch.Tensor):
+        input_dtype = batches[0][0].dtype
     settings = None
     if crit.settings is not None:
         fields = {f.name for f in dataclasses.fields(crit.settings)}
         settings = crit.settings(**{k: options.pop(k) for k in list(options) if k in fields})
     inp = ScoreInput(model, mask, settings, int(options.pop("seed", 0)), traj, batches, loss_fn,
-                     options.pop("sparsity", None), tuple(input_shape) if input_shape else None, options)  # fmt: skip
+                     options.pop("sparsity", None), tuple(input_shape) if input_shape else None, options,
+                     input_dtype)  # fmt: skip
     return crit.fn(inp).scores
 
 

@@ -1,7 +1,8 @@
 """SynFlow (Tanaka et al. 2020): data-free synaptic-flow scores, applied iteratively.
 
 Each inner round replaces every parameter by its absolute value (pruned weights stay
-zero), feeds an all-ones input through the network in eval mode, and scores
+zero), feeds an all-ones input through the network in eval mode (for integer inputs,
+token id 1 at every position), and scores
 |θ ⊙ ∂R/∂θ| with R the sum of the outputs. With a target sparsity, `rounds` inner rounds
 prune towards it on an exponential schedule (density falls by the same factor each
 round), as the paper prescribes; the returned scores order weights by the round in which
@@ -20,16 +21,23 @@ from ..selection import select
 from . import Scored, ScoreInput, register
 
 
-def synflow_scores(model: torch.nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """One SynFlow round: |θ ⊙ ∂R/∂θ| on the |θ|-linearised, masked network (float64)."""
-    net = copy.deepcopy(model).double().eval()
+def synflow_scores(model: torch.nn.Module, mask: Mask, input_shape: tuple[int, ...],
+                   input_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """One SynFlow round: |θ ⊙ ∂R/∂θ| on the |θ|-linearised, masked network (float64).
+
+    The input is all ones: float64, or of `input_dtype` when that is an integer type
+    (token ids: every position is token 1, for a model that starts with an embedding).
+    """
+    net = copy.deepcopy(model).double().eval()  # deepcopy keeps tied weights tied
     with torch.no_grad():
         for p in net.parameters():
             p.abs_()
         mask.apply_(net)
     params = prunable_parameters(net)
     device = next(net.parameters()).device
-    R = net(torch.ones(1, *input_shape, dtype=torch.float64, device=device)).sum()
+    integer = input_dtype is not None and not (input_dtype.is_floating_point or input_dtype.is_complex)
+    dtype = input_dtype if integer else torch.float64
+    R = net(torch.ones(1, *input_shape, dtype=dtype, device=device)).sum()
     grads = torch.autograd.grad(R, [params[n] for n in mask])
     return {n: (params[n].detach() * g).abs().float().cpu() for n, g in zip(mask, grads, strict=True)}
 
@@ -45,11 +53,11 @@ def synflow(inp: ScoreInput) -> Scored:
     mask = inp.mask
     target = inp.target_sparsity
     if target is None or target <= mask.sparsity():
-        return Scored(synflow_scores(inp.model, mask, input_shape))
+        return Scored(synflow_scores(inp.model, mask, input_shape, inp.input_dtype))
     start_density = 1.0 - mask.sparsity()
     order = {n: torch.full(m.shape, float(rounds + 1)) for n, m in mask.items()}  # round pruned (+ rank)
     for r in range(1, rounds + 1):
-        scores = synflow_scores(inp.model, mask, input_shape)
+        scores = synflow_scores(inp.model, mask, input_shape, inp.input_dtype)
         density = start_density * ((1.0 - target) / start_density) ** (r / rounds)
         new = select(scores, 1.0 - density if r < rounds else target, mask=mask, min_alive=1)
         for n in mask:
@@ -58,7 +66,7 @@ def synflow(inp: ScoreInput) -> Scored:
                 s = scores[n][just_pruned]
                 order[n][just_pruned] = r + s / (s.max() + 1e-30) * 0.999
         mask = new
-    last = synflow_scores(inp.model, mask, input_shape)
+    last = synflow_scores(inp.model, mask, input_shape, inp.input_dtype)
     for n in mask:
         alive = mask[n]
         s = last[n][alive]
