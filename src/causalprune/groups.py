@@ -268,15 +268,22 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
                   list(it.root_idxs)) for it in tp_group if it.dep.target.module in module_names]  # fmt: skip
         if not any(not out and not _is_depthwise(m) for m, out, _, _ in items):
             continue  # the channels feed no other layer: an output layer (the classifier)
-        found.append((order[module_names[root]], root, items))
+        # Name the layer group after its first producer in module order (Torch-Pruning's root is arbitrary).
+        first = min((m for m, out, _, _ in items if out and isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))),
+                    key=lambda m: order[module_names[m]])  # fmt: skip
+        chan = {}
+        for m, out, idxs, root_idxs in items:
+            if m is first and out:
+                chan = dict(zip(root_idxs, idxs, strict=True))
+        found.append((order[module_names[first]], first, chan, root, items))
     found.sort(key=lambda f: f[0])
 
     groups: list[ChannelGroup] = []
     roots: dict[str, nn.Module] = {}
     layers: dict[str, list[int]] = {}
-    for _, root, items in found:
-        root_name = module_names[root]
-        roots[root_name] = root
+    for _, first, chan, root, items in found:
+        root_name = module_names[first]
+        roots[root_name] = first
         n_out = dg.get_pruner_of_module(root).get_out_channels(root)
         per_channel: list[dict[tuple[str, int], tuple[set[int], bool]]] = [{} for _ in range(n_out)]
         unsupported: set[str] = set()
@@ -293,12 +300,13 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
                 name = param_names[id(p)]
                 prod = producer and name in prunable
                 for i, r in zip(idxs, root_idxs, strict=True):
-                    entry = per_channel[r].setdefault((name, dim), (set(), prod))
+                    entry = per_channel[int(r)].setdefault((name, dim), (set(), prod))
                     entry[0].add(int(i))
         layers[root_name] = []
-        for c in range(n_out):
+        for r in sorted(range(n_out), key=lambda r: chan[r]):
+            c = int(chan[r])
             slices = [Slice(name, dim, torch.tensor(sorted(ix), dtype=torch.long), prod)
-                      for (name, dim), (ix, prod) in per_channel[c].items()]  # fmt: skip
+                      for (name, dim), (ix, prod) in per_channel[r].items()]  # fmt: skip
             width = [int(s.index.numel()) * (all_shapes[s.name].numel() // all_shapes[s.name][s.dim]) for s in slices]
             size = sum(w for w, s in zip(width, slices, strict=True) if s.producer)
             layers[root_name].append(len(groups))
