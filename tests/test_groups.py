@@ -215,3 +215,14 @@ def test_a_users_own_module():
     assert torch.equal(layout.to_columns(torch.ones(layout.d)), torch.tensor([float(g.size) for g in cg.groups]))
     assert model(x).shape == (2, 5)
     assert model.head.in_features == int(keep[cg.layers["stem"]].sum() + keep[cg.layers["side"]].sum())
+
+
+def test_model_config_shortcut_builds_option_b():
+    from causalprune.config import ConfigError, ModelConfig
+    from causalprune.models import build_model
+
+    a = build_model(ModelConfig(name="resnet20"), (3, 32, 32), 10)
+    b = build_model(ModelConfig(name="resnet20", shortcut="B"), (3, 32, 32), 10)
+    assert n_params(a) == 269_722 and n_params(b) > n_params(a)
+    with pytest.raises(ConfigError, match="model.shortcut"):
+        ModelConfig(name="resnet20", shortcut="C")
