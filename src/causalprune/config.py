@@ -87,6 +87,7 @@ class ModelConfig:
     widths: tuple[int, ...] = (256, 256)  # mlp hidden widths; cnn1d channels per conv layer
     dropout: float = 0.0  # mlp: dropout after each hidden layer
     batchnorm: bool = False  # mlp: BatchNorm1d after each hidden linear layer
+    shortcut: str = "A"  # resnet20/32/56: "A" zero-padding shortcuts (the paper's) | "B" 1×1 conv + BN projections
     pretrained: str | None = None  # a state-dict file, or "torchvision" (resnet50's ImageNet weights)
 
     def __post_init__(self) -> None:
@@ -94,6 +95,8 @@ class ModelConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if any(w < 1 for w in self.widths):
             raise ConfigError(f"model.widths must be positive integers, got {list(self.widths)}")
+        if self.shortcut not in ("A", "B"):
+            raise ConfigError(f"model.shortcut must be 'A' or 'B', got {self.shortcut!r}")
 
 
 @dataclass(frozen=True)

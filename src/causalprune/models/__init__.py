@@ -49,6 +49,9 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.
         raise ValueError(f"model {name} needs image inputs (C, H, W), got samples of shape {input_shape}")
     if name == "lenet5":
         return LeNet5(num_classes, in_channels=input_shape[0], image_size=input_shape[-1])
+    if name in ("resnet20", "resnet32", "resnet56"):
+        shortcut = getattr(cfg, "shortcut", "A")
+        return create_model(name, num_classes=num_classes, in_channels=input_shape[0], shortcut=shortcut)
     return create_model(name, num_classes=num_classes, in_channels=input_shape[0])
 
 

@@ -1,0 +1,331 @@
+"""Channel groups for structured pruning (docs/method.md "Structured variant: channel groups").
+
+A *group* is every parameter entry removed together when one output channel of a
+Conv (or one output neuron of a Linear) disappears: the producer's weight rows and
+bias, its normalisation entries, every consumer's input slice, and the channels tied to
+it by residual additions or concatenations. The coupling is traced by Torch-Pruning's
+`DependencyGraph` (torch-pruning 1.6.0); nothing here re-implements it.
+
+* **Which entries form a group's regressor column.** Every weight entry ``W[o, i, ...]``
+  of a Conv/Linear belongs to two groups: that of its output channel ``o`` (the producer
+  slice) and that of its input channel ``i`` (a consumer slice of the previous layer's
+  group). For the weight-sharing regressor x̃_g = Σ_{k∈g} x̃_k (SPEC §8) each entry is
+  assigned to the group of its **output** channel only, so that every entry has exactly
+  one column (`ChannelGroups.layout`). Consumer slices, biases and normalisation entries
+  are removed with the group (`group_mask`, `zero_groups_`, `remove_groups_`) but are
+  not part of its column. A depthwise conv's rows count as producer slices of the
+  channel they carry.
+* **Layers that give no groups.** The output layer(s) — a layer group whose channels
+  feed no other prunable layer, i.e. the classifier — are never a group; their weights
+  have no column and are left out of the layout's names. So are the layers the caller
+  lists in `ignored_layers`, and those a model declares through a method
+  ``channel_pruning_ignored_layers()`` (see below); a group that would couple an ignored
+  layer's output channels is dropped as a whole (Torch-Pruning's rule).
+* **Option-A shortcuts.** The CIFAR ResNets' parameter-free shortcut (subsample and
+  zero-pad the channels with ``F.pad``, `causalprune.models.resnet_cifar`) is invisible
+  to the dependency graph: it would couple the wrong channels and the slim network
+  would fail with a shape mismatch. Those models declare the residual-stream layers
+  (the stem conv and every block's ``conv2``) as ignored, so only *block-inner*
+  channels — ``conv1`` of each BasicBlock, whose output feeds only ``conv2`` of the same
+  block — are groups. With option-B shortcuts (``shortcut="B"``: 1×1 conv + BN) the
+  residual stream is traced and every channel is a group.
+* **Masked ≡ slim.** `zero_groups_` zeroes every slice of the removed groups (weights,
+  biases, and a BatchNorm's weight and bias so that it outputs exactly zero in eval
+  mode); `remove_groups_` removes them physically. Both networks compute the same
+  function when the activation maps 0 to 0 (ReLU, identity, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .layout import ParamLayout
+from .masks import Mask, prunable_parameters
+
+__all__ = ["ChannelGroup", "ChannelGroups", "channel_groups", "group_mask", "remove_groups_", "zero_groups_"]
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Entries ``index`` along dimension ``dim`` of the parameter ``name`` (a model parameter name)."""
+
+    name: str
+    dim: int
+    index: torch.Tensor
+    producer: bool  # True: part of the group's regressor column (a prunable weight's output slice)
+
+
+@dataclass
+class ChannelGroup:
+    """One removable channel: output channel `channel` of layer `layer` and every slice coupled to it.
+
+    Attributes:
+        layer: name of the root layer (the first layer, in module order, whose output channel this is).
+        channel: the channel's index in the root layer's output.
+        size: number of entries in its regressor column (the producer weight slices, all alive).
+        slices: every parameter slice removed with the group (producer and consumer weights, biases,
+            normalisation weights and biases).
+        n_entries: number of parameter entries removed with the group (weights, biases, normalisation).
+        unsupported: modules of the group `zero_groups_` cannot zero (`remove_groups_` still can).
+    """
+
+    layer: str
+    channel: int
+    size: int
+    slices: list[Slice] = field(repr=False)
+    n_entries: int = 0
+    unsupported: list[str] = field(default_factory=list, repr=False)
+
+
+def _is_depthwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and m.groups == m.out_channels == m.in_channels
+
+
+def _param_dims(m: nn.Module, out: bool) -> tuple[list[tuple[str, int]], bool] | None:
+    """Return ([(attr, dim)], producer) for the slices a channel prune touches in module `m`, or None if unknown."""
+    if isinstance(m, nn.Linear):
+        return ([("weight", 0), ("bias", 0)], True) if out else ([("weight", 1)], False)
+    if isinstance(m, nn.modules.conv._ConvNd):
+        if _is_depthwise(m):
+            return [("weight", 0), ("bias", 0)], True
+        if m.groups != 1:
+            return None
+        w_out, w_in = (1, 0) if m.transposed else (0, 1)
+        return ([("weight", w_out), ("bias", 0)], True) if out else ([("weight", w_in)], False)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        return [("weight", 0), ("bias", 0)], False
+    if isinstance(m, nn.PReLU):
+        return ([("weight", 0)] if m.num_parameters > 1 else []), False
+    if not any(True for _ in m.parameters(recurse=False)):
+        return [], False  # e.g. a parameter-free module the graph touches
+    return None
+
+
+class ChannelGroups:
+    """The channel groups of a model (`channel_groups`), in module order of their root layers.
+
+    Attributes:
+        groups: the `ChannelGroup` list; a group's index is its column.
+        layers: root layer name → indices (into `groups`) of its channels, in channel order.
+        names: the prunable weights (names of `prunable_parameters`) that have columns, in module order.
+        shapes: shape of every prunable weight of the model (the `Mask`'s tensors).
+        model: the model the groups were built on (`remove_groups_` needs it).
+    """
+
+    def __init__(self, model: nn.Module, dg: tp.DependencyGraph, groups: list[ChannelGroup],
+                 roots: dict[str, nn.Module], layers: dict[str, list[int]], names: list[str],
+                 shapes: dict[str, torch.Size]) -> None:  # fmt: skip
+        self.model, self._dg, self.groups = model, dg, groups
+        self._roots, self.layers, self.names, self.shapes = roots, layers, names, shapes
+        self.removed = False
+        col = {}
+        for n in names:
+            col[n] = torch.full(shapes[n], -1, dtype=torch.long)
+        for g_idx, g in enumerate(groups):
+            for s in g.slices:
+                if s.producer:
+                    col[s.name].index_fill_(s.dim, s.index, g_idx)
+        for n, c in col.items():
+            if bool((c < 0).any()):
+                raise ValueError(f"{n!r}: some entries belong to no group's output slice (partly grouped tensor)")
+        self._column = col
+
+    @property
+    def G(self) -> int:
+        """Number of groups."""
+        return len(self.groups)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __repr__(self) -> str:
+        return f"ChannelGroups(G={self.G}, layers={len(self.layers)}, weights with columns={len(self.names)})"
+
+    def column_tensors(self) -> dict[str, torch.Tensor]:
+        """Return name → long tensor of the weight's shape giving each entry's group (column)."""
+        return {n: c.clone() for n, c in self._column.items()}
+
+    def layout(self, mask: Mask | None = None) -> ParamLayout:
+        """Return the grouped `ParamLayout` of the weights with columns, restricted to `mask`'s alive entries.
+
+        ``layout.column_of`` maps each alive entry to its group (the group of its output
+        channel), ``layout.n_columns == G``, and ``layout.to_columns(x)`` sums a per-entry
+        quantity over each group's alive entries. Weights without a column (the classifier,
+        ignored layers) are not among ``layout.names``.
+        """
+        alive = None if mask is None else {n: mask[n] for n in self.names if n in mask}
+        plain = ParamLayout(self.names, self.shapes, alive)
+        column_of = plain.flatten(self._column)
+        return ParamLayout(self.names, self.shapes, alive, column_of=column_of, n_columns=self.G)
+
+    def _keep(self, keep: torch.Tensor | Sequence[bool]) -> torch.Tensor:
+        keep = torch.as_tensor(keep).detach().to("cpu", torch.bool).reshape(-1)
+        if keep.numel() != self.G:
+            raise ValueError(f"keep must have one entry per group ({self.G}), got {keep.numel()}")
+        return keep
+
+    def group_mask(self, keep: torch.Tensor | Sequence[bool], base: Mask | None = None) -> Mask:
+        """Return the `Mask` over all prunable weights with every weight slice of the removed groups pruned.
+
+        Producer rows and consumer input slices of each group with ``keep[g] == False`` are
+        False; `base` (default: all alive) is intersected.
+        """
+        keep = self._keep(keep)
+        masks = {n: torch.ones(s, dtype=torch.bool) if base is None else base[n].clone()
+                 for n, s in self.shapes.items()}  # fmt: skip
+        for g_idx in torch.nonzero(~keep).squeeze(1).tolist():
+            for s in self.groups[g_idx].slices:
+                if s.name in masks:
+                    masks[s.name].index_fill_(s.dim, s.index, False)
+        return Mask(masks)
+
+    @torch.no_grad()
+    def zero_groups_(self, model: nn.Module, keep: torch.Tensor | Sequence[bool]) -> nn.Module:
+        """Zero, in place, every slice of the removed groups: weights, biases, normalisation weights and biases."""
+        keep = self._keep(keep)
+        params = dict(model.named_parameters())
+        for g_idx in torch.nonzero(~keep).squeeze(1).tolist():
+            g = self.groups[g_idx]
+            if g.unsupported:
+                raise NotImplementedError(f"cannot zero group {g.layer}[{g.channel}]: modules {g.unsupported}")
+            for s in g.slices:
+                p = params[s.name]
+                p.index_fill_(s.dim, s.index.to(p.device), 0.0)
+        return model
+
+    def remove_groups_(self, model: nn.Module, keep: torch.Tensor | Sequence[bool]) -> nn.Module:
+        """Physically remove the groups with ``keep[g] == False`` through Torch-Pruning; return the slim model.
+
+        `model` must be the model the groups were built on. The groups (and their layout)
+        describe the dense model only: build new ones on the slim model if needed.
+
+        Raises:
+            ValueError: if a root layer would lose all its channels, or the groups were already used to remove.
+        """
+        keep = self._keep(keep)
+        if model is not self.model:
+            raise ValueError("remove_groups_ needs the model the groups were built on")
+        if self.removed:
+            raise ValueError("these groups were already used to slim the model; build new ones")
+        plan = []
+        for layer, idx in self.layers.items():
+            drop = [self.groups[i].channel for i in idx if not bool(keep[i])]
+            if len(drop) == len(idx):
+                raise ValueError(f"removing all {len(idx)} channels of layer {layer!r} would empty it")
+            if drop:
+                plan.append((layer, drop))
+        for layer, drop in plan:
+            root = self._roots[layer]
+            pruner = self._dg.get_pruner_of_module(root)
+            self._dg.get_pruning_group(root, pruner.prune_out_channels, drop).prune()
+        self.removed = True
+        return model
+
+
+def _ignored_by_model(model: nn.Module) -> list[nn.Module]:
+    fn = getattr(model, "channel_pruning_ignored_layers", None)
+    return list(fn()) if callable(fn) else []
+
+
+def channel_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
+                   ignored_layers: Sequence[nn.Module] = ()) -> ChannelGroups:  # fmt: skip
+    """Build the channel groups of `model` with Torch-Pruning's `DependencyGraph`.
+
+    Args:
+        model: the network (traced once with `example_inputs`; its mode is restored).
+        example_inputs: a batch the model accepts (only shapes matter).
+        ignored_layers: extra layers whose output channels must not be pruned (with the
+            model's own ``channel_pruning_ignored_layers()``, when it has one).
+
+    Returns:
+        `ChannelGroups`: one group per removable output channel of every Conv/Linear layer
+        except the output layer(s) and the ignored ones.
+    """
+    ignored = list(ignored_layers) + _ignored_by_model(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            dg = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+    finally:
+        model.train(was_training)
+    module_names = {m: n for n, m in model.named_modules()}
+    order = {n: k for k, n in enumerate(module_names.values())}
+    param_names = {id(p): n for n, p in model.named_parameters()}
+    all_shapes = {n: p.shape for n, p in model.named_parameters()}
+    prunable = prunable_parameters(model)
+    shapes = {n: p.shape for n, p in prunable.items()}
+
+    found = []
+    for tp_group in dg.get_all_groups(ignored_layers=ignored, root_module_types=(nn.Linear, nn.modules.conv._ConvNd)):
+        root = tp_group[0].dep.target.module
+        items = [(it.dep.target.module, dg.is_out_channel_pruning_fn(it.dep.handler), list(it.idxs),
+                  list(it.root_idxs)) for it in tp_group if it.dep.target.module in module_names]  # fmt: skip
+        if not any(not out and not _is_depthwise(m) for m, out, _, _ in items):
+            continue  # the channels feed no other layer: an output layer (the classifier)
+        # Name the layer group after its first producer in module order (Torch-Pruning's root is arbitrary).
+        first = min((m for m, out, _, _ in items if out and isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))),
+                    key=lambda m: order[module_names[m]])  # fmt: skip
+        chan = {}
+        for m, out, idxs, root_idxs in items:
+            if m is first and out:
+                chan = dict(zip(root_idxs, idxs, strict=True))
+        found.append((order[module_names[first]], first, chan, root, items))
+    found.sort(key=lambda f: f[0])
+
+    groups: list[ChannelGroup] = []
+    roots: dict[str, nn.Module] = {}
+    layers: dict[str, list[int]] = {}
+    for _, first, chan, root, items in found:
+        root_name = module_names[first]
+        roots[root_name] = first
+        n_out = dg.get_pruner_of_module(root).get_out_channels(root)
+        per_channel: list[dict[tuple[str, int], tuple[set[int], bool]]] = [{} for _ in range(n_out)]
+        unsupported: set[str] = set()
+        for m, out, idxs, root_idxs in items:
+            dims = _param_dims(m, out)
+            if dims is None:
+                unsupported.add(module_names[m])
+                continue
+            attrs, producer = dims
+            for attr, dim in attrs:
+                p = m._parameters.get(attr)
+                if p is None:
+                    continue
+                name = param_names[id(p)]
+                prod = producer and name in prunable
+                for i, r in zip(idxs, root_idxs, strict=True):
+                    entry = per_channel[int(r)].setdefault((name, dim), (set(), prod))
+                    entry[0].add(int(i))
+        layers[root_name] = []
+        for r in sorted(range(n_out), key=lambda r: chan[r]):
+            c = int(chan[r])
+            slices = [Slice(name, dim, torch.tensor(sorted(ix), dtype=torch.long), prod)
+                      for (name, dim), (ix, prod) in per_channel[r].items()]  # fmt: skip
+            width = [int(s.index.numel()) * (all_shapes[s.name].numel() // all_shapes[s.name][s.dim]) for s in slices]
+            size = sum(w for w, s in zip(width, slices, strict=True) if s.producer)
+            layers[root_name].append(len(groups))
+            groups.append(ChannelGroup(root_name, c, size, slices, sum(width), sorted(unsupported)))
+    with_columns = {s.name for g in groups for s in g.slices if s.producer}
+    names = [n for n in prunable if n in with_columns]
+    return ChannelGroups(model, dg, groups, roots, layers, names, dict(shapes))
+
+
+def group_mask(groups: ChannelGroups, keep: torch.Tensor | Sequence[bool], base: Mask | None = None) -> Mask:
+    """Return `groups.group_mask(keep, base)`: the weight mask with every slice of the removed groups pruned."""
+    return groups.group_mask(keep, base)
+
+
+def zero_groups_(model: nn.Module, groups: ChannelGroups, keep: torch.Tensor | Sequence[bool]) -> nn.Module:
+    """Zero every slice (weights, biases, BatchNorm weight and bias) of the removed groups of `model`, in place."""
+    return groups.zero_groups_(model, keep)
+
+
+def remove_groups_(model: nn.Module, groups: ChannelGroups, keep: torch.Tensor | Sequence[bool]) -> nn.Module:
+    """Physically remove the groups with ``keep[g] == False`` (Torch-Pruning's ``group.prune()``); return `model`."""
+    return groups.remove_groups_(model, keep)
