@@ -35,6 +35,7 @@ bench: setup
 	$(BIN)/python benchmarks/recorder.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/lasso.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/loader.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/threads.py
 
 gpu-check: setup
 	bash benchmarks/gpu_check.sh $(BIN)/python

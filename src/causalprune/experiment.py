@@ -325,6 +325,7 @@ def _score(run: Run, model: nn.Module, mask: Mask, recorder: TrajectoryRecorder 
         trajectory=recorder.trajectory() if recorder is not None else None,
         data=run.score_batches(seed) if crit.needs_data else [], loss_fn=loss_function(run.data.task),
         target_sparsity=target, input_shape=tuple(run.data.input_shape),
+        input_dtype=getattr(run.data.train[0], "dtype", None),
     )  # fmt: skip
     return crit.fn(inp)
 
