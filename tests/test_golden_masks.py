@@ -45,7 +45,7 @@ def test_demo_config_masks_are_unchanged(method, tmp_path):
     reason = _environment_matches()
     if reason:
         pytest.skip(reason)
-    cfg = load_config(None, [f"prune.method={method}", "seed=0"])
+    cfg = load_config(None, [f"prune.method={method}", "seed=0", "train.threads=2"])  # recorded with 2 threads
     run_experiment(cfg, tmp_path / method, quiet=True)
     assert mask_sha256(Mask.load(tmp_path / method / "mask.pt")) == GOLDEN[method]
 
@@ -83,6 +83,6 @@ def test_tiny_config_masks_are_unchanged(case, tmp_path):
     reason = _environment_matches()
     if reason:
         pytest.skip(reason)
-    overrides = TINY_CASES.get(case, [f"prune.method={case}"])
+    overrides = [*TINY_CASES.get(case, [f"prune.method={case}"]), "train.threads=2"]
     run_experiment(config_from_dict(TINY, overrides), tmp_path / "run", quiet=True)
     assert mask_sha256(Mask.load(tmp_path / "run" / "mask.pt")) == TINY_GOLDEN[case]

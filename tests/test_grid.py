@@ -106,3 +106,13 @@ def test_every_method_declares_what_the_driver_needs():
     scores, tie = scored.oriented(criteria.get("grasp").higher_is_important)  # GraSP prunes its largest
     assert scores["w"].tolist() == [-1.0, 2.0] and tie["w"].tolist() == [-3.0, 0.0]
     assert scored.oriented(True) == (scored.scores, scored.tie_break)
+
+
+def test_a_misspelt_grid_key_is_refused_not_dropped():
+    with pytest.raises(ConfigError, match="unknown config key 'causal.slover'; valid keys under causal: delta_loss"):
+        plan(config_from_dict(TINY), ["causal", "magnitude"], [0.9], [0], parse_grid(["causal.slover=cd,sgd"]))
+
+
+def test_energy_is_not_varied_by_the_loss_change_it_does_not_use():
+    cells = plan(config_from_dict(TINY), ["energy"], [0.9], [0], parse_grid(["causal.delta_loss=same_batch,probe"]))
+    assert [c.label for c in cells] == ["energy"]

@@ -120,3 +120,18 @@ def test_plain_progress_lines_when_stdout_is_not_a_terminal(tmp_path, capsys, mo
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith("pre: epoch 1/1, train loss ") for line in lines), lines
     assert any(line.startswith("post: epoch 1/1") for line in lines), lines
+
+
+def test_threads_are_not_part_of_a_runs_identity_and_are_restored(tmp_path, capsys):
+    import torch
+
+    from causalprune.config import config_from_dict, load_config
+    from causalprune.experiment import run_experiment
+
+    assert load_config(None, ["train.threads=1"]).digest() == load_config(None).digest()
+    before = torch.get_num_threads()
+    run_experiment(config_from_dict(TINY, ["prune.method=magnitude", "train.threads=1"]), tmp_path / "r", quiet=True)
+    assert torch.get_num_threads() == before  # a library caller's setting is left as it was
+    # The same run with another thread count is the same run: finished, not refused.
+    s = run_experiment(config_from_dict(TINY, ["prune.method=magnitude"]), tmp_path / "r")
+    assert s["threads"] == 1 and capsys.readouterr().out.startswith("already finished")

@@ -255,17 +255,49 @@ class Config:
         out.update({k: dataclasses.asdict(v) for k, v in self.sections})
         return _plain(out)
 
+    def identity(self) -> dict[str, Any]:
+        """Return `to_dict` without the execution-only keys (`EXECUTION_KEYS`): what defines the experiment."""
+        return without_execution_keys(self.to_dict())
+
     def digest(self, keys: tuple[str, ...] | None = None) -> str:
         """Return a short hash of the config (or of the given top-level sections).
 
         Keys at their default value are left out, so a key added (with its default) by a
         later version leaves the hashes — and the default run folders — of older configs as
-        they were.
+        they were; so are execution-only keys (`EXECUTION_KEYS`).
         """
-        d = non_default(self.to_dict(), Config().to_dict())
+        d = non_default(self.identity(), Config().identity())
         if keys is not None:
             d = {k: d[k] for k in keys if k in d}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+
+#: Keys that say how a run executes, not what it computes: they may change between a run's
+#: start and its resume, and are left out of digests, run-folder checks and experiment ids.
+EXECUTION_KEYS = ("train.threads",)
+
+
+def without_execution_keys(d: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of the nested config dict `d` without `EXECUTION_KEYS`."""
+    out = json.loads(json.dumps(d))
+    for key in EXECUTION_KEYS:
+        section, _, name = key.partition(".")
+        if isinstance(out.get(section), dict):
+            out[section].pop(name, None)
+    return out
+
+
+def check_key(key: str) -> None:
+    """Raise `ConfigError` unless ``section.field`` (or a top-level key) names a config key."""
+    d = Config().to_dict()
+    node: Any = d
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(parts[:i])
+            valid = ", ".join(node) if isinstance(node, dict) else "none"
+            raise ConfigError(f"unknown config key {key!r}; valid keys{' under ' + where if where else ''}: {valid}")
+        node = node[part]
 
 
 def _plain(x: Any) -> Any:

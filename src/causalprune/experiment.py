@@ -20,6 +20,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,15 @@ from .data import AUGMENTATIONS, Splits, load_pool, make_splits, materialize, sh
 from .masks import Mask, prunable_parameters
 from .metrics import efficiency
 from .models import build_model, load_pretrained, pretrained_status
-from .runfolder import RunFolder, RunFolderError, default_run_dir, load_shared_pre, pre_cache_dir, save_shared_pre
+from .runfolder import (
+    RunFolder,
+    RunFolderError,
+    default_run_dir,
+    load_shared_pre,
+    load_state_into,
+    pre_cache_dir,
+    save_shared_pre,
+)
 from .selection import schedule, select
 from .train import Callback, StepFn, evaluate, fit, loss_function, make_optimizer, plain_step
 from .trajectory import TrajectoryRecorder
@@ -265,9 +274,12 @@ def _rewind(model: nn.Module, theta_pre: dict[str, torch.Tensor], reset_bn: bool
 def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
     """Return θ_pre: this run's, a shared one (charging its training time), or trained now."""
     own = run.folder.load_pre(run.device)
-    if own is not None:
-        return own
     cache = pre_cache_dir(run.cfg, run.pre_cache) if run.pre_cache else None
+    if own is not None:
+        load_state_into(model, own, run.folder.pre_checkpoint, run.folder.pre_checkpoint.parent)
+        if cache is not None and not (cache / "checkpoint.pt").exists():  # e.g. a run started before the grid
+            save_shared_pre(cache, own, run.timing.get("pre_s", 0.0))
+        return own
     shared = load_shared_pre(cache, run.device) if cache is not None else None
     if shared is not None:  # a shared θ_pre: charge its training time to this run too
         theta, pre_s = shared
@@ -290,7 +302,7 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
     cfg, folder = run.cfg, run.folder
     if folder.level_done(k):
         mask, state = folder.load_level(k, run.device)
-        model.load_state_dict(state)
+        load_state_into(model, state, folder.level_dir(k) / "checkpoint.pt", folder.level_dir(k))
         return mask
     if cfg.prune.rewind or k == 1:
         _rewind(model, theta_pre, cfg.prune.reset_bn)
@@ -345,7 +357,16 @@ def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | 
     """
     t_start = time.perf_counter()
     cfg = resolve.check(cfg)
-    torch.set_num_threads(threads_for(cfg, jobs))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads_for(cfg, jobs))
+        return _run(cfg, out, pre_cache, quiet, t_start)
+    finally:
+        torch.set_num_threads(threads)  # the caller's setting, as it was
+
+
+def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quiet: bool,
+         t_start: float) -> dict[str, Any]:  # fmt: skip
     criterion = criteria.get(cfg.prune.method)
     folder = RunFolder(out if out is not None else default_run_dir(cfg))
     if folder.finished():
@@ -358,6 +379,14 @@ def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | 
         if folder.finished():  # another process finished it while this one loaded the data
             return _finished(folder, cfg, quiet)
         folder.claim(cfg)
+        started = folder.started_threads()
+        if started is not None and started != torch.get_num_threads():
+            if cfg.train.threads is None:  # a resumed run keeps its thread count: float sums stay the same
+                torch.set_num_threads(started)
+            else:
+                warnings.warn(f"{folder.path} started with {started} threads and resumes with "
+                              f"{cfg.train.threads}: results may differ from an uninterrupted run in the last bits",
+                              stacklevel=2)  # fmt: skip
         folder.write_env(environment(device))
         run.timing = folder.load_timing()
         return _stages(run, model, t_start, quiet)

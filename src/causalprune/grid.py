@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from . import criteria, resolve
-from .config import Config, ConfigError, apply_overrides, config_from_dict, yaml_problem
+from .config import Config, ConfigError, apply_overrides, check_key, config_from_dict, yaml_problem
 
 Grid = list[tuple[str, list[Any]]]
 #: (the cell's (key, value) pairs, its config) → (label, run folder relative to the grid's folder)
@@ -73,6 +73,8 @@ def plan(base: Config | dict[str, Any], grid: Sequence[tuple[str, Sequence[Any]]
     cells: list[Cell] = []
     seen: set[tuple[tuple[str, str], ...]] = set()
     keys = [k for k, _ in grid]
+    for key in keys:
+        check_key(key)  # a misspelt key must not be dropped as "not read by this method"
     for combo in itertools.product(*[list(vs) for _, vs in grid]):
         pairs = list(zip(keys, combo, strict=True))
         method = next((v for k, v in pairs if k == "prune.method"), default_method)

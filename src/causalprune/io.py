@@ -17,6 +17,14 @@ import torch
 
 
 def _umask() -> int:
+    """Return the process's umask (read from /proc where possible: setting it is process-wide)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import criteria
-from .config import Config
+from .config import Config, without_execution_keys
 
 EFFICIENCY = ("size_nz", "compression_ratio", "flops_nz", "theoretical_speedup")
 
@@ -61,8 +61,9 @@ def tag_experiments(summaries: Sequence[dict[str, Any]], configs: Sequence[dict[
     key added later with its default leaves it as it was.
     """
     grid = set().union(*(label_keys(s.get("label", "")) for s in summaries))
-    defaults = _flat(Config().to_dict())
+    defaults = _flat(Config().identity())
     for s, config in zip(summaries, configs, strict=True):
+        config = without_execution_keys(config)
         own = label_keys(s.get("label", ""))
         crit = criteria.METHODS.get(s.get("method", ""))
         keep = {}
@@ -257,7 +258,7 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     """
     buf = io.StringIO()
     w = csv.writer(buf)
-    ref = f"vs_{criteria.references()[0]}"  # vs_magnitude
+    ref = f"vs_{(criteria.references() or ['reference'])[0]}"  # vs_magnitude
     w.writerow(["method", "sparsity", "n", "metric", "final_mean", "final_std", "at_best_val_mean",
                 "at_best_val_std", "best_test_mean", "best_test_std", f"{ref}_mean", f"{ref}_se",
                 f"{ref}_wins", "sparsity_actual", *EFFICIENCY, "time_s", "experiment"])  # fmt: skip

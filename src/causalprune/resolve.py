@@ -14,7 +14,7 @@ from pathlib import Path
 from . import criteria
 from .config import Config, ConfigError, check_choice, load_config
 from .data import DATASETS, RESIZABLE
-from .models import MODELS
+from .models import MODELS, SHORTCUT_MODELS
 from .selection import SCHEDULES, SCOPES
 
 
@@ -30,6 +30,8 @@ def check(cfg: Config) -> Config:
     if m.pretrained == "torchvision" and m.name != "resnet50":
         raise ConfigError(f"model.pretrained: torchvision weights exist for resnet50 only, not {m.name}; "
                           "give the path of a state-dict file instead")  # fmt: skip
+    if m.shortcut != "A" and m.name not in SHORTCUT_MODELS:
+        raise ConfigError(f"model.shortcut applies to {', '.join(SHORTCUT_MODELS)} only, not {m.name}; leave it A")
     check_choice(p.method, tuple(sorted(criteria.METHODS)), "prune.method")
     check_choice(p.schedule, SCHEDULES, "prune.schedule")
     check_choice(p.scope, SCOPES, "prune.scope")

@@ -25,6 +25,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pickle
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +42,10 @@ class RunFolderError(ValueError):
     """The run folder cannot be used as asked: another config's, in use, damaged, not writable."""
 
 
+#: What reading a truncated or foreign torch file raises.
+_DAMAGE = (RuntimeError, EOFError, OSError, ValueError, KeyError, pickle.UnpicklingError)
+
+
 def _damaged(path: Path, error: Exception, stage_dir: Path | None) -> RunFolderError:
     what = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     if stage_dir is None:
@@ -50,10 +55,19 @@ def _damaged(path: Path, error: Exception, stage_dir: Path | None) -> RunFolderE
                           "and re-run the same command")  # fmt: skip
 
 
+def load_state_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path,
+                    stage_dir: Path | None) -> None:  # fmt: skip
+    """`model.load_state_dict(state)`, reporting a state that does not fit as a damaged file `path`."""
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, KeyError, TypeError) as e:
+        raise _damaged(path, e, stage_dir) from None
+
+
 def _load_torch(path: Path, device: torch.device | str, stage_dir: Path | None) -> Any:
     try:
         return torch.load(path, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+    except _DAMAGE as e:
         raise _damaged(path, e, stage_dir) from None
 
 
@@ -72,7 +86,7 @@ def default_run_dir(cfg: Config, root: str | Path = "runs") -> Path:
 
 def pre_cache_dir(cfg: Config, root: Path) -> Path:
     """Folder of the θ_pre checkpoint shared by runs that agree on everything pre-training reads."""
-    d, defaults = cfg.to_dict(), Config().to_dict()
+    d, defaults = cfg.identity(), Config().identity()
     train = {k: v for k, v in d["train"].items() if not k.startswith("post_")}  # post-training only
     key = {"seed": d["seed"], "data": non_default(d["data"], defaults["data"]),
            "model": non_default(d["model"], defaults["model"]), "train": non_default(train, defaults["train"]),
@@ -143,7 +157,7 @@ class RunFolder:
             except ConfigError as e:
                 raise RunFolderError(f"{self.path} holds an unreadable config.yaml ({e}); "
                                      "choose another --out") from None  # fmt: skip
-            a, b = old.to_dict(), cfg.to_dict()
+            a, b = old.identity(), cfg.identity()  # train.threads may change on resume
             if a != b:
                 diff = sorted(_diff_keys(a, b))
                 raise RunFolderError(f"{self.path} holds a run with a different config (differs in "
@@ -151,6 +165,11 @@ class RunFolder:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         save_text(dump_config(cfg), existing)
+
+    def started_threads(self) -> int | None:
+        """Return the threads the run started with (env.json), or None for a new run."""
+        path = self.path / "env.json"
+        return _load_json(path, None).get("threads") if path.exists() else None
 
     def write_env(self, env: dict[str, Any]) -> None:
         """Write env.json once (the first start of the run)."""
@@ -201,7 +220,7 @@ class RunFolder:
         d = self.level_dir(k)
         try:
             mask = Mask.load(d / "mask.pt")
-        except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        except _DAMAGE as e:
             raise _damaged(d / "mask.pt", e, d) from None
         return mask, _load_torch(d / "checkpoint.pt", device, d)
 
@@ -213,6 +232,15 @@ class RunFolder:
         mask.save(d / "mask.pt")
 
     # --- the end ------------------------------------------------------------------------
+    def load_result(self, model: torch.nn.Module) -> Mask:
+        """Load the finished run's model.pt into `model` and return its mask.pt (damaged files named)."""
+        state = _load_torch(self.path / "model.pt", "cpu", None)
+        load_state_into(model, state, self.path / "model.pt", None)
+        try:
+            return Mask.load(self.path / "mask.pt")
+        except _DAMAGE as e:
+            raise _damaged(self.path / "mask.pt", e, None) from None
+
     def finished(self) -> bool:
         """Whether the run finished (summary.json exists)."""
         return (self.path / "summary.json").exists()

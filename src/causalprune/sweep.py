@@ -23,6 +23,7 @@ import multiprocessing as mp
 from pathlib import Path
 from typing import Any
 
+from . import criteria
 from .config import Config, ConfigError, config_from_dict, find_config, load_config, read_yaml
 from .experiment import run_experiment
 from .grid import Cell, Grid, override, plan, short, slug
@@ -84,7 +85,9 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1) -> int:
     # θ_pre is shared: first one run per distinct θ_pre (in parallel), then the rest, which reuse it.
     first: dict[Path, int] = {}
     for i, t in enumerate(todo):
-        first.setdefault(pre_cache_dir(config_from_dict(t[0]), out / "_pre"), i)
+        cfg = config_from_dict(t[0])
+        if criteria.get(cfg.prune.method).prunes:  # a run without pruning trains no θ_pre
+            first.setdefault(pre_cache_dir(cfg, out / "_pre"), i)
     leaders = [todo[i] for i in sorted(first.values())]
     rest = [t for i, t in enumerate(todo) if i not in set(first.values())]
     done = 0

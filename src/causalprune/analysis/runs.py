@@ -11,7 +11,6 @@ run's numbers.
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -26,6 +25,7 @@ from ..experiment import load_splits
 from ..io import save_json
 from ..masks import Mask, prunable_parameters
 from ..models import build_model
+from ..runfolder import RunFolder
 from ..train import loss_function
 from .flatness import flatness
 from .hessian import top_eigenvalues, trace
@@ -41,8 +41,8 @@ def load_run(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
     cfg = resolve.load(run_dir / "config.yaml")
     data = load_splits(cfg, download=False)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
-    model.load_state_dict(torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True))
-    return cfg, model, Mask.load(run_dir / "mask.pt").canonical(model), data
+    mask = RunFolder(run_dir).load_result(model)
+    return cfg, model, mask.canonical(model), data
 
 
 def run_name(run_dir: Path) -> str:
@@ -60,7 +60,7 @@ def analyze_run(run_dir: Path, out: Path, hessian: bool, flat: bool, land: bool,
     x, y = data.train
     batches = [(materialize(x[a : a + 256]), y[a : a + 256]) for a in range(0, min(samples, len(y)), 256)]
     loss_fn = loss_function(data.task)
-    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    summary = RunFolder(run_dir).summary()  # a damaged or foreign summary is named, not a traceback
     result: dict[str, Any] = {"run": str(run_dir), "results": str(out), "method": summary["method"],
                               "seed": summary["seed"],
                               "sparsity": summary["sparsity_target"]}  # fmt: skip

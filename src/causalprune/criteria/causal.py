@@ -118,7 +118,8 @@ def causal_placebo(inp: ScoreInput) -> Scored:
     return _fit(inp, placebo=True)
 
 
-@register("energy", needs=["trajectory"], settings=CausalSettings, reads=RECORDING,
+@register("energy", needs=["trajectory"], settings=CausalSettings,
+          reads=tuple(f for f in RECORDING if f != "delta_loss"),  # x̃ alone: ΔL plays no part
           description="control: Σ_t x̃_t, update size alone (no ΔL)")
 def energy(inp: ScoreInput) -> Scored:
     """Score weights by the sum of their squared updates over the round."""

@@ -35,6 +35,10 @@ def create_model(name: str, **kwargs: object) -> nn.Module:
     return MODELS[name](**kwargs)
 
 
+#: Models with a choice of shortcut (``model.shortcut``: A zero-padding, B 1×1 conv + BN).
+SHORTCUT_MODELS = ("resnet20", "resnet32", "resnet56")
+
+
 def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Build the network a `ModelConfig` names for inputs of `input_shape` (one sample)."""
     name = cfg.name
@@ -49,7 +53,7 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.
         raise ValueError(f"model {name} needs image inputs (C, H, W), got samples of shape {input_shape}")
     if name == "lenet5":
         return LeNet5(num_classes, in_channels=input_shape[0], image_size=input_shape[-1])
-    if name in ("resnet20", "resnet32", "resnet56"):
+    if name in SHORTCUT_MODELS:
         shortcut = getattr(cfg, "shortcut", "A")
         return create_model(name, num_classes=num_classes, in_channels=input_shape[0], shortcut=shortcut)
     return create_model(name, num_classes=num_classes, in_channels=input_shape[0])
