@@ -159,6 +159,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    r = export_run(args.run_dir, args.format, args.out)
+    print(f"wrote {r['file']} and {r['file']}.json (input shape {tuple(r['input_shape'])})")
+    if "check" in r:
+        print(f"onnx: {r['check']}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     return _compare(None, args.set, DEMO["methods"], DEMO["sparsity"], DEMO["seeds"], args.out, [])
 
@@ -231,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="turn the finished run folders under a folder into table.md / table.csv")
     p.add_argument("folder", help="a compare output folder (or any folder of run folders)")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("export", help="write a finished run's model as a file that loads without causalprune")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
+    p.add_argument("--format", required=True, metavar="pt2|onnx|state_dict",
+                   help="pt2: torch.export program (torch.export.load(f).module()); onnx: torch.onnx.export "
+                        "(needs onnx); state_dict: torch.save of the state dict")  # fmt: skip
+    p.add_argument("--out", default=None,
+                   help="output file (default RUN_DIR/model.pt2, RUN_DIR/model.onnx or RUN_DIR/state_dict.pt); "
+                        "a sidecar FILE.json gets the input shape and the run's efficiency")  # fmt: skip
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("list", help="list models, data sets, methods, solvers, loss changes, schedules")
     p.set_defaults(func=_cmd_list)

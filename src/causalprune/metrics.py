@@ -6,9 +6,28 @@
   `torch.utils.flop_counter` (dense); ``flops_nz``: each prunable layer's FLOPs scaled by
   its weight density (other operations count in full; a tied weight's density scales the
   FLOPs of every layer that uses it); ``theoretical_speedup`` = flops / flops_nz.
+
+For a network whose channels were removed physically (`causalprune.groups.remove_groups_`)
+two measurements of the slim network itself:
+
+* `macs_and_params`: one sample's multiply-accumulates and the parameter count, by
+  Torch-Pruning's op counter (``torch_pruning.utils.count_ops_and_params``, the numbers
+  Torch-Pruning's papers and examples report). Its convention (ptflops'): a Conv/Linear
+  counts its weight MACs *plus one op per bias addition*; activations, normalisations and
+  pooling count one op per output element. So ``Linear(4, 3) + Linear(3, 2)`` gives
+  4·3 + 3 + 3·2 + 2 = 23 (18 weight MACs + 5 bias additions), the same layers without
+  biases 18.
+* `latency_ms`: CPU wall-clock latency of one forward pass, median over repeated runs, per
+  batch size. A measurement of this machine, never an assertion: it depends on the
+  thread count (returned with it), the CPU and what else runs.
 """
 
 from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -47,3 +66,56 @@ def efficiency(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, floa
         "flops_nz": flops_nz,
         "theoretical_speedup": flops / max(flops_nz, 1e-30),
     }
+
+
+def macs_and_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Return (MACs of one forward on one sample, parameter count) by Torch-Pruning's op counter.
+
+    `input_shape` is one sample's shape (no batch dimension). The model is not changed (the
+    counter works on a deep copy, in eval mode). See the module docstring for what counts
+    as an op (bias additions and activations included).
+    """
+    import torch_pruning as tp  # imported here: the other metrics do not need it
+
+    device = next(model.parameters()).device
+    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape, device=device))
+    return int(macs), int(params)
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_sizes: Sequence[int] = (1, 64),
+               repeats: int = 30, warmup: int = 5) -> dict[str, float | int]:  # fmt: skip
+    """Measure CPU forward latency in milliseconds: the median of `repeats` timed runs per batch size.
+
+    The model runs in eval mode under `torch.no_grad` on the CPU (a model on another device is
+    copied there; the model itself is not changed, its train/eval mode is restored), on a
+    fixed random input, after `warmup` untimed runs. Returns ``{"batch_<b>": ms, ...,
+    "threads": torch.get_num_threads(), "repeats": repeats}``. A measurement only: it depends
+    on the machine, the thread count and the load.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"latency_ms needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
+    if not batch_sizes or any(b < 1 for b in batch_sizes):
+        raise ValueError(f"latency_ms needs batch sizes >= 1, got {list(batch_sizes)}")
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    net = model if on_cpu else copy.deepcopy(model).cpu()
+    was_training = net.training
+    net.eval()
+    out: dict[str, float | int] = {}
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for b in batch_sizes:
+            x = torch.randn(b, *input_shape, generator=generator)
+            for _ in range(warmup):
+                net(x)
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                net(x)
+                times.append((time.perf_counter() - start) * 1000.0)
+            out[f"batch_{b}"] = statistics.median(times)
+    finally:
+        net.train(was_training)
+    out["threads"] = torch.get_num_threads()
+    out["repeats"] = repeats
+    return out
