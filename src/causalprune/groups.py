@@ -9,11 +9,12 @@ it by residual additions or concatenations. The coupling is traced by Torch-Prun
 * **Which entries form a group's regressor column.** Every weight entry ``W[o, i, ...]``
   of a Conv/Linear belongs to two groups: that of its output channel ``o`` (the producer
   slice) and that of its input channel ``i`` (a consumer slice of the previous layer's
-  group). For the weight-sharing regressor x̃_g = Σ_{k∈g} x̃_k (docs/method.md, "Structured variant: channel groups") each entry is
-  assigned to the group of its **output** channel only, so that every entry has exactly
-  one column (`ChannelGroups.layout`). Consumer slices, biases and normalisation entries
-  are removed with the group (`group_mask`, `zero_groups_`, `remove_groups_`) but are
-  not part of its column. A depthwise conv's rows count as producer slices of the
+  group). For the weight-sharing regressor x̃_g = Σ_{k∈g} x̃_k (docs/method.md,
+  "Structured variant: channel groups") each entry is assigned to the group of its
+  **output** channel only, so that every entry has exactly one column
+  (`ChannelGroups.layout`). Consumer slices, biases and normalisation entries are
+  removed with the group (`group_mask`, `zero_groups_`, `remove_groups_`) but are not
+  part of its column. A depthwise conv's rows count as producer slices of the
   channel they carry.
 * **Layers that give no groups.** The output layer(s) — a layer group whose channels
   feed no other prunable layer, i.e. the classifier — are never a group; their weights
