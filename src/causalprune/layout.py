@@ -105,6 +105,7 @@ class ParamLayout(Segments):
         self.column_of = column_of
         self.n_columns = self.d if column_of is None else int(n_columns or 0)
         self._device_index: dict[torch.device, dict[str, torch.Tensor | None]] = {}
+        self._device_column_of: dict[torch.device, torch.Tensor] = {}
 
     # --- construction ----------------------------------------------------------------
     @classmethod
@@ -203,19 +204,35 @@ class ParamLayout(Segments):
         return out
 
     # --- columns (groups) ------------------------------------------------------------
-    def to_columns(self, entries: torch.Tensor) -> torch.Tensor:
-        """Sum a (d,) or (..., d) per-entry quantity over each column's entries → (n_columns,) or (..., n_columns)."""
+    def column_of_on(self, device: torch.device | str) -> torch.Tensor:
+        """Return `column_of` on `device` (cached: moved once per device). Only for a grouped layout."""
         if self.column_of is None:
-            return entries
-        col = self.column_of.to(entries.device)
-        out = torch.zeros(*entries.shape[:-1], self.n_columns, dtype=entries.dtype, device=entries.device)
-        return out.index_add_(-1, col, entries)
+            raise ValueError("the layout is not grouped: it has no column_of")
+        device = torch.device(device)
+        if device not in self._device_column_of:
+            self._device_column_of[device] = self.column_of.to(device)
+        return self._device_column_of[device]
+
+    def to_columns(self, entries: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum a (d,) or (..., d) per-entry quantity over each column's entries → (n_columns,) or (..., n_columns).
+
+        One segment-sum (`index_add_`) on the entries' device; `out` (same dtype and device,
+        shape (..., n_columns)) receives it without allocating. Ungrouped: `entries` itself
+        (copied into `out` when given).
+        """
+        if self.column_of is None:
+            return entries if out is None else out.copy_(entries)
+        if out is None:
+            out = torch.zeros(*entries.shape[:-1], self.n_columns, dtype=entries.dtype, device=entries.device)
+        else:
+            out.zero_()
+        return out.index_add_(-1, self.column_of_on(entries.device), entries)
 
     def from_columns(self, columns: torch.Tensor) -> torch.Tensor:
         """Give every entry its column's value: (n_columns,) → (d,)."""
         if self.column_of is None:
             return columns
-        return columns[self.column_of.to(columns.device)]
+        return columns[self.column_of_on(columns.device)]
 
     def _spans(self) -> list[tuple[str, int, int]]:
         return [(n, *self.span(k)) for k, n in enumerate(self.names)]

@@ -15,6 +15,12 @@ solvers read a weight's whole history contiguously, and `Trajectory.X` is a (T, 
 *view* of one (d_alive, T) buffer. Per step the recorder does O(d_alive) device work and no
 host↔device synchronisation; non-finite values are detected once, in `trajectory()`,
 which names the step and the parameter.
+
+Grouped recording (structured pruning, docs/method.md "Structured variant"): given a
+grouped layout (``layout=groups.layout(mask)``), each step's (d,) x̃ row is computed
+exactly as above and summed over each group by one segment-sum on the parameters'
+device, x̃_{t,g} = Σ_{k∈g} x̃_{t,k}; only the (G,) row is stored, so the store is (G, T):
+T·G·(element size) bytes plus O(d) working buffers.
 """
 
 from __future__ import annotations
@@ -43,15 +49,20 @@ STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 class Trajectory:
     """The recorded regression data.
 
+    Columns are the layout's: one per alive weight, or, for a grouped recording
+    (``layout.grouped``), one per group (x̃_g = Σ_{k∈g} x̃_k); `n_columns` says how many.
+    `unflatten`, `scores` and `combine` take a per-column vector and give every entry of a
+    group its group's value.
+
     Attributes:
-        X: (T, d_alive) x̃ = (Δθ)² / scale; a view of a column-major (d_alive, T) buffer.
+        X: (T, n_columns) x̃ = (Δθ)² / scale; a view of a column-major (n_columns, T) buffer.
         y: (T,) float32 loss changes ΔL_t.
         scale: η₀², the divisor of the squared updates (float).
         layout: which weights have columns, in which order (`ParamLayout` over the alive
             entries of the recorded parameters, row-major within a tensor).
         loss_before: (T,) float32 loss at θ^t (training batch or probe set).
         loss_after: (T,) float32 loss at θ^{t+1} on the same data.
-        X_lag: (T, d_alive) x̃ of the previous step (momentum model, docs/method.md "Recording"):
+        X_lag: (T, n_columns) x̃ of the previous step (momentum model, docs/method.md "Recording"):
             an offset view of the same buffer, or None when recorded without ``momentum_features``.
         lags: (T, 2) unpenalised loss regressors [L^t, L^{t−1}] of the momentum model, or None.
     """
@@ -71,6 +82,11 @@ class Trajectory:
         return self.X.shape[0]
 
     @property
+    def n_columns(self) -> int:
+        """Number of columns of X: alive weights, or groups for a grouped recording."""
+        return self.layout.n_columns
+
+    @property
     def param_names(self) -> list[str]:
         """Recorded parameter names, in column order."""
         return self.layout.names
@@ -81,7 +97,8 @@ class Trajectory:
         return self.layout.alive
 
     def sizes(self) -> list[int]:
-        """Return the number of columns of each parameter, in `param_names` order."""
+        """Return the number of alive entries of each parameter, in `param_names` order (its columns when
+        not grouped)."""
         return list(self.layout.sizes)
 
     def design(self) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor | None]:
@@ -96,23 +113,40 @@ class Trajectory:
         return [self.X, self.X_lag], self.y, self.lags
 
     def unflatten(self, values: torch.Tensor, fill: float = 0.0) -> dict[str, torch.Tensor]:
-        """Map a (d_alive,) vector back to name → float32 CPU tensor; pruned entries get `fill`."""
-        return self.layout.unflatten(values.detach().to("cpu", torch.float32), fill=fill)
+        """Map a (n_columns,) vector back to name → float32 CPU tensor; pruned entries get `fill`.
+
+        Grouped: every alive entry of a group gets its group's value.
+        """
+        v = values.detach().to("cpu", torch.float32).reshape(-1)
+        if self.layout.grouped:
+            if v.numel() != self.n_columns:
+                raise ValueError(f"expected a ({self.n_columns},) per-group vector, got {tuple(values.shape)}")
+            v = self.layout.from_columns(v)
+        return self.layout.unflatten(v, fill=fill)
+
+    def group_scores(self, coef: torch.Tensor) -> torch.Tensor:
+        """Return the (n_columns,) float32 CPU |γ| per column (momentum model: sqrt(γ₀² + γ₁²)).
+
+        For a grouped recording these are the groups' |γ_g|, in group order.
+        """
+        n = self.n_columns
+        c = coef.detach().to("cpu", torch.float32).reshape(-1)
+        if c.numel() == 2 * n:
+            return torch.sqrt(c[:n] ** 2 + c[n:] ** 2)
+        if c.numel() != n:
+            raise ValueError(f"expected {n} or {2 * n} coefficients, got {c.numel()}")
+        return c.abs()
 
     def scores(self, coef: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Return |γ| per weight (momentum model: sqrt(γ₀² + γ₁²)) as name → tensor."""
-        d = self.layout.d
-        c = coef.detach().to("cpu", torch.float32)
-        if c.numel() == 2 * d:
-            return self.unflatten(torch.sqrt(c[:d] ** 2 + c[d:] ** 2))
-        return self.unflatten(c.abs())
+        """Return |γ| per weight (momentum model: sqrt(γ₀² + γ₁²)) as name → tensor (grouped: its group's)."""
+        return self.unflatten(self.group_scores(coef))
 
     def combine(self, per_column: torch.Tensor) -> dict[str, torch.Tensor]:
         """Map a per-column statistic (e.g. the KKT score) to name → tensor; max over blocks."""
-        d = self.layout.d
+        n = self.n_columns
         v = per_column.detach().to("cpu", torch.float32)
-        if v.numel() == 2 * d:
-            v = torch.maximum(v[:d], v[d:])
+        if v.numel() == 2 * n:
+            v = torch.maximum(v[:n], v[n:])
         return self.unflatten(v)
 
 
@@ -307,6 +341,11 @@ class TrajectoryRecorder:
             (one chunk, so `trajectory()` returns a view without any copy).
         storage_device: where rows are stored (default: the parameters' device).
         probe_seed: RNG seed of the probe forward (its dropout masks are fixed).
+        layout: a `ParamLayout` saying what to record instead of `params` and `mask`: its
+            `names` are the recorded parameters (canonical names), its `alive` their entries.
+            A grouped layout (`groups.ChannelGroups.layout(mask)`) records one column per
+            group: each step's (d,) row x̃ is computed as for weights, then summed over each
+            group on the parameters' device (one segment-sum); the store holds (G, T).
     """
 
     def __init__(
@@ -327,6 +366,7 @@ class TrajectoryRecorder:
         capacity: int | None = None,
         storage_device: torch.device | str | None = None,
         probe_seed: int = 0,
+        layout: ParamLayout | None = None,
     ) -> None:
         if delta_loss not in DELTA_LOSSES:
             raise ValueError(f"unknown delta_loss {delta_loss!r}; valid: {', '.join(DELTA_LOSSES)}")
@@ -338,42 +378,38 @@ class TrajectoryRecorder:
         self.delta_loss = delta_loss
         self.momentum_features = momentum_features
         self.dtype = dtype
-        prunable = prunable_parameters(model)
-        if params is not None:
-            named = dict(model.named_parameters())
-            aliases = parameter_aliases(model)
-            missing = [n for n in params if aliases.get(n, n) not in named]
-            if missing:
-                raise ValueError(f"unknown parameters {missing}; {names_hint(model)}")
-            # Canonical names: an alias and its tensor's canonical name are one column block.
-            prunable = {aliases.get(n, n): named[aliases.get(n, n)] for n in params}
-        if mask is not None:
-            m = (mask if isinstance(mask, Mask) else Mask(mask)).canonical(model)
-            unknown = [n for n in m if n not in prunable]
-            if unknown:
-                raise ValueError(f"mask covers non-recorded parameters {unknown}")
-            alive = {n: (m[n] if n in m else torch.ones_like(p, dtype=torch.bool, device="cpu"))
-                     for n, p in prunable.items()}  # fmt: skip
+        if layout is not None:
+            if params is not None or mask is not None:
+                raise ValueError("give either layout or params/mask: the layout's names and alive say what to record")
+            prunable = self._layout_parameters(model, layout)
         else:
-            alive = {n: torch.ones_like(p, dtype=torch.bool, device="cpu") for n, p in prunable.items()}
-        self.layout = ParamLayout.of(prunable, alive)  # the column order of every row
+            prunable, layout = self._weight_layout(model, mask, params)
+        self.layout = layout  # the entry order of every (d,) row, and its columns
         self.param_names = self.layout.names
         self.params = [prunable[n] for n in self.param_names]
         self.alive = self.layout.alive
         device = self.params[0].device
         self.sizes = self.layout.sizes
         self.d = self.layout.d
+        self.n_columns = self.layout.n_columns  # the stored row's width: d, or G when grouped
         if self.d == 0:
             raise ValueError("nothing to record: every prunable weight is pruned")
         self.device = torch.device(storage_device) if storage_device is not None else device
         self._store = _Store(
-            self.d, dtype, self.device, capacity or chunk_rows, memory_budget, spill_dir, exact=capacity is not None,
-            stage_device=device,
+            self.n_columns, dtype, self.device, capacity or chunk_rows, memory_budget, spill_dir,
+            exact=capacity is not None, stage_device=device,
         )
         self._prev = torch.empty(self.d, dtype=torch.float32, device=device)
         self._cur = torch.empty_like(self._prev)
         # Fully alive parameters are copied with one multi-tensor launch into these views.
         self._views = {id(b): self.layout.dense_views(b) for b in (self._prev, self._cur)}
+        # Grouped: the (G,) float32 sums (only when stored in another dtype; float32 sums go
+        # straight into the row's slot), and column_of moved to the device once, here.
+        self._columns: torch.Tensor | None = None
+        if self.layout.grouped:
+            self.layout.column_of_on(device)
+            if dtype != torch.float32:
+                self._columns = torch.empty(self.n_columns, dtype=torch.float32, device=device)
         self._loss_before: list[torch.Tensor] = []
         self._loss_after: list[torch.Tensor] = []
         self._norms = _norm_modules(model)
@@ -434,7 +470,13 @@ class TrajectoryRecorder:
         # x̃ = (θ^{t+1} − θ^t)² / η₀², written into column t of the store.
         self._gather(self._cur)
         self._cur.sub_(self._prev).square_().mul_(1.0 / self.scale)  # type: ignore[operator]
-        self._store.next_row().copy_(self._cur, non_blocking=True)
+        row = self._store.next_row()
+        if not self.layout.grouped:
+            row.copy_(self._cur, non_blocking=True)
+        elif self._columns is None:  # x̃_g = Σ_{k∈g} x̃_k, one segment-sum into the float32 slot
+            self.layout.to_columns(self._cur, out=row)
+        else:
+            row.copy_(self.layout.to_columns(self._cur, out=self._columns), non_blocking=True)
         self._loss_before.append(before)
         self._loss_after.append(after)
         self.rows += 1
@@ -496,6 +538,49 @@ class TrajectoryRecorder:
                 return float(g["lr"])
         raise ValueError(f"parameter {self.param_names[0]!r} is not in the optimizer")
 
+    @staticmethod
+    def _weight_layout(model: nn.Module, mask: Mask | Mapping[str, torch.Tensor] | None,
+                       params: Sequence[str] | None) -> tuple[dict[str, nn.Parameter], ParamLayout]:  # fmt: skip
+        """The recorded parameters and their (ungrouped) layout from `params` and `mask`."""
+        prunable = prunable_parameters(model)
+        if params is not None:
+            named = dict(model.named_parameters())
+            aliases = parameter_aliases(model)
+            missing = [n for n in params if aliases.get(n, n) not in named]
+            if missing:
+                raise ValueError(f"unknown parameters {missing}; {names_hint(model)}")
+            # Canonical names: an alias and its tensor's canonical name are one column block.
+            prunable = {aliases.get(n, n): named[aliases.get(n, n)] for n in params}
+        if mask is not None:
+            m = (mask if isinstance(mask, Mask) else Mask(mask)).canonical(model)
+            unknown = [n for n in m if n not in prunable]
+            if unknown:
+                raise ValueError(f"mask covers non-recorded parameters {unknown}")
+            alive = {n: (m[n] if n in m else torch.ones_like(p, dtype=torch.bool, device="cpu"))
+                     for n, p in prunable.items()}  # fmt: skip
+        else:
+            alive = {n: torch.ones_like(p, dtype=torch.bool, device="cpu") for n, p in prunable.items()}
+        return prunable, ParamLayout.of(prunable, alive)
+
+    @staticmethod
+    def _layout_parameters(model: nn.Module, layout: ParamLayout) -> dict[str, nn.Parameter]:
+        """Name → parameter of the layout's names (canonical names, shapes checked)."""
+        if not layout.names:
+            raise ValueError("the layout names no parameters: nothing to record")
+        named = dict(model.named_parameters())
+        aliases = parameter_aliases(model)
+        missing = [n for n in layout.names if aliases.get(n, n) not in named]
+        if missing:
+            raise ValueError(f"layout names unknown parameters {missing}; {names_hint(model)}")
+        canonical = [aliases.get(n, n) for n in layout.names]
+        if canonical != layout.names:
+            raise ValueError(f"layout names must be canonical parameter names, got {layout.names}")
+        for n in layout.names:
+            if named[n].shape != layout.shapes[n]:
+                shapes = f"{tuple(layout.shapes[n])}, the model {tuple(named[n].shape)}"
+                raise ValueError(f"layout gives {n!r} shape {shapes}")
+        return {n: named[n] for n in layout.names}
+
     def _gather(self, out: torch.Tensor) -> None:
         """Copy the alive entries of every recorded parameter into the flat (d,) `out`."""
         self.layout.flatten_into(self.params, out, self._views[id(out)])
@@ -553,6 +638,10 @@ class TrajectoryRecorder:
         if bad_rows.any():
             t = int(torch.nonzero(bad_rows)[0])
             col = int(torch.nonzero(~torch.isfinite(buf[:, t].cpu()))[0])
+            where = ""
+            if self.layout.grouped:  # the group's first entry names a parameter
+                where = f" (group {col})"
+                col = int(torch.nonzero(self.layout.column_of == col)[0])
             ((segment, _, _),) = self.layout.locate(torch.tensor([col]))
             name = self.param_names[segment]
-            raise ValueError(f"non-finite weight update at recorded step {t} in parameter {name!r}")
+            raise ValueError(f"non-finite weight update at recorded step {t} in parameter {name!r}{where}")
