@@ -36,6 +36,7 @@ bench: setup
 	$(BIN)/python benchmarks/lasso.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/loader.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/threads.py
+	$(BIN)/python benchmarks/structured_latency.py
 
 gpu-check: setup
 	bash benchmarks/gpu_check.sh $(BIN)/python
