@@ -15,7 +15,7 @@ from causalprune.cli import main
 from causalprune.config import config_from_dict
 from causalprune.experiment import run_experiment
 from causalprune.export import export_run
-from causalprune.groups import channel_groups, remove_groups_
+from causalprune.groups import channel_groups
 from causalprune.metrics import latency_ms, macs_and_params
 
 from .conftest import TINY
@@ -42,7 +42,7 @@ def test_removing_half_the_channels_lowers_macs_and_params():
     before = macs_and_params(model, (8,))
     cg = channel_groups(model, torch.randn(2, 8))
     keep = torch.arange(cg.G) % 2 == 0
-    remove_groups_(model, cg, keep)
+    cg.remove_groups_(model, keep)
     after = macs_and_params(model, (8,))
     assert after[0] < before[0] and after[1] < before[1]
     assert after[0] < 0.6 * before[0]

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from causalprune import Mask, TrajectoryRecorder, lasso
-from causalprune.groups import channel_groups, group_mask
+from causalprune.groups import channel_groups
 from causalprune.models import create_model
 
 LOSS = nn.CrossEntropyLoss()
@@ -30,7 +30,7 @@ def _setup(name, prune=False):
         keep = torch.rand(cg.G, generator=torch.Generator().manual_seed(3)) >= 1 / 3
         for idx in cg.layers.values():
             keep[idx[0]] = True  # never empty a layer
-        mask = group_mask(cg, keep)
+        mask = cg.group_mask(keep)
     return model, cg, mask, shape
 
 

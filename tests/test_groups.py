@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from causalprune import Mask, prunable_parameters
-from causalprune.groups import channel_groups, group_mask, remove_groups_, zero_groups_
+from causalprune.groups import channel_groups
 from causalprune.models import MLP, MODELS, CNN1d, create_model
 
 # name → (constructor kwargs, one batch's shape); small widths where a model takes widths.
@@ -51,7 +51,7 @@ def test_remove_random_groups_keeps_a_working_network(name):
     assert cg.G > 0 and cg.G == len(cg.groups) == sum(len(v) for v in cg.layers.values())
     keep = random_keep(cg)
     before = n_params(model)
-    out = remove_groups_(model, cg, keep)
+    out = cg.remove_groups_(model, keep)
     assert out is model
     with torch.no_grad():
         assert model(x).shape == (shape[0], 10)
@@ -62,10 +62,10 @@ def _masked_vs_removed(model, x, keep_fraction=0.3, seed=1):
     model.eval()
     cg = channel_groups(model, x)
     keep = random_keep(cg, keep_fraction, seed)
-    masked = zero_groups_(copy.deepcopy(model), cg, keep)
+    masked = cg.zero_groups_(copy.deepcopy(model), keep)
     # The weight part of the zeroing is exactly the group mask.
-    assert Mask.from_model(masked).count_alive() <= group_mask(cg, keep).count_alive()
-    slim = remove_groups_(model, cg, keep)
+    assert Mask.from_model(masked).count_alive() <= cg.group_mask(keep).count_alive()
+    slim = cg.remove_groups_(model, keep)
     with torch.no_grad():
         diff = (masked(x) - slim(x)).abs().max().item()
     assert diff < 1e-5
@@ -155,7 +155,7 @@ def test_layout_of_a_hand_made_mlp():
     assert masked.to_columns(torch.ones(11)).tolist() == [3.0, 4.0, 4.0]
 
     # the group mask prunes producer rows and consumer columns
-    gm = group_mask(cg, torch.tensor([True, False, True]))
+    gm = cg.group_mask(torch.tensor([True, False, True]))
     assert set(gm) == set(prunable_parameters(model))
     assert gm["net.1.weight"].tolist() == [[True] * 4, [False] * 4, [True] * 4]
     assert gm["net.3.weight"].tolist() == [[True, False, True]] * 2
@@ -165,13 +165,13 @@ def test_remove_refuses_to_empty_a_layer_or_to_run_twice():
     model = MLP(4, 2, (3,))
     cg = channel_groups(model, torch.randn(2, 4))
     with pytest.raises(ValueError, match="empty"):
-        remove_groups_(model, cg, torch.zeros(3, dtype=torch.bool))
+        cg.remove_groups_(model, torch.zeros(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="one entry per group"):
-        remove_groups_(model, cg, torch.ones(4, dtype=torch.bool))
-    remove_groups_(model, cg, torch.tensor([True, False, True]))
+        cg.remove_groups_(model, torch.ones(4, dtype=torch.bool))
+    cg.remove_groups_(model, torch.tensor([True, False, True]))
     assert model.net[1].weight.shape == (2, 4) and model.net[3].weight.shape == (2, 2)
     with pytest.raises(ValueError, match="already"):
-        remove_groups_(model, cg, torch.tensor([True, True, True]))
+        cg.remove_groups_(model, torch.tensor([True, True, True]))
 
 
 def test_ignored_layers_give_no_groups():

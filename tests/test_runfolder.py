@@ -135,3 +135,32 @@ def test_threads_are_not_part_of_a_runs_identity_and_are_restored(tmp_path, caps
     # The same run with another thread count is the same run: finished, not refused.
     s = run_experiment(config_from_dict(TINY, ["prune.method=magnitude"]), tmp_path / "r")
     assert s["threads"] == 1 and capsys.readouterr().out.startswith("already finished")
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
+    import dataclasses
+
+    import pytest
+    import torch
+
+    from causalprune import criteria
+    from causalprune.config import config_from_dict
+    from causalprune.experiment import available_cores, run_experiment
+
+    if available_cores() < 2:
+        pytest.skip("needs 2 cores to start with fewer threads than the default")
+    original = criteria.METHODS["magnitude"]
+    seen: list[int] = []
+
+    def stops_in_round_2(inp):
+        seen.append(torch.get_num_threads())
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+        return original.fn(inp)
+
+    monkeypatch.setitem(criteria.METHODS, "magnitude", dataclasses.replace(original, fn=stops_in_round_2))
+    cfg = config_from_dict(TINY, ["prune.method=magnitude", "prune.n_iter=2"])
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=1)), tmp_path / "r")
+    s = run_experiment(cfg, tmp_path / "r", quiet=True)  # default threads, resumed: keeps 1
+    assert seen == [1, 1, 1] and s["threads"] == 1

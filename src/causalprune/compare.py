@@ -8,7 +8,6 @@ same weights — which is also what makes paired differences meaningful. Plannin
 
 from __future__ import annotations
 
-import json
 import re
 import sys
 import time
@@ -23,6 +22,7 @@ from .experiment import run_experiment
 from .grid import Cell, Grid, parse_grid, short, slug
 from .grid import plan as plan_grid
 from .io import save_text
+from .runfolder import RunFolder
 
 #: keys compare itself varies; the user's --grid keys are labelled, these are not
 _OWN = ("prune.method", "prune.sparsity", "seed")
@@ -68,12 +68,7 @@ def run_grid(cfg: Config, methods: list[str], sparsities: list[float], seeds: li
 
 def _read_run(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (summary, config as nested dicts) of the finished run folder `run`; ValueError says what is wrong."""
-    try:
-        summary = json.loads((run / "summary.json").read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"summary.json is not valid JSON (truncated?): {e}") from None
-    if not isinstance(summary, dict):
-        raise ValueError("summary.json is not a JSON object")
+    summary = RunFolder(run).summary()  # RunFolderError (a ValueError) for a damaged or foreign one
     metric = report.metric_of(summary)
     missing = [k for k in ("method", "seed", "sparsity_target", "sparsity_actual") if k not in summary]
     for part, keys in (("pruned", (f"test_{metric}", f"test_{metric}_at_best_val", f"best_test_{metric}")),

@@ -239,10 +239,6 @@ class Config:
         """Return the settings of method section `name`."""
         return getattr(self, name)
 
-    def replace_section(self, name: str, settings: Any) -> Config:
-        """Return a copy with method section `name` replaced by `settings`."""
-        return dataclasses.replace(self, sections=tuple((k, settings if k == name else v) for k, v in self.sections))
-
     def total_epochs(self) -> int:
         """Return the epochs a pruning run trains in all: n_pre + n_iter·n_prune + n_post."""
         p = self.prune

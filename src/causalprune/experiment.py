@@ -111,9 +111,7 @@ class _Logger(Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.evaluate_sets:
-            for split in ("val", "test"):
-                for k, v in self.run.eval(self.model, split).items():
-                    logs[f"{split}_{k}"] = v
+            logs.update(self.run.eval_sets(self.model))
         self.run.folder.log({"event": "epoch", "stage": self.stage, **logs})
         self.history.append(dict(logs))
 
@@ -143,12 +141,9 @@ class Run:
         x, y = getattr(self.data, split)
         return evaluate(model, x, y, self.data.task, self.device)
 
-    def eval_logs(self, model: nn.Module) -> dict[str, float]:
-        """Return validation and test metrics as one log entry of epoch 0 (the model as it stands)."""
-        logs: dict[str, float] = {"epoch": 0}
-        for split in ("val", "test"):
-            logs.update({f"{split}_{k}": v for k, v in self.eval(model, split).items()})
-        return logs
+    def eval_sets(self, model: nn.Module) -> dict[str, float]:
+        """Return validation and test metrics as ``val_<metric>`` / ``test_<metric>`` entries."""
+        return {f"{split}_{k}": v for split in ("val", "test") for k, v in self.eval(model, split).items()}
 
     def add_time(self, key: str, seconds: float) -> None:
         """Add `seconds` to the timing entry `key`."""
@@ -272,7 +267,7 @@ def _rewind(model: nn.Module, theta_pre: dict[str, torch.Tensor], reset_bn: bool
 
 # --- the stages ---------------------------------------------------------------------------
 def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Return θ_pre: this run's, a shared one (charging its training time), or trained now."""
+    """Return θ_pre — this run's, a shared one (charging its training time), or trained now — loaded in `model`."""
     own = run.folder.load_pre(run.device)
     cache = pre_cache_dir(run.cfg, run.pre_cache) if run.pre_cache else None
     if own is not None:
@@ -283,12 +278,13 @@ def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
     shared = load_shared_pre(cache, run.device) if cache is not None else None
     if shared is not None:  # a shared θ_pre: charge its training time to this run too
         theta, pre_s = shared
+        load_state_into(model, theta, cache / "checkpoint.pt", cache)
         run.folder.save_pre(theta)
         run.add_time("pre_s", pre_s)
         run.add_time("total_s", pre_s)
         return theta
     run.train_stage(model, "pre", run.cfg.prune.n_pre, None, evaluate_sets=True)
-    theta = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    theta = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the model holds θ_pre
     if cache is not None:
         save_shared_pre(cache, theta, run.timing["pre_s"])
     run.folder.save_pre(theta)
@@ -345,7 +341,7 @@ def _score(run: Run, model: nn.Module, mask: Mask, recorder: TrajectoryRecorder 
 def final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, stage: str) -> list[dict[str, float]]:
     """Train the last stage (``post`` with the final mask, or ``dense``); return its per-epoch logs."""
     history = run.train_stage(model, stage, epochs, mask, evaluate_sets=True).history
-    return history or [run.eval_logs(model)]  # no epochs: the model as it stands
+    return history or [{"epoch": 0, **run.eval_sets(model)}]  # no epochs: the model as it stands
 
 
 def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | Path | None = None,
@@ -410,7 +406,6 @@ def _stages(run: Run, model: nn.Module, t_start: float, quiet: bool) -> dict[str
         return _finish(run, model, Mask.ones(model), history, history[-1], t_start, quiet)
 
     theta_pre = pre_stage(run, model)
-    model.load_state_dict(theta_pre)
     dense_test = run.eval(model, "test")
     mask = Mask.ones(model)
     for k, target in enumerate(schedule(cfg.prune.schedule, cfg.prune.sparsity, cfg.prune.n_iter), start=1):

@@ -48,7 +48,7 @@ from torch import nn
 from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
 
-__all__ = ["ChannelGroup", "ChannelGroups", "channel_groups", "group_mask", "remove_groups_", "zero_groups_"]
+__all__ = ["ChannelGroup", "ChannelGroups", "channel_groups"]
 
 
 @dataclass(frozen=True)
@@ -316,17 +316,3 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
     names = [n for n in prunable if n in with_columns]
     return ChannelGroups(model, dg, groups, roots, layers, names, dict(shapes))
 
-
-def group_mask(groups: ChannelGroups, keep: torch.Tensor | Sequence[bool], base: Mask | None = None) -> Mask:
-    """Return `groups.group_mask(keep, base)`: the weight mask with every slice of the removed groups pruned."""
-    return groups.group_mask(keep, base)
-
-
-def zero_groups_(model: nn.Module, groups: ChannelGroups, keep: torch.Tensor | Sequence[bool]) -> nn.Module:
-    """Zero every slice (weights, biases, BatchNorm weight and bias) of the removed groups of `model`, in place."""
-    return groups.zero_groups_(model, keep)
-
-
-def remove_groups_(model: nn.Module, groups: ChannelGroups, keep: torch.Tensor | Sequence[bool]) -> nn.Module:
-    """Physically remove the groups with ``keep[g] == False`` (Torch-Pruning's ``group.prune()``); return `model`."""
-    return groups.remove_groups_(model, keep)

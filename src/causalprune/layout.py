@@ -104,6 +104,7 @@ class ParamLayout(Segments):
                 raise ValueError(f"column_of must lie in [0, {n_columns})")
         self.column_of = column_of
         self.n_columns = self.d if column_of is None else int(n_columns or 0)
+        self._spans = [(n, *self.span(k)) for k, n in enumerate(self.names)]  # (name, start, end)
         self._device_index: dict[torch.device, dict[str, torch.Tensor | None]] = {}
         self._device_column_of: dict[torch.device, torch.Tensor] = {}
 
@@ -117,10 +118,6 @@ class ParamLayout(Segments):
     def grouped(self) -> bool:
         """Whether entries share columns (structured pruning)."""
         return self.column_of is not None
-
-    def size_of(self, name: str) -> int:
-        """Return the number of alive entries of tensor `name`."""
-        return self.sizes[self.names.index(name)]
 
     def index_on(self, device: torch.device) -> dict[str, torch.Tensor | None]:
         """Return `index` with every index tensor on `device` (cached; used by `flatten`, `unflatten_like`,
@@ -148,7 +145,7 @@ class ParamLayout(Segments):
 
     def dense_views(self, buf: torch.Tensor) -> list[torch.Tensor]:
         """Return, for each fully alive tensor, the view of the flat `buf` that holds it, shaped like it."""
-        return [buf[a:b].view(self.shapes[n]) for n, a, b in self._spans() if self.index[n] is None]
+        return [buf[a:b].view(self.shapes[n]) for n, a, b in self._spans if self.index[n] is None]
 
     def flatten_into(self, tensors: Sequence[torch.Tensor], out: torch.Tensor,
                      views: Sequence[torch.Tensor] | None = None) -> None:  # fmt: skip
@@ -166,7 +163,7 @@ class ParamLayout(Segments):
             else:
                 for v, t in zip(views, dense, strict=True):
                     v.copy_(t)
-        for (n, a, b), t in zip(self._spans(), tensors, strict=True):
+        for (n, a, b), t in zip(self._spans, tensors, strict=True):
             i = index[n]
             if i is not None:
                 torch.index_select(t.detach().reshape(-1), 0, i, out=out[a:b])
@@ -186,7 +183,7 @@ class ParamLayout(Segments):
                 out[n] = v.reshape(self.shapes[n]).clone()
             else:
                 full = torch.full((self.shapes[n].numel(),), fill, dtype=dtype, device=device)
-                full[i.to(device)] = v
+                full[self.index_on(device)[n]] = v
                 out[n] = full.view(self.shapes[n])
         return out
 
@@ -233,9 +230,6 @@ class ParamLayout(Segments):
         if self.column_of is None:
             return columns
         return columns[self.column_of_on(columns.device)]
-
-    def _spans(self) -> list[tuple[str, int, int]]:
-        return [(n, *self.span(k)) for k, n in enumerate(self.names)]
 
     def _ordered(self, tensors: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> list[torch.Tensor]:
         if isinstance(tensors, Mapping):

@@ -7,7 +7,7 @@
   its weight density (other operations count in full; a tied weight's density scales the
   FLOPs of every layer that uses it); ``theoretical_speedup`` = flops / flops_nz.
 
-For a network whose channels were removed physically (`causalprune.groups.remove_groups_`)
+For a network whose channels were removed physically (`causalprune.groups.ChannelGroups.remove_groups_`)
 two measurements of the slim network itself:
 
 * `macs_and_params`: one sample's multiply-accumulates and the parameter count, by

@@ -71,6 +71,13 @@ def _load_torch(path: Path, device: torch.device | str, stage_dir: Path | None) 
         raise _damaged(path, e, stage_dir) from None
 
 
+def _load_mask(path: Path, stage_dir: Path | None) -> Mask:
+    try:
+        return Mask.load(path)
+    except _DAMAGE as e:
+        raise _damaged(path, e, stage_dir) from None
+
+
 def _load_json(path: Path, stage_dir: Path | None) -> Any:
     try:
         return json.loads(path.read_text())
@@ -218,11 +225,7 @@ class RunFolder:
     def load_level(self, k: int, device: torch.device) -> tuple[Mask, dict[str, torch.Tensor]]:
         """Return round `k`'s mask and model state."""
         d = self.level_dir(k)
-        try:
-            mask = Mask.load(d / "mask.pt")
-        except _DAMAGE as e:
-            raise _damaged(d / "mask.pt", e, d) from None
-        return mask, _load_torch(d / "checkpoint.pt", device, d)
+        return _load_mask(d / "mask.pt", d), _load_torch(d / "checkpoint.pt", device, d)
 
     def save_level(self, k: int, scores: dict[str, Any], state: dict[str, torch.Tensor], mask: Mask) -> None:
         """Write round `k`'s scores, model state and mask (the mask last: it marks the round done)."""
@@ -236,10 +239,7 @@ class RunFolder:
         """Load the finished run's model.pt into `model` and return its mask.pt (damaged files named)."""
         state = _load_torch(self.path / "model.pt", "cpu", None)
         load_state_into(model, state, self.path / "model.pt", None)
-        try:
-            return Mask.load(self.path / "mask.pt")
-        except _DAMAGE as e:
-            raise _damaged(self.path / "mask.pt", e, None) from None
+        return _load_mask(self.path / "mask.pt", None)
 
     def finished(self) -> bool:
         """Whether the run finished (summary.json exists)."""
@@ -248,12 +248,7 @@ class RunFolder:
     def summary(self) -> dict[str, Any]:
         """Return the finished run's summary (refusing a damaged one, naming it)."""
         path = self.path / "summary.json"
-        try:
-            s = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-            aside = path.with_name("summary.json.damaged")
-            raise RunFolderError(f"{path} is damaged ({type(e).__name__}: {e}); to redo the final stage: "
-                                 f"mv {path} {aside} and re-run the same command") from None  # fmt: skip
+        s = _load_json(path, path)  # damaged: moving it aside redoes the final stage
         if not isinstance(s, dict) or "method" not in s:
             raise RunFolderError(f"{path} is not a causalprune summary (no 'method'); choose another --out")
         return s
