@@ -13,6 +13,7 @@ from causalprune.models import MLP, MODELS, CNN1d, create_model
 BUILD = {
     "mlp": ({"in_features": 20, "widths": (16, 12)}, (2, 20)),
     "cnn1d": ({"length": 40, "widths": (8, 8, 8)}, (2, 40)),
+    "cnn2d": ({"image_size": 8, "widths": (8, 8, 8)}, (2, 1, 8, 8)),
     "lenet5": ({}, (2, 3, 32, 32)),
     "resnet20": ({}, (2, 3, 32, 32)),
     "resnet32": ({}, (2, 3, 32, 32)),

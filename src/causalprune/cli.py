@@ -26,8 +26,9 @@ def _ints(text: str, what: str) -> list[int]:
         raise ValueError(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
-def _methods(text: str) -> list[str]:
-    names = sorted(criteria.METHODS) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+def _methods(text: str, granularity: str = "weight") -> list[str]:
+    names = sorted(["dense", *criteria.names(granularity)]) if text == "all" else [m.strip() for m in text.split(",")
+                                                                          if m.strip()]  # fmt: skip
     for m in names:
         criteria.get(m)  # raises, listing the valid names
     return names
@@ -73,22 +74,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compare(config: str | None, overrides: list[str], methods: str, sparsity: str, seeds: str,
-             out: str | None, grid: list[str]) -> int:  # fmt: skip
+def _compare(config: str | None, overrides: list[str], methods: str, sparsity: str | None, seeds: str,
+             out: str | None, grid: list[str], speedup: str | None = None) -> int:  # fmt: skip
     from . import resolve
     from .compare import parse_grid, run_grid
+    from .config import ConfigError
 
     cfg = resolve.load(config, overrides)
+    if speedup is not None and sparsity is not None:
+        raise ConfigError("give --sparsity or --speedup, not both (one budget per comparison)")
+    if speedup is not None and cfg.prune.granularity != "channel":
+        raise ConfigError("--speedup needs prune.granularity: channel (--set prune.granularity=channel)")
+    if sparsity is None:
+        sparsity = "0.9,0.98" if cfg.prune.speedup is None or speedup is not None else None
+    speedups = _floats(speedup, "--speedup") if speedup is not None else (
+        [cfg.prune.speedup] if sparsity is None and cfg.prune.speedup is not None else None)  # fmt: skip
     out_dir = Path(out) if out else Path("runs") / f"compare-{cfg.name}-{cfg.digest()}"
-    _, table = run_grid(cfg, _methods(methods), _floats(sparsity, "--sparsity"), _ints(seeds, "--seeds"),
-                        out_dir, parse_grid(grid))  # fmt: skip
+    _, table = run_grid(cfg, _methods(methods, cfg.prune.granularity), _floats(sparsity or "0", "--sparsity"),
+                        _ints(seeds, "--seeds"), out_dir, parse_grid(grid), speedups)  # fmt: skip
     print(table)
     print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}")
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    return _compare(args.config, args.set, args.methods, args.sparsity, args.seeds, args.out, args.grid)
+    return _compare(args.config, args.set, args.methods, args.sparsity, args.seeds, args.out, args.grid,
+                    args.speedup)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -201,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", default=None, help="folder for the runs and table.md / table.csv")
     p.add_argument("--methods", default="causal,magnitude,random", help="comma list, or 'all'")
-    p.add_argument("--sparsity", default="0.9,0.98", help="comma list of final sparsities")
+    p.add_argument("--sparsity", default=None, help="comma list of final sparsities (default 0.9,0.98)")
+    p.add_argument("--speedup", default=None,
+                   help="comma list of MACs reductions, instead of --sparsity (prune.granularity: channel)")
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="also vary a config key, e.g. --grid causal.solver=cd,sgd (repeatable)")  # fmt: skip

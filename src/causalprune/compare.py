@@ -25,31 +25,54 @@ from .io import save_text
 from .runfolder import RunFolder
 
 #: keys compare itself varies; the user's --grid keys are labelled, these are not
-_OWN = ("prune.method", "prune.sparsity", "seed")
+_OWN = ("prune.method", "prune.sparsity", "prune.speedup", "seed")
 
 
 def _naming(pairs: list[tuple[str, Any]], cfg: Config) -> tuple[str, Path]:
-    """Label ``method[key=value,...]``; folder ``<label>/p<sparsity>/seed_<n>``."""
+    """Label ``method[key=value,...]``; folder ``<label>/p<sparsity>/seed_<n>`` (``s<speedup>x`` for a speed-up)."""
     assignment = [short(k, v) for k, v in pairs if k not in _OWN]
     label = cfg.prune.method + (f"[{','.join(assignment)}]" if assignment else "")
-    return label, Path(slug(label)) / f"p{cfg.prune.sparsity:g}" / f"seed_{cfg.seed}"
+    return label, Path(slug(label)) / _budget_folder(cfg) / f"seed_{cfg.seed}"
 
 
-def plan(cfg: Config, methods: list[str], sparsities: list[float], seeds: list[int], grid: Grid) -> list[Cell]:
-    """Return the cells of the comparison; methods that ignore a grid key run once."""
-    axes = [("prune.method", list(methods)), *grid, ("prune.sparsity", list(sparsities)), ("seed", list(seeds))]
-    return plan_grid(cfg, axes, _naming)
+def _budget_folder(cfg: Config) -> str:
+    p = cfg.prune
+    return f"s{p.speedup:g}x" if p.speedup is not None else f"p{p.sparsity:g}"
+
+
+def budget(cfg: Config) -> str:
+    """The run's budget as progress lines show it: ``sparsity 0.9`` or ``speed-up 2×``."""
+    p = cfg.prune
+    return f"speed-up {p.speedup:g}×" if p.speedup is not None else f"sparsity {p.sparsity:g}"
+
+
+def plan(cfg: Config, methods: list[str], sparsities: list[float], seeds: list[int], grid: Grid,
+         speedups: list[float] | None = None) -> list[Cell]:  # fmt: skip
+    """Return the cells of the comparison; methods that ignore a grid key run once.
+
+    With `speedups` (``prune.granularity: channel``), the budget axis is ``prune.speedup`` and
+    `sparsities` is ignored.
+    """
+    base: Config | dict[str, Any] = cfg
+    if speedups:
+        base = cfg.to_dict()
+        base["prune"]["sparsity"] = None  # the speed-up is the budget
+        axis: tuple[str, list[Any]] = ("prune.speedup", list(speedups))
+    else:
+        axis = ("prune.sparsity", list(sparsities))
+    axes = [("prune.method", list(methods)), *grid, axis, ("seed", list(seeds))]
+    return plan_grid(base, axes, _naming)
 
 
 def run_grid(cfg: Config, methods: list[str], sparsities: list[float], seeds: list[int], out: Path,
-             grid: Grid | None = None) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+             grid: Grid | None = None, speedups: list[float] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Run (or resume) every run of the grid under `out`; write table.md and table.csv."""
-    cells = plan(cfg, methods, sparsities, seeds, grid or [])
+    cells = plan(cfg, methods, sparsities, seeds, grid or [], speedups)
     summaries, configs = [], []
     t0 = time.perf_counter()
     for i, cell in enumerate(cells, 1):
         rc = cell.config
-        print(f"[{i}/{len(cells)}] {cell.label} sparsity {rc.prune.sparsity:g} seed {rc.seed}", flush=True)
+        print(f"[{i}/{len(cells)}] {cell.label} {budget(rc)} seed {rc.seed}", flush=True)
         s = run_experiment(rc, out / cell.folder, pre_cache=out / "_pre", quiet=True)
         save_text(cell.label + "\n", out / cell.folder / "label.txt")
         summaries.append({**s, "label": cell.label, "run_dir": str(out / cell.folder)})

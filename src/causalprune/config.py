@@ -84,9 +84,9 @@ class ModelConfig:
     """Which network."""
 
     name: str = "mlp"  # mlp | cnn1d | lenet5 | resnet20 | ...
-    widths: tuple[int, ...] = (256, 256)  # mlp hidden widths; cnn1d channels per conv layer
+    widths: tuple[int, ...] = (256, 256)  # mlp hidden widths; cnn1d / cnn2d channels per conv layer
     dropout: float = 0.0  # mlp: dropout after each hidden layer
-    batchnorm: bool = False  # mlp: BatchNorm1d after each hidden linear layer
+    batchnorm: bool = False  # mlp, cnn1d, cnn2d: BatchNorm after each hidden linear / conv layer
     shortcut: str = "A"  # resnet20/32/56: "A" zero-padding shortcuts (the paper's) | "B" 1×1 conv + BN projections
     pretrained: str | None = None  # a state-dict file, or "torchvision" (resnet50's ImageNet weights)
 
@@ -165,7 +165,9 @@ class PruneConfig:
     """Algorithm 1's schedule (docs/method.md, "Algorithm 1")."""
 
     method: str = "causal"  # see `causalprune list`
-    sparsity: float = 0.9  # final fraction of prunable weights that are zero
+    # final fraction of prunable weights (granularity weight) or channel groups (channel) that are
+    # pruned; null when prune.speedup sets the budget instead
+    sparsity: float | None = 0.9
     schedule: str = "cubic"  # cubic | geometric | linear (cumulative sparsity per round)
     scope: str = "global"  # global | layerwise
     n_pre: int = 5  # epochs before pruning; θ_pre is the rewind point
@@ -175,10 +177,40 @@ class PruneConfig:
     score_batches: int = 10  # training batches that data-driven criteria (snip, grasp, ...) score on
     rewind: bool = True  # reset alive weights to θ_pre after each round and before post-training
     reset_bn: bool = False  # also reset BatchNorm running statistics when rewinding
+    # Structured pruning (docs/structured.md): what one pruned unit is, and the channel budget.
+    granularity: str = "weight"  # weight: single weights (masks) | channel: channel groups, physically removed
+    speedup: float | None = None  # channel: target MACs reduction dense / pruned (> 1) instead of prune.sparsity
+    max_layer_ratio: float = 1.0  # channel: at most this fraction of one layer's channels is pruned (one stays)
+    round_to: int = 1  # channel: every layer keeps a multiple of this many channels (or all of them)
+
+    GRANULARITIES = ("weight", "channel")
+    DEFAULT_SPARSITY = 0.9
+
+    @staticmethod
+    def check_given(given: dict[str, Any]) -> None:
+        """Refuse `prune.sparsity` and `prune.speedup` both given (the keys of a config file's prune section)."""
+        if given.get("speedup") is not None and given.get("sparsity") is not None:
+            raise ConfigError(f"prune.sparsity ({given['sparsity']}) and prune.speedup ({given['speedup']}) are both "
+                              "set; give one budget: prune.speedup (a MACs reduction) or prune.sparsity")  # fmt: skip
 
     def __post_init__(self) -> None:
-        if not 0 <= self.sparsity < 1:
+        check_choice(self.granularity, self.GRANULARITIES, "prune.granularity")
+        if self.speedup is not None:
+            if not self.speedup > 1:
+                raise ConfigError(f"prune.speedup must be > 1 (dense MACs / pruned MACs), got {self.speedup}")
+            if self.granularity != "channel":
+                raise ConfigError("prune.speedup needs prune.granularity: channel (only removed channels make a "
+                                  "network faster)")  # fmt: skip
+            if self.sparsity not in (None, self.DEFAULT_SPARSITY):
+                self.check_given({"sparsity": self.sparsity, "speedup": self.speedup})
+            object.__setattr__(self, "sparsity", None)  # the speed-up is the budget
+        elif self.sparsity is None:
+            raise ConfigError("prune.sparsity is null: give prune.sparsity in [0, 1) or prune.speedup")
+        if self.sparsity is not None and not 0 <= self.sparsity < 1:
             raise ConfigError(f"prune.sparsity must be in [0, 1), got {self.sparsity}")
+        if not 0 < self.max_layer_ratio <= 1:
+            raise ConfigError(f"prune.max_layer_ratio must be in (0, 1], got {self.max_layer_ratio}")
+        check_positive(self.round_to, "prune.round_to")
         if self.n_iter < 1:
             raise ConfigError(f"prune.n_iter must be >= 1, got {self.n_iter}")
         check_positive(self.n_pre, "prune.n_pre", allow_zero=True)
@@ -376,6 +408,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         key = f"{prefix}{unknown[0]}"
         raise ConfigError(f"unknown config key {key!r}; valid keys{' under ' + prefix[:-1] if prefix else ''}: "
                           f"{', '.join(valid)}")  # fmt: skip
+    if hasattr(cls, "check_given"):
+        cls.check_given(data)
     kwargs: dict[str, Any] = {}
     if sections:
         kwargs["sections"] = tuple((k, _build(c, data.get(k) or {}, f"{k}.")) for k, c in sections.items())

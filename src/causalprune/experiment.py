@@ -6,6 +6,11 @@
                   the schedule's next sparsity                      → level_k/
     post_stage    rewind, train N_post epochs with the final mask   → model.pt, summary.json
 
+With ``prune.granularity: channel`` the rounds prune channel groups (`structured.ChannelPlan`:
+groups held at zero during the rounds), and the network is slimmed physically before
+post-training; model.pt then holds the slim network (rebuilt from mask.pt,
+`structured.slim_to_mask`).
+
 Every method goes through the same stages with the same schedule, epochs and selection
 code; a method that does not prune (``dense``) trains the same total epochs in one stage.
 The driver knows methods only by what they declare (`criteria.Criterion`). One
@@ -33,7 +38,7 @@ from .config import Config, ConfigError
 from .criteria import Criterion, Scored, ScoreInput
 from .data import AUGMENTATIONS, Splits, load_pool, make_splits, materialize, shape_of
 from .masks import Mask, prunable_parameters
-from .metrics import efficiency
+from .metrics import efficiency, measured_efficiency
 from .models import build_model, load_pretrained, pretrained_status
 from .runfolder import (
     RunFolder,
@@ -45,6 +50,7 @@ from .runfolder import (
     save_shared_pre,
 )
 from .selection import schedule, select
+from .structured import ChannelPlan
 from .train import Callback, StepFn, evaluate, fit, loss_function, make_optimizer, plain_step
 from .trajectory import TrajectoryRecorder
 
@@ -135,6 +141,7 @@ class Run:
     device: torch.device
     pre_cache: Path | None = None
     timing: dict[str, float] = field(default_factory=dict)
+    channels: ChannelPlan | None = None  # prune.granularity: channel
 
     def eval(self, model: nn.Module, split: str) -> dict[str, float]:
         """Return the metrics of `model` on split ``val`` or ``test``."""
@@ -214,15 +221,20 @@ class Run:
 
 def _recorder(run: Run, model: nn.Module, opt: torch.optim.Optimizer, mask: Mask | None, epochs: int,
               dedicated: bool) -> tuple[TrajectoryRecorder, StepFn]:  # fmt: skip
-    """The recorder of a round and the step function that records `causal.record_steps` of its steps."""
+    """The recorder of a round and the step function that records `causal.record_steps` of its steps.
+
+    At channel granularity the recorder stores one column per channel group (weight sharing).
+    """
     c, data = run.cfg.causal, run.data
+    layout = run.channels.groups.layout(mask) if run.channels is not None else None
     loss_fn = loss_function(data.task)
     px, py = data.probe
     momentum = (not dedicated) and run.cfg.train.optimizer == "sgd" and run.cfg.train.momentum > 0
     total = epochs * -(-len(data.train[1]) // run.cfg.train.batch_size)  # optimizer steps of the round
     recorded = min(total, c.record_steps or total)
     recorder = TrajectoryRecorder(
-        model, loss_fn, opt, mask=mask, dtype=DTYPES[c.dtype], delta_loss=c.delta_loss,
+        model, loss_fn, opt, mask=None if layout is not None else mask, layout=layout, dtype=DTYPES[c.dtype],
+        delta_loss=c.delta_loss,
         probe_data=(materialize(px).to(run.device), py.to(run.device)),
         momentum_features=c.momentum_model and momentum, probe_seed=stage_seed(run.cfg.seed, "probe"),
         memory_budget=None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
@@ -309,7 +321,10 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
         t0 = time.perf_counter()
         scored = _score(run, model, mask, recorder, stage, target)
         scores, tie = scored.oriented(run.criterion.higher_is_important)
-        new_mask = select(scores, target, scope=cfg.prune.scope, mask=mask, tie_break=tie)
+        if run.channels is not None:
+            new_mask = run.channels.select(scores, tie, target, mask)
+        else:
+            new_mask = select(scores, target, scope=cfg.prune.scope, mask=mask, tie_break=tie)
         run.add_time("solve_s", time.perf_counter() - t0)
     finally:
         if recorder is not None:
@@ -317,7 +332,13 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
     new_mask.apply_(model)
     folder.save_level(k, {"scores": scored.scores, "tie_break": scored.tie_break}, model.state_dict(), new_mask)
     info = {key: v for key, v in scored.info.items() if isinstance(v, int | float | str | bool)}
-    folder.log({"event": "level", "level": k, "sparsity_target": target, "sparsity": new_mask.sparsity(), **info})
+    if run.channels is not None:
+        keep = run.channels.groups.keep_of(new_mask)
+        info.update(channels_pruned=int((~keep).sum()), macs=run.channels.macs(keep))
+        kind = "macs_target" if cfg.prune.speedup is not None else "sparsity_target"
+        folder.log({"event": "level", "level": k, kind: target, "sparsity": float((~keep).float().mean()), **info})
+    else:
+        folder.log({"event": "level", "level": k, "sparsity_target": target, "sparsity": new_mask.sparsity(), **info})
     folder.save_timing(run.timing)
     return new_mask
 
@@ -326,7 +347,8 @@ def _score(run: Run, model: nn.Module, mask: Mask, recorder: TrajectoryRecorder 
            target: float) -> Scored:  # fmt: skip
     """Give the method what it declared it needs, and score the model."""
     crit = run.criterion
-    assert crit.fn is not None  # only methods that prune reach a pruning round
+    fn = crit.channel_fn if run.channels is not None else crit.fn
+    assert fn is not None  # resolve.check refused a method without scores at this granularity
     seed = stage_seed(run.cfg.seed, stage + "/score")
     inp = ScoreInput(
         model, mask, settings=run.cfg.section(crit.section) if crit.section else None, seed=seed,
@@ -334,8 +356,9 @@ def _score(run: Run, model: nn.Module, mask: Mask, recorder: TrajectoryRecorder 
         data=run.score_batches(seed) if crit.needs_data else [], loss_fn=loss_function(run.data.task),
         target_sparsity=target, input_shape=tuple(run.data.input_shape),
         input_dtype=getattr(run.data.train[0], "dtype", None),
+        groups=run.channels.groups if run.channels is not None else None,
     )  # fmt: skip
-    return crit.fn(inp)
+    return fn(inp)
 
 
 def final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, stage: str) -> list[dict[str, float]]:
@@ -371,6 +394,10 @@ def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quie
     device = device_of(cfg)
     run = Run(cfg, criterion, folder, load_splits(cfg, device), device, Path(pre_cache) if pre_cache else None)
     model = run.new_model()
+    if cfg.prune.granularity == "channel" and criterion.prunes:
+        run.channels = ChannelPlan.build(model, cfg.prune, tuple(run.data.input_shape))
+        if not criterion.needs:  # scores from the model alone: a method that cannot score this model fails now
+            _score(run, model, run.channels.initial_mask(), None, "check", 0.0)
     with folder.lock():  # one process per run folder
         if folder.finished():  # another process finished it while this one loaded the data
             return _finished(folder, cfg, quiet)
@@ -407,14 +434,19 @@ def _stages(run: Run, model: nn.Module, t_start: float, quiet: bool) -> dict[str
 
     theta_pre = pre_stage(run, model)
     dense_test = run.eval(model, "test")
-    mask = Mask.ones(model)
-    for k, target in enumerate(schedule(cfg.prune.schedule, cfg.prune.sparsity, cfg.prune.n_iter), start=1):
+    mask = run.channels.initial_mask() if run.channels is not None else Mask.ones(model)
+    targets = run.channels.targets() if run.channels is not None else schedule(
+        cfg.prune.schedule, cfg.prune.sparsity, cfg.prune.n_iter)  # fmt: skip
+    for k, target in enumerate(targets, start=1):
         mask = level_stage(run, model, theta_pre, mask, k, target)
     if cfg.prune.rewind:
         _rewind(model, theta_pre, cfg.prune.reset_bn)
     mask.apply_(model)
-    history = final_stage(run, model, mask, cfg.prune.n_post, "post")
-    return _finish(run, model, mask, history, dense_test, t_start, quiet)
+    if run.channels is not None:  # post-training runs on the physically slimmed network
+        model = run.channels.slim(model, mask)
+    before_post = run.eval(model, "test")  # the pruned network before any fine-tuning (the paper's Fig. 2b)
+    history = final_stage(run, model, mask if run.channels is None else None, cfg.prune.n_post, "post")
+    return _finish(run, model, mask, history, dense_test, t_start, quiet, before_post)
 
 
 def load_splits(cfg: Config, device: torch.device | None = None, download: bool | None = None) -> Splits:
@@ -429,16 +461,19 @@ def load_splits(cfg: Config, device: torch.device | None = None, download: bool 
     return data.to(device) if cfg.data.on_device and device is not None else data
 
 
-def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, float]],
-            dense_test: dict[str, float], t_start: float, quiet: bool) -> dict[str, Any]:  # fmt: skip
+def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, float]], dense_test: dict[str, float],
+            t_start: float, quiet: bool, before_post: dict[str, float] | None = None) -> dict[str, Any]:  # fmt: skip
     cfg = run.cfg
     metric = "accuracy" if run.data.task == "classification" else "mse"
     better = max if metric == "accuracy" else min
     final = history[-1]
     best_val = better(history, key=lambda h: h[f"val_{metric}"])
-    params = prunable_parameters(model)
-    n_prunable = sum(p.numel() for p in params.values())
-    n_nonzero = sum(int((p != 0).sum()) for p in params.values())
+    if run.channels is not None:  # the slim network's weights are all alive: count against the dense ones
+        n_prunable, n_nonzero = run.channels.weight_counts(mask)
+    else:
+        params = prunable_parameters(model)
+        n_prunable = sum(p.numel() for p in params.values())
+        n_nonzero = sum(int((p != 0).sum()) for p in params.values())
     run.add_time("total_s", time.perf_counter() - t_start)
     summary = {
         "method": cfg.prune.method,
@@ -446,6 +481,7 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
         "model": cfg.model.name,
         "dataset": cfg.data.name,
         "task": run.data.task,
+        "granularity": cfg.prune.granularity,
         "sparsity_target": cfg.prune.sparsity if run.criterion.prunes else 0.0,
         "sparsity_actual": 1.0 - n_nonzero / n_prunable,
         "params_prunable": n_prunable,
@@ -457,6 +493,7 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
             f"best_test_{metric}": better(h[f"test_{metric}"] for h in history),
             f"val_{metric}": final[f"val_{metric}"],
             "best_val_epoch": best_val["epoch"],
+            **({f"test_{metric}_before_post": before_post[metric]} if before_post is not None else {}),
         },
         "epochs": {
             "n_pre": cfg.prune.n_pre,
@@ -474,12 +511,28 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
     }
     for key in ("total_s", "record_s", "solve_s"):
         summary["timing"].setdefault(key, 0.0)
+    if run.channels is not None:
+        summary["channels"] = run.channels.summary(mask)
+        summary["speedup_target"] = cfg.prune.speedup
+        dense = run.new_model()  # the same architecture, dense, for the measured comparison
+        shape = tuple(run.data.input_shape)
+        summary["efficiency"] = _versus_dense(efficiency(dense, shape), summary["efficiency"])
+        summary["efficiency"].update(measured_efficiency(dense, model, shape))
     run.folder.save_result(model.state_dict(), mask, run.timing, summary)
     run.folder.log({"event": "summary", **{k: v for k, v in summary.items() if not isinstance(v, dict)}})
     if not quiet:
         print(f"{cfg.prune.method} seed {cfg.seed}: sparsity {summary['sparsity_actual']:.4f}, "
               f"test {metric} {final[f'test_{metric}']:.4f} ({run.folder.path})")  # fmt: skip
     return summary
+
+
+def _versus_dense(dense: dict[str, float], slim: dict[str, float]) -> dict[str, float]:
+    """ShrinkBench's fields for a slimmed network, against the dense one: size and FLOPs before and after."""
+    return {
+        "size": dense["size"], "size_nz": slim["size"], "compression_ratio": dense["size"] / max(slim["size"], 1),
+        "flops": dense["flops"], "flops_nz": slim["flops"],
+        "theoretical_speedup": dense["flops"] / max(slim["flops"], 1e-30),
+    }  # fmt: skip
 
 
 def dry_run(cfg: Config) -> str:
@@ -508,13 +561,19 @@ def dry_run(cfg: Config) -> str:
         epochs = cfg.train.epochs if cfg.train.epochs is not None else cfg.total_epochs()
         lines.append(f"method {cfg.prune.method}: {epochs} epochs, no pruning")
     else:
-        targets = schedule(cfg.prune.schedule, cfg.prune.sparsity, cfg.prune.n_iter)
         p = cfg.prune
         spread = f", {cfg.causal.record_steps} steps spread over each round" if cfg.causal.record_steps else ""
         recorded = f" (recorded{spread})" if criterion.records else ""
         lines.append(f"method {p.method}: pre {p.n_pre} epochs; {p.n_iter} rounds × {p.n_prune} epochs{recorded}; "
                      f"post {p.n_post} epochs; total {cfg.total_epochs()}")  # fmt: skip
-        lines.append("sparsity after each round: " + ", ".join(f"{t:.4f}" for t in targets))
+        if p.granularity == "channel":
+            plan = ChannelPlan.build(model, p, tuple(shape))
+            lines.append(f"channel groups: {plan.G} in {len(plan.groups.layers)} layers; dense {plan.dense_macs:,} "
+                         f"MACs per sample, {plan.dense_params:,} parameters")  # fmt: skip
+            lines.append(plan.describe_targets())
+        else:
+            targets = schedule(p.schedule, p.sparsity, p.n_iter)
+            lines.append("sparsity after each round: " + ", ".join(f"{t:.4f}" for t in targets))
     t, post = cfg.train, cfg.train.for_stage("post")
     fast = [k for k in ("amp", "channels_last", "compile") if getattr(t, k)]
     fast += ["data on device"] if cfg.data.on_device else []

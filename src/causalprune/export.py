@@ -15,8 +15,9 @@ Every format also writes a JSON sidecar ``<file>.json``: the format, one sample'
 shape, the number of outputs, the model config, the run's method, sparsity and seed, and
 the summary's ``efficiency`` entry (as the run recorded it).
 
-The model is rebuilt from the run folder (``config.yaml`` + ``model.pt``) and the example
-input from `causalprune.data.shape_of`; no data is loaded.
+The model is rebuilt from the run folder (``config.yaml`` + ``model.pt``; for a channel run
+the dense model is first slimmed to the groups ``mask.pt`` keeps) and the example input
+from `causalprune.data.shape_of`; no data is loaded.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .data import shape_of
 from .io import save_json, save_torch
 from .models import build_model
 from .runfolder import RunFolder
+from .structured import slim_to_mask
 
 FORMATS = ("pt2", "onnx", "state_dict")
 SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "state_dict": ".pt"}
@@ -52,7 +54,9 @@ def load_finished_model(run_dir: str | Path) -> tuple[torch.nn.Module, tuple[int
     input_shape, outputs = shape_of(cfg.data.name, cfg.data.image_size)
     model = build_model(cfg.model, input_shape, outputs)
     folder = RunFolder(run_dir)
-    folder.load_result(model)  # names a damaged model.pt / mask.pt
+    prepare = (lambda m, mask: slim_to_mask(m, mask, tuple(input_shape))) if cfg.prune.granularity == "channel" \
+        else None  # a channel run's model.pt holds the slim network
+    folder.load_result(model, prepare)  # names a damaged model.pt / mask.pt
     summary = folder.summary()
     return model.eval(), tuple(input_shape), summary, cfg
 

@@ -38,8 +38,10 @@ it by residual additions or concatenations. The coupling is traced by Torch-Prun
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from copy import deepcopy
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -120,10 +122,18 @@ class ChannelGroups:
 
     def __init__(self, model: nn.Module, dg: tp.DependencyGraph, groups: list[ChannelGroup],
                  roots: dict[str, nn.Module], layers: dict[str, list[int]], names: list[str],
-                 shapes: dict[str, torch.Size]) -> None:  # fmt: skip
+                 shapes: dict[str, torch.Size], tp_groups: dict[str, tuple[Any, list[int]]],
+                 example_inputs: Any, ignored: list[str]) -> None:  # fmt: skip
         self.model, self._dg, self.groups = model, dg, groups
         self._roots, self.layers, self.names, self.shapes = roots, layers, names, shapes
+        # root layer → (Torch-Pruning's group of its channels, root index of each of its channels in our order)
+        self._tp_groups = tp_groups
+        self._example, self._ignored = example_inputs, ignored  # to rebuild the groups on a copy (`slim_copy`)
         self.removed = False
+        all_shapes = {n: p.shape for n, p in model.named_parameters()}
+        touched = {s.name for g in groups for s in g.slices}
+        # every parameter a group touches (weights, biases, normalisation), in model order
+        self.param_shapes = {n: sh for n, sh in all_shapes.items() if n in touched or n in shapes}
         col = {}
         for n in names:
             col[n] = torch.full(shapes[n], -1, dtype=torch.long)
@@ -184,6 +194,80 @@ class ChannelGroups:
                 if s.name in masks:
                     masks[s.name].index_fill_(s.dim, s.index, False)
         return Mask(masks)
+
+    def full_mask(self, keep: torch.Tensor | Sequence[bool]) -> Mask:
+        """Return the `Mask` over every parameter a group touches (`param_shapes`: prunable weights, biases,
+        normalisation weights and biases), with every slice of the removed groups False.
+
+        Attached to a training run (`Mask.attach`) it keeps the removed channels exactly zero,
+        biases and BatchNorm affine parameters included, so that the masked network computes
+        what the slim one will (see the module docstring).
+        """
+        keep = self._keep(keep)
+        masks = {n: torch.ones(s, dtype=torch.bool) for n, s in self.param_shapes.items()}
+        for g_idx in torch.nonzero(~keep).squeeze(1).tolist():
+            for s in self.groups[g_idx].slices:
+                masks[s.name].index_fill_(s.dim, s.index, False)
+        return Mask(masks)
+
+    def keep_of(self, mask: Mask) -> torch.Tensor:
+        """Return the (G,) bool vector of the groups `mask` keeps (a group is kept when its producer rows are alive).
+
+        The inverse of `full_mask` / `group_mask` for masks they made.
+        """
+        keep = torch.ones(self.G, dtype=torch.bool)
+        for g_idx, g in enumerate(self.groups):
+            for s in g.slices:
+                if s.producer and s.name in mask:
+                    keep[g_idx] = bool(mask[s.name].index_select(s.dim, s.index).any())
+                    break
+        return keep
+
+    def per_layer(self, values: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a (G,) vector into root layer name → (channels of the layer,) in channel order."""
+        values = torch.as_tensor(values).reshape(-1)
+        if values.numel() != self.G:
+            raise ValueError(f"expected one value per group ({self.G}), got {values.numel()}")
+        return {layer: values[torch.tensor(idx, dtype=torch.long)] for layer, idx in self.layers.items()}
+
+    def from_layers(self, per_layer: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Join root layer name → per-channel values back into one (G,) vector (inverse of `per_layer`)."""
+        first = next(iter(per_layer.values()))
+        out = torch.empty(self.G, dtype=first.dtype)
+        for layer, idx in self.layers.items():
+            out[torch.tensor(idx, dtype=torch.long)] = per_layer[layer].detach().cpu().reshape(-1)
+        return out
+
+    def importance(self, imp: Any) -> torch.Tensor:
+        """Return the (G,) float64 scores a Torch-Pruning importance (``tp.importance.*``) gives each group.
+
+        `imp` is called once per layer group on Torch-Pruning's own group object (all coupled
+        slices); its per-channel values are put in our group order. A layer group for which
+        it has no value (e.g. `BNScaleImportance` where no BatchNorm is coupled) raises
+        ValueError naming the layer.
+        """
+        out = torch.empty(self.G, dtype=torch.float64)
+        for layer, (tp_group, order) in self._tp_groups.items():
+            values = imp(tp_group)
+            if values is None:
+                raise ValueError(f"{type(imp).__name__} gives no score to the channels of layer {layer!r}")
+            values = values.detach().to("cpu", torch.float64).reshape(-1)
+            out[torch.tensor(self.layers[layer], dtype=torch.long)] = values[torch.tensor(order, dtype=torch.long)]
+        return out
+
+    def slim_copy(self, keep: torch.Tensor | Sequence[bool]) -> nn.Module:
+        """Return a deep copy of the model with the groups ``keep[g] == False`` physically removed.
+
+        The model itself is not changed (the groups are rebuilt on the copy, which gives the
+        same groups in the same order); used to count a candidate's MACs exactly.
+        """
+        keep = self._keep(keep)
+        copy = deepcopy(self.model)
+        modules = dict(copy.named_modules())
+        groups = channel_groups(copy, self._example, [modules[n] for n in self._ignored])
+        if groups.G != self.G:
+            raise RuntimeError(f"the copy has {groups.G} channel groups, the model {self.G}")
+        return groups.remove_groups_(copy, keep)
 
     @torch.no_grad()
     def zero_groups_(self, model: nn.Module, keep: torch.Tensor | Sequence[bool]) -> nn.Module:
@@ -248,6 +332,7 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
         except the output layer(s) and the ignored ones.
     """
     ignored = list(ignored_layers) + _ignored_by_model(model)
+    ignored_names = [n for n, m in model.named_modules() if any(m is i for i in ignored_layers)]
     was_training = model.training
     model.eval()
     try:
@@ -276,13 +361,14 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
         for m, out, idxs, root_idxs in items:
             if m is first and out:
                 chan = dict(zip(root_idxs, idxs, strict=True))
-        found.append((order[module_names[first]], first, chan, root, items))
+        found.append((order[module_names[first]], first, chan, root, items, tp_group))
     found.sort(key=lambda f: f[0])
 
     groups: list[ChannelGroup] = []
     roots: dict[str, nn.Module] = {}
     layers: dict[str, list[int]] = {}
-    for _, first, chan, root, items in found:
+    tp_groups: dict[str, tuple[Any, list[int]]] = {}
+    for _, first, chan, root, items, tp_group in found:
         root_name = module_names[first]
         roots[root_name] = first
         n_out = dg.get_pruner_of_module(root).get_out_channels(root)
@@ -304,7 +390,9 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
                     entry = per_channel[int(r)].setdefault((name, dim), (set(), prod))
                     entry[0].add(int(i))
         layers[root_name] = []
-        for r in sorted(range(n_out), key=lambda r: chan[r]):
+        order_r = sorted(range(n_out), key=lambda r: chan[r])
+        tp_groups[root_name] = (tp_group, order_r)
+        for r in order_r:
             c = int(chan[r])
             slices = [Slice(name, dim, torch.tensor(sorted(ix), dtype=torch.long), prod)
                       for (name, dim), (ix, prod) in per_channel[r].items()]  # fmt: skip
@@ -314,5 +402,6 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
             groups.append(ChannelGroup(root_name, c, size, slices, sum(width), sorted(unsupported)))
     with_columns = {s.name for g in groups for s in g.slices if s.producer}
     names = [n for n in prunable if n in with_columns]
-    return ChannelGroups(model, dg, groups, roots, layers, names, dict(shapes))
+    return ChannelGroups(model, dg, groups, roots, layers, names, dict(shapes), tp_groups, example_inputs,
+                         ignored_names)  # fmt: skip
 

@@ -30,7 +30,7 @@ from .config import Config, without_execution_keys
 EFFICIENCY = ("size_nz", "compression_ratio", "flops_nz", "theoretical_speedup")
 
 #: config keys that vary inside one table (its rows and seeds): never part of an experiment
-ROW_KEYS = ("prune.method", "prune.sparsity", "seed")
+ROW_KEYS = ("prune.method", "prune.sparsity", "prune.speedup", "seed")
 #: the keys a grid label names: ``causal[solver=cd,recorder=sgd]`` (compare), ``n_pre=1,sparsity=0.9`` (sweep)
 _LABEL_KEY = re.compile(r"(?:^|[\[,])\s*([A-Za-z_][A-Za-z0-9_]*)=")
 
@@ -150,6 +150,18 @@ def baselines_of(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [b for b in criteria.references() if b in present]
 
 
+def budget_of(summary: dict[str, Any]) -> float:
+    """The run's pruning budget: its ``prune.speedup`` target (a MACs reduction) if it had one, else its sparsity."""
+    speedup = summary.get("speedup_target")
+    return float(speedup) if speedup is not None else float(summary["sparsity_target"])
+
+
+def budget_text(summary: dict[str, Any]) -> str:
+    """The budget as a table shows it: ``0.9`` (sparsity) or ``2× MACs`` (speed-up)."""
+    b = budget_of(summary)
+    return f"{b:g}× MACs" if summary.get("speedup_target") is not None else f"{b:.3g}"
+
+
 def _where(summary: dict[str, Any]) -> str:
     return str(summary.get("run_dir", "?"))
 
@@ -165,7 +177,7 @@ def table_rows(summaries: Sequence[dict[str, Any]], baselines: Sequence[str] | N
     baselines = criteria.references() if baselines is None else baselines
     groups: dict[tuple[str, str, float], list[dict[str, Any]]] = defaultdict(list)
     for s in summaries:
-        groups[(experiment_of(s), s.get("label", s["method"]), s["sparsity_target"])].append(s)
+        groups[(experiment_of(s), s.get("label", s["method"]), budget_of(s))].append(s)
     rows = []
     for (experiment, label, sparsity), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][2], kv[0][1])):
         by_seed: dict[int, dict[str, Any]] = {}
@@ -179,7 +191,8 @@ def table_rows(summaries: Sequence[dict[str, Any]], baselines: Sequence[str] | N
         final = {r["seed"]: r["pruned"][f"test_{metric}"] for r in runs}
         at_val = {r["seed"]: r["pruned"][f"test_{metric}_at_best_val"] for r in runs}
         row: dict[str, Any] = {
-            "method": label, "sparsity": sparsity, "n": len(runs), "metric": metric, "_method": runs[0]["method"],
+            "method": label, "sparsity": sparsity, "budget": budget_text(runs[0]), "n": len(runs), "metric": metric,
+            "_method": runs[0]["method"],
             "experiment": experiment,
             "final": _mean_std(list(final.values())), "at_best_val": _mean_std(list(at_val.values())),
             "best_test": _mean_std([r["pruned"][f"best_test_{metric}"] for r in runs]),
@@ -187,6 +200,11 @@ def table_rows(summaries: Sequence[dict[str, Any]], baselines: Sequence[str] | N
             **(
                 {k: statistics.fmean(r["efficiency"][k] for r in runs) for k in EFFICIENCY}
                 if all("efficiency" in r for r in runs)
+                else {}
+            ),
+            **(
+                {"speedup_measured": statistics.fmean(r["efficiency"]["speedup_measured"] for r in runs)}
+                if all("speedup_measured" in r.get("efficiency", {}) for r in runs)
                 else {}
             ),
             "time_s": statistics.fmean(r["timing"]["total_s"] for r in runs),
@@ -233,10 +251,13 @@ def markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] | None = N
     head += [f"Δ vs {b} (paired, ± SE, wins/n)" for b in baselines]
     if with_placebo:
         head.append("Δ vs own placebo (paired, ± SE, wins/n)")
-    head += ["sparsity actual", "compression", "speed-up (theoretical)", "time s"]
+    head += ["sparsity actual", "compression", "speed-up (theoretical)"]
+    measured = any("speedup_measured" in r for r in rows)
+    head += ["speed-up (measured, CPU batch 64)"] if measured else []
+    head += ["time s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["method"], f"{r['sparsity']:.3g}", str(r["n"]), _fmt(*r["final"], pct),
+        cells = [r["method"], r.get("budget", f"{r['sparsity']:.3g}"), str(r["n"]), _fmt(*r["final"], pct),
                  _fmt(*r["at_best_val"], pct), _fmt(*r["best_test"], pct)]  # fmt: skip
         for key in [f"vs_{b}" for b in baselines] + (["vs_placebo"] if with_placebo else []):
             p = r.get(key)
@@ -246,7 +267,10 @@ def markdown(rows: Sequence[dict[str, Any]], baselines: Sequence[str] | None = N
                 k = 100.0 if pct else 1.0
                 cells.append(f"{k * p[0]:+.2f} ± {k * p[1]:.2f} ({p[2]}/{p[3]})")
         eff = [f"{r[k]:.1f}×" if k in r else "—" for k in ("compression_ratio", "theoretical_speedup")]
-        cells += [f"{r['sparsity_actual']:.4f}", *eff, f"{r['time_s']:.1f}"]
+        cells += [f"{r['sparsity_actual']:.4f}", *eff]
+        if measured:
+            cells.append(f"{r['speedup_measured']:.2f}×" if "speedup_measured" in r else "—")
+        cells.append(f"{r['time_s']:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -261,12 +285,12 @@ def to_csv(rows: Sequence[dict[str, Any]]) -> str:
     ref = f"vs_{(criteria.references() or ['reference'])[0]}"  # vs_magnitude
     w.writerow(["method", "sparsity", "n", "metric", "final_mean", "final_std", "at_best_val_mean",
                 "at_best_val_std", "best_test_mean", "best_test_std", f"{ref}_mean", f"{ref}_se",
-                f"{ref}_wins", "sparsity_actual", *EFFICIENCY, "time_s", "experiment"])  # fmt: skip
+                f"{ref}_wins", "sparsity_actual", *EFFICIENCY, "speedup_measured", "time_s", "experiment"])  # fmt: skip
     for r in rows:
         p = r.get(ref) or (None, None, None, None)
         w.writerow([r["method"], r["sparsity"], r["n"], r["metric"], *r["final"], *r["at_best_val"],
                     *r["best_test"], p[0], p[1], p[2], r["sparsity_actual"], *[r.get(k) for k in EFFICIENCY],
-                    r["time_s"], r.get("experiment", "")])  # fmt: skip
+                    r.get("speedup_measured"), r["time_s"], r.get("experiment", "")])  # fmt: skip
     return buf.getvalue()
 
 
@@ -289,18 +313,19 @@ def boxplots(summaries: Sequence[dict[str, Any]], path: str | Any) -> None:
         label = s.get("label", s["method"])
         return f"{experiment_of(s)}: {label}" if several else label
 
-    sparsities = sorted({s["sparsity_target"] for s in summaries})
+    sparsities = sorted({budget_of(s) for s in summaries})
+    titles = {budget_of(s): budget_text(s) for s in summaries}
     n_labels = len({box(s) for s in summaries})
     width = min(2 + 0.6 * n_labels, 14.0)
     fig, axes = plt.subplots(1, len(sparsities), figsize=(width * len(sparsities), 4.5), squeeze=False)
     for ax, sp in zip(axes[0], sparsities, strict=True):
         groups: dict[str, list[float]] = defaultdict(list)
         for s in summaries:
-            if s["sparsity_target"] == sp:
+            if budget_of(s) == sp:
                 groups[box(s)].append(s["pruned"][f"test_{metric}"])
         labels = sorted(groups)
         ax.boxplot([groups[k] for k in labels], tick_labels=labels)
-        ax.set_title(f"sparsity {sp:g}")
+        ax.set_title(titles[sp] if "MACs" in titles[sp] else f"sparsity {titles[sp]}")
         ax.set_ylabel(f"test {metric} (final)")
         ax.tick_params(axis="x", rotation=60, labelsize=7)
     fig.tight_layout()

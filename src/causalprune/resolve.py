@@ -36,6 +36,11 @@ def check(cfg: Config) -> Config:
     check_choice(p.schedule, SCHEDULES, "prune.schedule")
     check_choice(p.scope, SCOPES, "prune.scope")
     crit = criteria.get(p.method)
+    if crit.prunes and p.granularity not in crit.granularities:
+        valid = ", ".join(criteria.names(p.granularity))
+        raise ConfigError(f"prune.method {p.method} does not score at prune.granularity {p.granularity} (it "
+                          f"scores: {', '.join(crit.granularities)}); methods at {p.granularity} granularity: "
+                          f"{valid}")  # fmt: skip
     if crit.records and p.n_prune < 1:
         raise ConfigError(f"prune.n_prune must be >= 1 for {p.method}, which records the round's training")
     return cfg

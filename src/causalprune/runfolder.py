@@ -27,7 +27,7 @@ import json
 import os
 import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -235,11 +235,20 @@ class RunFolder:
         mask.save(d / "mask.pt")
 
     # --- the end ------------------------------------------------------------------------
-    def load_result(self, model: torch.nn.Module) -> Mask:
-        """Load the finished run's model.pt into `model` and return its mask.pt (damaged files named)."""
+    def load_result(self, model: torch.nn.Module,
+                    prepare: Callable[[torch.nn.Module, Mask], torch.nn.Module] | None = None) -> Mask:  # fmt: skip
+        """Load the finished run's model.pt into `model` and return its mask.pt (damaged files named).
+
+        `prepare(model, mask)` runs before the weights are loaded: a channel run's model.pt
+        holds the slim network, so its caller slims the freshly built dense model first
+        (`structured.slim_to_mask`).
+        """
+        mask = _load_mask(self.path / "mask.pt", None)
+        if prepare is not None:
+            prepare(model, mask)
         state = _load_torch(self.path / "model.pt", "cpu", None)
         load_state_into(model, state, self.path / "model.pt", None)
-        return _load_mask(self.path / "mask.pt", None)
+        return mask
 
     def finished(self) -> bool:
         """Whether the run finished (summary.json exists)."""

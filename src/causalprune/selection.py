@@ -59,7 +59,7 @@ def schedule(kind: str, sparsity: float, rounds: int) -> list[float]:
     return values
 
 
-def _ranking(primary: torch.Tensor, secondary: torch.Tensor | None) -> torch.Tensor:
+def ranking(primary: torch.Tensor, secondary: torch.Tensor | None) -> torch.Tensor:
     """Return indices ordering entries from least to most important (lexicographic keys)."""
     if secondary is None:
         return torch.argsort(primary, stable=True)
@@ -91,7 +91,7 @@ def select(
     scope: str = "global",
     mask: Mask | None = None,
     tie_break: Mapping[str, torch.Tensor] | None = None,
-    min_alive: int = 1,
+    min_alive: int | Mapping[str, int] = 1,
 ) -> Mask:
     """Prune the lowest-scored alive weights until `sparsity` of all weights are pruned.
 
@@ -103,8 +103,9 @@ def select(
         mask: the current mask; pruned weights stay pruned. Default: all alive.
         tie_break: optional secondary scores that order weights whose primary scores tie
             (e.g. the many exact zeros of a Lasso; docs/method.md, "Scores, tie-break, masks").
-        min_alive: the layer-collapse guard keeps at least this many weights per tensor;
-            when it changes the outcome a `LayerCollapseWarning` names the layers.
+        min_alive: the layer-collapse guard keeps at least this many weights per tensor (or
+            name → count, a per-tensor ceiling on pruning); when it changes the outcome a
+            `LayerCollapseWarning` names the layers.
 
     Returns:
         The new mask. Raises ValueError on an impossible request.
@@ -124,6 +125,8 @@ def select(
             if tie_break is not None else None)  # fmt: skip
     pruned = torch.zeros(layout.d, dtype=torch.bool)  # indexed by candidate: pruned this call
     guarded: list[str] = []
+    floor = {n: int(min_alive[n]) if isinstance(min_alive, Mapping) else int(min_alive) for n in names}
+    floor_text = f"{min_alive}" if not isinstance(min_alive, Mapping) else "the minimum number of"
 
     if scope == "global":
         total = mask.numel()
@@ -135,14 +138,14 @@ def select(
                 "pruned weights cannot be revived"
             )
         k = target_zeros - current_zeros
-        order = _ranking(key1, key2)  # least important first
+        order = ranking(key1, key2)  # least important first
         rank = torch.empty_like(order)
         rank[order] = torch.arange(len(order))  # position of each candidate in the ranking
         # Guard: the `min_alive` most important alive entries of every tensor are protected.
         protected = torch.zeros(len(order), dtype=torch.bool)  # indexed by ranking position
         for j in range(len(layout)):
             a, b = layout.span(j)
-            keep = min(min_alive, b - a)
+            keep = min(floor[layout.names[j]], b - a)
             if keep:
                 protected[rank[a:b].topk(keep).values] = True
         candidates = order[~protected]
@@ -150,7 +153,7 @@ def select(
             raise ValueError(
                 f"sparsity {p} is impossible: it needs {target_zeros} zeros but at most "
                 f"{current_zeros + len(candidates)} of {total} weights can be pruned while keeping "
-                f"{min_alive} weight(s) alive in each of {len(names)} tensors"
+                f"{floor_text} weight(s) alive in each of {len(names)} tensors"
             )
         pruned[candidates[:k]] = True
         # The guard fired where a protected entry ranks among the k least important.
@@ -163,19 +166,19 @@ def select(
             n_total = layout.shapes[n].numel()
             target_zeros = round(p * n_total)
             current_zeros = n_total - (b - a)
-            cap = n_total - min(min_alive, n_total)
+            cap = n_total - min(floor[n], n_total)
             if target_zeros > cap:
                 guarded.append(n)
                 target_zeros = cap
             k = target_zeros - current_zeros
             if k <= 0:
                 continue
-            order = _ranking(key1[a:b], key2[a:b] if key2 is not None else None)
+            order = ranking(key1[a:b], key2[a:b] if key2 is not None else None)
             pruned[a + order[:k]] = True
 
     if guarded:
         msg = (
-            f"layer-collapse guard fired: kept {min_alive} weight(s) alive in "
+            f"layer-collapse guard fired: kept {floor_text} weight(s) alive in "
             f"{', '.join(sorted(set(guarded)))} that the ranking would have pruned"
         )
         log.warning(msg)

@@ -26,6 +26,7 @@ from ..io import save_json
 from ..masks import Mask, prunable_parameters
 from ..models import build_model
 from ..runfolder import RunFolder
+from ..structured import slim_to_mask
 from ..train import loss_function
 from .flatness import flatness
 from .hessian import top_eigenvalues, trace
@@ -41,6 +42,9 @@ def load_run(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
     cfg = resolve.load(run_dir / "config.yaml")
     data = load_splits(cfg, download=False)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
+    if cfg.prune.granularity == "channel":  # model.pt holds the slim network; nothing in it is masked
+        RunFolder(run_dir).load_result(model, lambda m, mask: slim_to_mask(m, mask, tuple(data.input_shape)))
+        return cfg, model, Mask.ones(model), data
     mask = RunFolder(run_dir).load_result(model)
     return cfg, model, mask.canonical(model), data
 

@@ -14,6 +14,12 @@ contains a method name:
 * ``placebo_for``: the method it is the placebo control of (tables pair them).
 * ``reference``: the baseline every table compares each method with (magnitude).
 * ``prunes``: False for ``dense``, the no-pruning baseline trained for the same epochs.
+
+A method scores single weights (``fn``, `register`), channel groups (``channel_fn``,
+`register_channel`; ``prune.granularity: channel``), or both. A channel-level function
+finds the groups in ``ScoreInput.groups`` (`causalprune.groups.ChannelGroups`) and
+returns its scores keyed by root layer name, one value per channel of the layer
+(``groups.per_layer``), so that the one selection code ranks them.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class ScoreInput:
     input_shape: tuple[int, ...] | None = None  # one sample's shape (data-free criteria such as SynFlow)
     options: dict[str, Any] = field(default_factory=dict)
     input_dtype: torch.dtype | None = None  # the inputs' dtype when not floating (token ids); None: float
+    groups: Any = None  # channel granularity: the model's `groups.ChannelGroups` (None: weight level)
 
     def __post_init__(self) -> None:
         # Criteria key their scores by the model's canonical names (a mask keyed by an alias
@@ -91,6 +98,12 @@ class Criterion:
     placebo_for: str | None = None  # this method is the placebo control of that one
     reference: bool = False  # tables report every method's paired difference to this one
     prunes: bool = True
+    channel_fn: ScoreFn | None = None  # channel-level scores (prune.granularity: channel); None: weights only
+
+    @property
+    def granularities(self) -> tuple[str, ...]:
+        """The ``prune.granularity`` values it can score: ``weight`` and/or ``channel``."""
+        return tuple(g for g, f in (("weight", self.fn), ("channel", self.channel_fn)) if f is not None)
 
     @property
     def records(self) -> bool:
@@ -114,10 +127,11 @@ class Criterion:
         method when the field is one the whole run reads (the settings class lists those
         in ``SHARED``, e.g. ``causal.probe_size`` carves the probe set out of the training
         data). ``prune.sparsity`` does not vary a method that does not prune. Every other
-        key (data, model, train, prune, seed) varies every method.
+        key (data, model, train, prune, seed) varies every method; ``prune.speedup`` is a budget like
+        ``prune.sparsity``.
         """
         section, _, name = key.partition(".")
-        if key == "prune.sparsity":
+        if key in ("prune.sparsity", "prune.speedup"):
             return self.prunes
         if section in SECTIONS:
             if name in getattr(SECTIONS[section], "SHARED", ()):
@@ -152,6 +166,31 @@ def register(name: str, *, description: str, needs: Iterable[str] = (), higher_i
     return wrap
 
 
+def register_channel(name: str, *, description: str | None = None, needs: Iterable[str] = (),
+                     settings: type | None = None, reads: Iterable[str] | None = None,
+                     placebo_for: str | None = None) -> Callable[[ScoreFn], ScoreFn]:  # fmt: skip
+    """Decorator: register `fn(ScoreInput) -> Scored` as the channel-level scores of method `name`.
+
+    For a method registered with `register`, only the function is added (its declarations
+    hold for both granularities). A new name needs a `description` and is a channel-only
+    method. `fn` reads ``inp.groups`` and returns scores keyed by root layer name, one per
+    channel (``inp.groups.per_layer(values)``).
+    """
+
+    def wrap(fn: ScoreFn) -> ScoreFn:
+        if name in METHODS:
+            METHODS[name] = dataclasses.replace(METHODS[name], channel_fn=fn)
+        elif description is None:
+            raise ValueError(f"channel-only method {name!r} needs a description")
+        else:
+            register(name, description=description, needs=needs, settings=settings, reads=reads,
+                     placebo_for=placebo_for)(fn)  # fmt: skip
+            METHODS[name] = dataclasses.replace(METHODS[name], fn=None, channel_fn=fn)
+        return fn
+
+    return wrap
+
+
 def _add(criterion: Criterion) -> None:
     if criterion.name in METHODS:
         raise ValueError(f"method {criterion.name!r} is already registered")
@@ -165,9 +204,9 @@ def get(name: str) -> Criterion:
     return METHODS[name]
 
 
-def names() -> list[str]:
-    """Return the names of the scoring criteria (every method that prunes)."""
-    return sorted(n for n, c in METHODS.items() if c.prunes)
+def names(granularity: str | None = None) -> list[str]:
+    """Return the names of the scoring criteria (every method that prunes; at `granularity` if given)."""
+    return sorted(n for n, c in METHODS.items() if c.prunes and (granularity is None or granularity in c.granularities))
 
 
 def placebo_of(name: str) -> str | None:
@@ -201,8 +240,10 @@ def score(
     from ..masks import Mask
 
     crit = get(name)
-    if crit.fn is None:
+    if not crit.prunes:
         raise ValueError(f"{name!r} prunes nothing and has no scores")
+    if crit.fn is None:
+        raise ValueError(f"{name!r} scores channel groups only (prune.granularity: channel), not single weights")
     mask = options.pop("mask", None) or Mask.ones(model)
     batches = list(data)
     if crit.needs_data and not batches:
@@ -231,7 +272,8 @@ def score(
 
 _add(Criterion("dense", None, "no pruning, same total epochs", prunes=False))
 
-from . import causal, magnitude, saliency, synflow  # noqa: E402,F401  (registration side effects)
+from . import causal, magnitude, saliency, synflow  # noqa: E402,F401,I001  (registration side effects)
+from . import channel  # noqa: E402,F401  (channel-level scores of the methods above: registered after them)
 
 __all__ = ["METHODS", "NEEDS", "Criterion", "ScoreInput", "Scored", "get", "names", "placebo_of", "references",
-           "register", "score"]  # fmt: skip
+           "register", "register_channel", "score"]  # fmt: skip

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from .. import lasso
 from ..config import ConfigError, check_choice, check_positive, register_section
 from ..masks import prunable_parameters
 from ..trajectory import DELTA_LOSSES
-from . import Scored, ScoreInput, register
+from . import Scored, ScoreInput, register, register_channel
 
 
 @register_section
@@ -46,6 +47,9 @@ class CausalSettings:
     record_steps: int | None = None  # record N steps of each round, evenly spread (None: all of them)
     memory_budget_gb: float | None = None  # GiB of trajectory kept in memory; the rest spills to disk
     storage: str = "device"  # device: trajectory on the training device | cpu: in host memory (big models on a GPU)
+    # channel granularity: a group's regressor is the sum of its members' x̃ (sum), or that sum scaled
+    # to unit norm over the round (standardize; γ is reported back in the summed feature's units)
+    group_columns: str = "sum"
 
     def __post_init__(self) -> None:
         check_choice(self.delta_loss, DELTA_LOSSES, "causal.delta_loss")
@@ -63,6 +67,7 @@ class CausalSettings:
                 raise ConfigError("causal.momentum_model needs consecutive recorded steps; causal.record_steps "
                                   "spreads them over the round (set one of them off)")  # fmt: skip
         check_choice(self.storage, ("device", "cpu"), "causal.storage")
+        check_choice(self.group_columns, ("sum", "standardize"), "causal.group_columns")
         if self.memory_budget_gb is not None:
             check_positive(self.memory_budget_gb, "causal.memory_budget_gb")
 
@@ -70,7 +75,7 @@ class CausalSettings:
 #: The fields that say how a round is recorded (every method that needs a trajectory reads them).
 RECORDING = ("delta_loss", "probe_size", "recorder", "record_lr", "momentum_model", "dtype", "record_steps",
              "memory_budget_gb", "storage")  # fmt: skip
-FIT = ("solver", "alpha_ratio", "score", "tie_break")
+FIT = ("solver", "alpha_ratio", "score", "tie_break", "group_columns")
 
 
 def _theta2(inp: ScoreInput) -> dict[str, torch.Tensor]:
@@ -78,7 +83,8 @@ def _theta2(inp: ScoreInput) -> dict[str, torch.Tensor]:
     return {n: params[n].detach().float().cpu() ** 2 for n in inp.mask}
 
 
-def _fit(inp: ScoreInput, placebo: bool) -> Scored:
+def _solve(inp: ScoreInput, placebo: bool) -> tuple[lasso.LassoResult, CausalSettings, float]:
+    """Fit the round's Lasso (ΔL permuted for the placebo); return (fit, settings, start time)."""
     traj = inp.trajectory
     if traj is None:
         raise ValueError("causal criteria need a recorded trajectory")
@@ -88,19 +94,85 @@ def _fit(inp: ScoreInput, placebo: bool) -> Scored:
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(c.placebo_seed + inp.seed))
         y = y[perm]
     t0 = time.perf_counter()
-    fit = lasso.solve(blocks, y, alpha_ratio=c.alpha_ratio, solver=c.solver, unpenalized=Z)
+    if c.group_columns == "standardize" and traj.layout.grouped:
+        norms = [b.float().norm(dim=0).clamp_min(1e-30) for b in blocks]  # (G,) per block
+        fit = lasso.solve([b.float() / n for b, n in zip(blocks, norms, strict=True)], y,
+                          alpha_ratio=c.alpha_ratio, solver=c.solver, unpenalized=Z)  # fmt: skip
+        fit = dataclasses.replace(fit, coef=fit.coef / torch.cat(norms).to(fit.coef))  # summed feature's units
+    else:
+        fit = lasso.solve(blocks, y, alpha_ratio=c.alpha_ratio, solver=c.solver, unpenalized=Z)
+    return fit, c, t0
+
+
+def _info(inp: ScoreInput, fit: lasso.LassoResult, t0: float) -> dict[str, object]:
+    traj = inp.trajectory
+    assert traj is not None
+    return {
+        "solver": fit.solver, "alpha": fit.alpha, "nnz": int((fit.coef != 0).sum()), "gap": fit.gap,
+        "objective": fit.objective, "converged": fit.converged, "n_iter": fit.n_iter, "T": traj.T,
+        "d": int(traj.X.shape[1]), "solve_s": time.perf_counter() - t0,
+    }  # fmt: skip
+
+
+def _fit(inp: ScoreInput, placebo: bool) -> Scored:
+    fit, c, t0 = _solve(inp, placebo)
+    traj = inp.trajectory
+    assert traj is not None
     scores = traj.scores(fit.coef)
     tie = traj.combine(fit.kkt) if c.tie_break == "kkt" else None
     if c.score == "gamma_theta2":  # OBD-style: γ read as a Hessian-diagonal estimate, times θ²
         th2 = _theta2(inp)
         scores = {n: s * th2[n] for n, s in scores.items()}
         tie = {n: s * th2[n] for n, s in tie.items()} if tie is not None else None
-    info = {
-        "solver": fit.solver, "alpha": fit.alpha, "nnz": int((fit.coef != 0).sum()), "gap": fit.gap,
-        "objective": fit.objective, "converged": fit.converged, "n_iter": fit.n_iter, "T": traj.T,
-        "d": int(traj.X.shape[1]), "solve_s": time.perf_counter() - t0,
-    }  # fmt: skip
-    return Scored(scores, tie, info)
+    return Scored(scores, tie, _info(inp, fit, t0))
+
+
+def _group_theta2(inp: ScoreInput) -> torch.Tensor:
+    """Return ‖θ_g‖² per column of the grouped trajectory: the squared norm of each group's alive producer rows."""
+    traj = inp.trajectory
+    assert traj is not None
+    params = prunable_parameters(inp.model)
+    flat = traj.layout.flatten({n: params[n].detach().float().cpu() ** 2 for n in traj.layout.names})
+    return traj.layout.to_columns(flat)
+
+
+def _channels(inp: ScoreInput, per_column: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Map a grouped trajectory's (G,) per-column values to root layer → per-channel values."""
+    traj = inp.trajectory
+    if inp.groups is None or traj is None or not traj.layout.grouped or traj.n_columns != inp.groups.G:
+        raise ValueError("channel-level causal scores need a trajectory recorded with the groups' layout "
+                         "(TrajectoryRecorder(..., layout=groups.layout(mask)))")  # fmt: skip
+    return inp.groups.per_layer(per_column.detach().to("cpu", torch.float64))
+
+
+def _fit_channels(inp: ScoreInput, placebo: bool) -> Scored:
+    """Channel level (weight sharing, docs/structured.md): |γ_g| (or |γ_g|·‖θ_g‖²) per group, KKT tie-break."""
+    fit, c, t0 = _solve(inp, placebo)
+    traj = inp.trajectory
+    assert traj is not None
+    gamma = traj.group_scores(fit.coef)
+    n = traj.n_columns
+    kkt = fit.kkt.detach().to("cpu", torch.float32).reshape(-1)
+    tie = (torch.maximum(kkt[:n], kkt[n:]) if kkt.numel() == 2 * n else kkt) if c.tie_break == "kkt" else None
+    if c.score == "gamma_theta2":
+        th2 = _group_theta2(inp)
+        gamma = gamma * th2
+        tie = tie * th2 if tie is not None else None
+    info = {**_info(inp, fit, t0), "G": n}
+    return Scored(_channels(inp, gamma), _channels(inp, tie) if tie is not None else None, info)
+
+
+def _energy_total(inp: ScoreInput) -> torch.Tensor:
+    """Return Σ_t x̃_t per column of the round's trajectory (float32)."""
+    traj = inp.trajectory
+    if traj is None:
+        raise ValueError("energy needs a recorded trajectory")
+    X = traj.X
+    total = torch.zeros(X.shape[1], dtype=torch.float32, device=X.device)
+    for a in range(0, X.shape[0], 64):
+        total += X[a : a + 64].float().sum(0)
+    return total
+
 
 
 @register("causal", needs=["trajectory"], settings=CausalSettings, reads=RECORDING + FIT,
@@ -123,11 +195,24 @@ def causal_placebo(inp: ScoreInput) -> Scored:
           description="control: Σ_t x̃_t, update size alone (no ΔL)")
 def energy(inp: ScoreInput) -> Scored:
     """Score weights by the sum of their squared updates over the round."""
-    traj = inp.trajectory
-    if traj is None:
-        raise ValueError("energy needs a recorded trajectory")
-    X = traj.X
-    total = torch.zeros(X.shape[1], dtype=torch.float32, device=X.device)
-    for a in range(0, X.shape[0], 64):
-        total += X[a : a + 64].float().sum(0)
-    return Scored(traj.unflatten(total))
+    total = _energy_total(inp)
+    assert inp.trajectory is not None
+    return Scored(inp.trajectory.unflatten(total))
+
+
+@register_channel("causal")
+def causal_channels(inp: ScoreInput) -> Scored:
+    """Score channel groups by their shared causal coefficient |γ_g| (or |γ_g|·‖θ_g‖²)."""
+    return _fit_channels(inp, placebo=False)
+
+
+@register_channel("causal-placebo")
+def causal_placebo_channels(inp: ScoreInput) -> Scored:
+    """Score channel groups by a causal fit to permuted loss changes."""
+    return _fit_channels(inp, placebo=True)
+
+
+@register_channel("energy")
+def energy_channels(inp: ScoreInput) -> Scored:
+    """Score channel groups by Σ_t x̃_{t,g}, the summed squared updates of their members."""
+    return Scored(_channels(inp, _energy_total(inp)))

@@ -12,11 +12,12 @@ from .imagenet_cifar import MobileNetV1, ResNet18Cifar, VGG16Cifar, resnet50
 from .lenet import LeNet5
 from .pretrained import load_pretrained, pretrained_status
 from .resnet_cifar import resnet20, resnet32, resnet56
-from .small import MLP, CNN1d
+from .small import MLP, CNN1d, CNN2d
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "cnn1d": CNN1d,
+    "cnn2d": CNN2d,
     "lenet5": LeNet5,
     "resnet20": resnet20,
     "resnet32": resnet32,
@@ -48,9 +49,13 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.
         if len(input_shape) not in (1, 2):
             raise ValueError(f"model cnn1d needs sequence inputs (L,) or (C, L), got samples of shape {input_shape}")
         channels = 1 if len(input_shape) == 1 else input_shape[0]
-        return CNN1d(input_shape[-1], num_classes, tuple(cfg.widths), channels)
+        return CNN1d(input_shape[-1], num_classes, tuple(cfg.widths), channels, cfg.batchnorm)
+    if name == "cnn2d" and len(input_shape) == 1 and math.isqrt(input_shape[0]) ** 2 == input_shape[0]:
+        return CNN2d(math.isqrt(input_shape[0]), num_classes, tuple(cfg.widths), 1, cfg.batchnorm)  # flat digits
     if len(input_shape) != 3:
         raise ValueError(f"model {name} needs image inputs (C, H, W), got samples of shape {input_shape}")
+    if name == "cnn2d":
+        return CNN2d(input_shape[-1], num_classes, tuple(cfg.widths), input_shape[0], cfg.batchnorm)
     if name == "lenet5":
         return LeNet5(num_classes, in_channels=input_shape[0], image_size=input_shape[-1])
     if name in SHORTCUT_MODELS:

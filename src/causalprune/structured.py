@@ -1,0 +1,242 @@
+"""Channel-level Algorithm 1 (``prune.granularity: channel``; docs/structured.md): budget, selection, slimming.
+
+A run at channel granularity prunes whole channel groups (`groups.ChannelGroups`, traced
+by Torch-Pruning). Its state between rounds is a `Mask` over every parameter the groups
+touch (`ChannelGroups.full_mask`): the removed channels' weights, biases and BatchNorm
+entries are held at zero while the rounds train. After the last round the network is
+physically slimmed (`ChannelPlan.slim`) and post-training runs on the slim network.
+
+Budget (`ChannelPlan.targets`), one of:
+
+* ``prune.sparsity``: the fraction of channel groups pruned after the last round (the
+  schedule gives each round's cumulative fraction);
+* ``prune.speedup`` S: the MACs of the slim network are MACs_dense / S; the schedule is
+  applied to the MACs reduction 1 − 1/S. Each round picks the number of pruned groups by
+  bisection on the exact MACs of the slim candidate (Torch-Pruning's op counter on a
+  slimmed copy, `metrics.macs_and_params`), and keeps the count whose MACs are closest to
+  the round's target.
+
+Selection is `selection.select` on per-layer channel scores: a global ranking (or per
+layer, ``prune.scope``) among the alive groups, with a per-layer ceiling — at most
+``prune.max_layer_ratio`` of a layer's channels are pruned, and one always stays — and an
+optional ``prune.round_to``: every layer keeps a multiple of that many channels (rounded up
+by keeping its best-scored channels of the round), or all of them.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .config import ConfigError, PruneConfig
+from .groups import ChannelGroups, channel_groups
+from .masks import Mask
+from .metrics import macs_and_params
+from .selection import LayerCollapseWarning, ranking, schedule, select
+
+#: how close a ``prune.speedup`` target must be reachable: MACs within this fraction of MACs_dense / S
+SPEEDUP_TOLERANCE = 0.03
+
+
+@dataclass
+class ChannelPlan:
+    """The channel groups of a run's model and its budget (`build`).
+
+    Attributes:
+        groups: the model's channel groups (built on the dense model; used up by `slim`).
+        prune: the ``prune`` section of the run's config.
+        input_shape: one sample's shape.
+        dense_macs: MACs of one sample's forward through the dense model (Torch-Pruning's counter).
+        dense_params: parameter count of the dense model.
+    """
+
+    groups: ChannelGroups
+    prune: PruneConfig
+    input_shape: tuple[int, ...]
+    dense_macs: int
+    dense_params: int
+    _macs_cache: dict[bytes, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(cls, model: nn.Module, prune: PruneConfig, input_shape: tuple[int, ...]) -> ChannelPlan:
+        """Trace `model`'s channel groups and check that the budget can be met; raise `ConfigError` if not."""
+        device = next(model.parameters()).device
+        try:
+            groups = channel_groups(model, torch.zeros(1, *input_shape, device=device))
+        except Exception as e:  # Torch-Pruning's tracer raises whatever the model's forward raises
+            raise ConfigError(f"prune.granularity: channel: Torch-Pruning cannot trace model "
+                              f"{type(model).__name__} ({type(e).__name__}: {e}); use prune.granularity: "
+                              "weight") from None  # fmt: skip
+        if groups.G == 0:
+            raise ConfigError(f"prune.granularity: channel: model {type(model).__name__} has no channel group that "
+                              "can be pruned (only output layers); use prune.granularity: weight")  # fmt: skip
+        macs, params = macs_and_params(model, input_shape)
+        plan = cls(groups, prune, tuple(input_shape), macs, params)
+        plan.check_budget()
+        return plan
+
+    # --- the budget ------------------------------------------------------------------------
+    @property
+    def G(self) -> int:
+        """Number of channel groups."""
+        return self.groups.G
+
+    def floors(self) -> dict[str, int]:
+        """Return root layer → the fewest channels it keeps (``prune.max_layer_ratio``, at least one, ``round_to``)."""
+        out = {}
+        for layer, idx in self.groups.layers.items():
+            n = len(idx)
+            keep = max(1, n - math.floor(self.prune.max_layer_ratio * n + 1e-9))
+            out[layer] = self._rounded(keep, n)
+        return out
+
+    def _rounded(self, kept: int, n: int) -> int:
+        r = self.prune.round_to
+        return min(n, -(-kept // r) * r)
+
+    def check_budget(self) -> None:
+        """Raise `ConfigError` if the target cannot be reached under the per-layer ceiling."""
+        floors = self.floors()
+        most = sum(len(idx) - floors[layer] for layer, idx in self.groups.layers.items())
+        p = self.prune
+        ceiling = f"prune.max_layer_ratio {p.max_layer_ratio}" + (f", prune.round_to {p.round_to}" if p.round_to > 1
+                                                                   else "")  # fmt: skip
+        if p.speedup is None:
+            assert p.sparsity is not None
+            if round(p.sparsity * self.G) > most:
+                raise ConfigError(f"prune.sparsity {p.sparsity} cannot be reached: at most {most} of the {self.G} "
+                                  f"channel groups ({most / self.G:.3f}) can be pruned under {ceiling} "
+                                  "(every layer keeps a channel)")  # fmt: skip
+            return
+        slimmest = self.macs(self._keep_floors(floors))
+        best = self.dense_macs / slimmest
+        if slimmest > self.target_macs(p.speedup) * (1 + SPEEDUP_TOLERANCE):
+            raise ConfigError(f"prune.speedup {p.speedup} cannot be reached: pruning every layer to its ceiling "
+                              f"({ceiling}, one channel kept per layer) gives {best:.2f}× fewer MACs "
+                              f"({self.dense_macs:,} → {slimmest:,})")  # fmt: skip
+
+    def _keep_floors(self, floors: dict[str, int]) -> torch.Tensor:
+        keep = torch.ones(self.G, dtype=torch.bool)
+        for layer, idx in self.groups.layers.items():
+            keep[torch.tensor(idx[floors[layer] :], dtype=torch.long)] = False
+        return keep
+
+    def target_macs(self, speedup: float) -> float:
+        """MACs of one sample for a MACs reduction `speedup`."""
+        return self.dense_macs / speedup
+
+    def targets(self) -> list[float]:
+        """Each round's cumulative target: the fraction of groups pruned, or the MACs of the slim network."""
+        p = self.prune
+        if p.speedup is None:
+            assert p.sparsity is not None
+            return schedule(p.schedule, p.sparsity, p.n_iter)
+        reductions = schedule(p.schedule, 1.0 - 1.0 / p.speedup, p.n_iter)
+        return [self.dense_macs * (1.0 - r) for r in reductions]
+
+    def describe_targets(self) -> str:
+        """One line of text: each round's cumulative target."""
+        if self.prune.speedup is None:
+            return "channel groups pruned after each round: " + ", ".join(f"{t:.4f}" for t in self.targets())
+        return "MACs reduction after each round: " + ", ".join(f"{self.dense_macs / t:.3f}×" for t in self.targets())
+
+    # --- masks and selection ----------------------------------------------------------------
+    def initial_mask(self) -> Mask:
+        """Return the mask that keeps every group."""
+        return self.groups.full_mask(torch.ones(self.G, dtype=torch.bool))
+
+    def macs(self, keep: torch.Tensor) -> int:
+        """Exact MACs of one sample through the network slimmed to the groups `keep` (cached)."""
+        key = keep.numpy().tobytes()
+        if key not in self._macs_cache:
+            self._macs_cache[key] = macs_and_params(self.groups.slim_copy(keep), self.input_shape)[0]
+        return self._macs_cache[key]
+
+    def select(self, scores: dict[str, torch.Tensor], tie_break: dict[str, torch.Tensor] | None, target: float,
+               mask: Mask) -> Mask:  # fmt: skip
+        """Return the new mask for one round: the round's `target` (`targets`) from oriented per-layer scores.
+
+        `scores` / `tie_break` are keyed by root layer (higher = keep); `mask` is the current
+        mask (`full_mask`); pruned groups stay pruned.
+        """
+        current = self.groups.keep_of(mask)
+        alive = Mask({layer: v for layer, v in self.groups.per_layer(current).items()})
+        floors = self.floors()
+
+        def pick(k: int) -> torch.Tensor:
+            chosen = select(scores, k / self.G, scope=self.prune.scope, mask=alive, tie_break=tie_break,
+                            min_alive=floors)  # fmt: skip
+            return self._round_to(chosen, alive, scores, tie_break)
+
+        if self.prune.speedup is None:
+            keep = pick(round(target * self.G))
+        else:
+            keep = self._bisect(pick, int((~current).sum()), self.G - sum(floors.values()), target)
+        return self.groups.full_mask(keep)
+
+    def _bisect(self, pick, lo: int, hi: int, target: float) -> torch.Tensor:
+        """The keep vector of the pruned count in [lo, hi] whose MACs are closest to `target` (MACs fall with k)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", LayerCollapseWarning)  # the final pick warns once
+            a, b = lo, hi
+            while a < b:  # smallest k with MACs ≤ target (hi if none)
+                mid = (a + b) // 2
+                if self.macs(pick(mid)) <= target:
+                    b = mid
+                else:
+                    a = mid + 1
+            k = a
+            if k > lo and abs(self.macs(pick(k - 1)) - target) < abs(self.macs(pick(k)) - target):
+                k -= 1
+        return pick(k)
+
+    def _round_to(self, chosen: Mask, alive: Mask, scores: dict[str, torch.Tensor],
+                  tie_break: dict[str, torch.Tensor] | None) -> torch.Tensor:  # fmt: skip
+        """Apply ``prune.round_to`` to a per-layer channel mask; return the (G,) keep vector."""
+        out = {}
+        for layer in chosen:
+            new = chosen[layer].clone()
+            n, kept = new.numel(), int(new.sum())
+            want = self._rounded(kept, n)
+            if want > kept:  # keep the best-scored channels pruned in this round
+                revived = torch.nonzero(alive[layer] & ~new).squeeze(1)
+                s = scores[layer].detach().to("cpu", torch.float64)[revived]
+                t = tie_break[layer].detach().to("cpu", torch.float64)[revived] if tie_break is not None else None
+                best_first = ranking(s, t).flip(0)
+                new[revived[best_first[: want - kept]]] = True
+            out[layer] = new
+        return self.groups.from_layers(out)
+
+    # --- the end ----------------------------------------------------------------------------
+    def slim(self, model: nn.Module, mask: Mask) -> nn.Module:
+        """Zero the removed groups of `model` and remove them physically (the plan's groups are used up)."""
+        keep = self.groups.keep_of(mask)
+        self.groups.zero_groups_(model, keep)
+        return self.groups.remove_groups_(model, keep)
+
+    def weight_counts(self, mask: Mask) -> tuple[int, int]:
+        """Return (prunable weights of the dense model, those `mask` keeps alive)."""
+        weights = [mask[n] for n in self.groups.shapes]
+        return sum(m.numel() for m in weights), sum(int(m.sum()) for m in weights)
+
+    def summary(self, mask: Mask) -> dict[str, object]:
+        """The channel facts of the final `mask` for summary.json: groups, pruned, fraction, channels kept per layer."""
+        keep = self.groups.keep_of(mask)
+        return {
+            "groups": self.G, "pruned": int((~keep).sum()), "sparsity": float((~keep).float().mean()),
+            "kept_per_layer": {layer: int(v.sum()) for layer, v in self.groups.per_layer(keep).items()},
+        }  # fmt: skip
+
+
+def slim_to_mask(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> nn.Module:
+    """Slim a freshly built dense `model` to the channel groups a finished run's `mask` keeps (to load its model.pt)."""
+    device = next(model.parameters()).device
+    groups = channel_groups(model, torch.zeros(1, *input_shape, device=device))
+    return groups.remove_groups_(model, groups.keep_of(mask.canonical(model)))
+
+
+__all__ = ["SPEEDUP_TOLERANCE", "ChannelPlan", "slim_to_mask"]
