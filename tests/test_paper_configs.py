@@ -29,8 +29,9 @@ def test_every_table_row_has_a_config():
 @pytest.mark.parametrize("path", GPU, ids=lambda p: p.stem)
 def test_gpu_config_has_a_smoke_twin(path):
     gpu, smoke = load_config(path), load_config(path.with_name(f"{path.stem}-smoke.yaml"))
-    assert (smoke.model.name, smoke.data.name, smoke.prune.method, smoke.prune.sparsity) == (
-        gpu.model.name, gpu.data.name, gpu.prune.method, gpu.prune.sparsity)
+    assert (smoke.model, smoke.data.name, smoke.prune.method, smoke.prune.sparsity, smoke.prune.speedup,
+            smoke.prune.granularity) == (gpu.model, gpu.data.name, gpu.prune.method, gpu.prune.sparsity,
+                                         gpu.prune.speedup, gpu.prune.granularity)  # fmt: skip
     assert smoke.train.device == "cpu" and smoke.data.max_samples and smoke.total_epochs() <= 5
     assert gpu.train.device == "auto" and gpu.train.amp
 
@@ -51,4 +52,8 @@ def test_smoke_config_runs_end_to_end(path, data_root, tmp_path):
     assert main(["run", str(path), "--out", str(tmp_path / "run"), *[a for s in sets for a in ("--set", s)]]) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     cfg = yaml.safe_load(path.read_text())
-    assert abs(summary["sparsity_actual"] - cfg["prune"]["sparsity"]) < 0.01
+    if "speedup" in cfg["prune"]:  # a MACs budget, hit within 3 %, and the slim network measured
+        assert abs(summary["efficiency"]["speedup_macs"] / cfg["prune"]["speedup"] - 1) <= 0.03
+        assert summary["efficiency"]["speedup_measured"] > 0
+    else:
+        assert abs(summary["sparsity_actual"] - cfg["prune"]["sparsity"]) < 0.01

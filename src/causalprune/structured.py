@@ -12,9 +12,11 @@ Budget (`ChannelPlan.targets`), one of:
   schedule gives each round's cumulative fraction);
 * ``prune.speedup`` S: the MACs of the slim network are MACs_dense / S; the schedule is
   applied to the MACs reduction 1 − 1/S. Each round picks the number of pruned groups by
-  bisection on the exact MACs of the slim candidate (Torch-Pruning's op counter on a
-  slimmed copy, `metrics.macs_and_params`), and keeps the count whose MACs are closest to
-  the round's target.
+  bisection on a cheap proxy — the weight and bias MACs of the alive entries, Σ alive × output
+  positions per layer — and checks the pick with the exact count (Torch-Pruning's op counter
+  on a slimmed copy, `metrics.macs_and_params`, which also counts normalisation and
+  activation ops); while the exact MACs miss the round's target by more than
+  `MACS_PRECISION`, the proxy's target is rescaled by their ratio and the bisection rerun.
 
 Selection is `selection.select` on per-layer channel scores: a global ranking (or per
 layer, ``prune.scope``) among the alive groups, with a per-layer ceiling — at most
@@ -40,6 +42,8 @@ from .selection import LayerCollapseWarning, ranking, schedule, select
 
 #: how close a ``prune.speedup`` target must be reachable: MACs within this fraction of MACs_dense / S
 SPEEDUP_TOLERANCE = 0.03
+#: the bisection's aim: exact MACs within this fraction of a round's target (a few proxy corrections at most)
+MACS_PRECISION = 0.005
 
 
 @dataclass
@@ -59,6 +63,7 @@ class ChannelPlan:
     input_shape: tuple[int, ...]
     dense_macs: int
     dense_params: int
+    positions: dict[str, int] = field(default_factory=dict)  # prunable weight → output positions per sample
     _macs_cache: dict[bytes, int] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -75,7 +80,7 @@ class ChannelPlan:
             raise ConfigError(f"prune.granularity: channel: model {type(model).__name__} has no channel group that "
                               "can be pruned (only output layers); use prune.granularity: weight")  # fmt: skip
         macs, params = macs_and_params(model, input_shape)
-        plan = cls(groups, prune, tuple(input_shape), macs, params)
+        plan = cls(groups, prune, tuple(input_shape), macs, params, _output_positions(model, input_shape))
         plan.check_budget()
         return plan
 
@@ -156,6 +161,17 @@ class ChannelPlan:
             self._macs_cache[key] = macs_and_params(self.groups.slim_copy(keep), self.input_shape)[0]
         return self._macs_cache[key]
 
+    def proxy_macs(self, keep: torch.Tensor) -> int:
+        """Weight and bias MACs of one sample through the slim network: Σ alive entries × output positions."""
+        mask = self.groups.full_mask(keep)
+        total = 0
+        for n, pos in self.positions.items():
+            total += int(mask[n].sum()) * pos if n in mask else 0
+            bias = n[: -len("weight")] + "bias"
+            if bias in mask:
+                total += int(mask[bias].sum()) * pos
+        return total
+
     def select(self, scores: dict[str, torch.Tensor], tie_break: dict[str, torch.Tensor] | None, target: float,
                mask: Mask) -> Mask:  # fmt: skip
         """Return the new mask for one round: the round's `target` (`targets`) from oriented per-layer scores.
@@ -179,20 +195,34 @@ class ChannelPlan:
         return self.groups.full_mask(keep)
 
     def _bisect(self, pick, lo: int, hi: int, target: float) -> torch.Tensor:
-        """The keep vector of the pruned count in [lo, hi] whose MACs are closest to `target` (MACs fall with k)."""
+        """The keep vector of the pruned count in [lo, hi] whose exact MACs are closest to `target`.
+
+        Bisection on `proxy_macs` (MACs fall as k grows), with the proxy's target rescaled by
+        exact / proxy until the exact MACs are within `MACS_PRECISION` (at most 4 times).
+        """
+        dense_keep = torch.ones(self.G, dtype=torch.bool)
+        aim = target * self.proxy_macs(dense_keep) / self.dense_macs
+        best: tuple[float, int] | None = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", LayerCollapseWarning)  # the final pick warns once
-            a, b = lo, hi
-            while a < b:  # smallest k with MACs ≤ target (hi if none)
-                mid = (a + b) // 2
-                if self.macs(pick(mid)) <= target:
-                    b = mid
-                else:
-                    a = mid + 1
-            k = a
-            if k > lo and abs(self.macs(pick(k - 1)) - target) < abs(self.macs(pick(k)) - target):
-                k -= 1
-        return pick(k)
+            for _ in range(4):
+                a, b = lo, hi
+                while a < b:  # smallest k with proxy MACs ≤ aim (hi if none)
+                    mid = (a + b) // 2
+                    if self.proxy_macs(pick(mid)) <= aim:
+                        b = mid
+                    else:
+                        a = mid + 1
+                for k in {a, max(lo, a - 1)}:
+                    miss = abs(self.macs(pick(k)) - target)
+                    if best is None or miss < best[0]:
+                        best = (miss, k)
+                exact = self.macs(pick(a))
+                if abs(exact / target - 1) <= MACS_PRECISION or a in (lo, hi):
+                    break
+                aim *= target / exact
+        assert best is not None
+        return pick(best[1])
 
     def _round_to(self, chosen: Mask, alive: Mask, scores: dict[str, torch.Tensor],
                   tie_break: dict[str, torch.Tensor] | None) -> torch.Tensor:  # fmt: skip
@@ -230,6 +260,33 @@ class ChannelPlan:
             "groups": self.G, "pruned": int((~keep).sum()), "sparsity": float((~keep).float().mean()),
             "kept_per_layer": {layer: int(v.sum()) for layer, v in self.groups.per_layer(keep).items()},
         }  # fmt: skip
+
+
+def _output_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Return prunable weight name → output positions of its layer for one sample (output numel / channels)."""
+    from .masks import PRUNABLE_LAYERS
+
+    names = {id(m.weight): n for n, m in model.named_modules() if isinstance(m, PRUNABLE_LAYERS)}
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, int] = {}
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, PRUNABLE_LAYERS) and id(m.weight) in names:
+            def hook(mod: nn.Module, _: object, y: torch.Tensor) -> None:
+                channels = y.shape[-1] if isinstance(mod, nn.Linear) else y.shape[1]
+                key = canonical[id(mod.weight)]
+                out[key] = out.get(key, 0) + y.numel() // max(channels, 1)
+            hooks.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return out
 
 
 def slim_to_mask(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> nn.Module:
