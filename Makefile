@@ -37,6 +37,7 @@ bench: setup
 	$(BIN)/python benchmarks/loader.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/structured_latency.py
+	$(BIN)/python benchmarks/group_recording.py
 
 gpu-check: setup
 	bash benchmarks/gpu_check.sh $(BIN)/python

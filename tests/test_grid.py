@@ -35,7 +35,7 @@ def test_compare_varies_a_method_only_along_keys_it_reads():
 
 
 def test_grid_cells_are_resolved_when_planned():
-    with pytest.raises(ValueError, match="unknown method 'snap'; valid: causal, causal-placebo, dense"):
+    with pytest.raises(ValueError, match="unknown method .snap.; valid: bn_scale, causal, causal-placebo, dense"):
         plan(config_from_dict(TINY), ["causal", "snap"], [0.9], [0], [])
     with pytest.raises(ConfigError, match="causal.solver must be one of"):
         plan(config_from_dict(TINY), ["causal"], [0.9], [0], parse_grid(["causal.solver=lars"]))
@@ -95,7 +95,7 @@ def test_resume_refuses_to_start_a_new_run(tmp_path, capsys):
 def test_every_method_declares_what_the_driver_needs():
     for name, c in criteria.METHODS.items():
         assert c.needs <= set(criteria.NEEDS), name
-        assert (c.fn is None) == (not c.prunes), name
+        assert (not c.granularities) == (not c.prunes), name
         if c.placebo_for is not None:
             assert criteria.get(c.placebo_for).settings is c.settings, name
     assert criteria.placebo_of("causal") == "causal-placebo"
