@@ -48,3 +48,22 @@ def test_loading_a_finished_run_recipe(tmp_path, monkeypatch):
     assert all(torch.equal(v, saved[k]) for k, v in ns["model"].state_dict().items())
     mask = ns["mask"]
     assert all((ns["model"].get_parameter(n).detach()[~m] == 0).all() for n, m in mask.items())
+
+
+def test_channel_recipe_slims_a_users_model_to_half_its_macs():
+    from causalprune.metrics import macs_and_params
+
+    pool = load_pool("digits")
+    x, y = pool.x_train[:512].float().reshape(-1, 1, 8, 8), pool.y_train[:512]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                          nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(32 * 16, 10))  # fmt: skip
+    dense_macs = macs_and_params(model, (1, 8, 8))[0]
+    ns = {"model": model, "loss_fn": nn.CrossEntropyLoss(), "input_shape": (1, 8, 8),
+          "optimizer": torch.optim.SGD(model.parameters(), lr=0.05),
+          "loader": [(x[i : i + 16], y[i : i + 16]) for i in range(0, 512, 16)]}  # fmt: skip
+    exec(_block("Channels instead of weights"), ns)
+    slim = ns["slim"]
+    assert slim(x[:4]).shape == (4, 10)
+    assert abs(dense_macs / macs_and_params(slim, (1, 8, 8))[0] / 2 - 1) <= 0.03

@@ -7,12 +7,16 @@ training (a Lasso fit of ΔL_t on (Δθ_k^t)², docs/method.md) and the least ca
 from . import criteria, lasso, selection
 from .lasso import ConvergenceWarning, LassoResult
 from .masks import Mask, parameter_aliases, prunable_parameters
+from .groups import ChannelGroups, channel_groups
 from .selection import LayerCollapseWarning, schedule, select
+from .structured import ChannelPlan, slim_to_mask
 from .trajectory import Trajectory, TrajectoryRecorder
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelGroups",
+    "ChannelPlan",
     "ConvergenceWarning",
     "LassoResult",
     "LayerCollapseWarning",
@@ -20,6 +24,7 @@ __all__ = [
     "Trajectory",
     "TrajectoryRecorder",
     "__version__",
+    "channel_groups",
     "criteria",
     "lasso",
     "parameter_aliases",
@@ -27,4 +32,5 @@ __all__ = [
     "schedule",
     "select",
     "selection",
+    "slim_to_mask",
 ]
