@@ -5,9 +5,9 @@ training (a Lasso fit of ΔL_t on (Δθ_k^t)², docs/method.md) and the least ca
 """
 
 from . import criteria, lasso, selection
+from .groups import ChannelGroups, channel_groups
 from .lasso import ConvergenceWarning, LassoResult
 from .masks import Mask, parameter_aliases, prunable_parameters
-from .groups import ChannelGroups, channel_groups
 from .selection import LayerCollapseWarning, schedule, select
 from .structured import ChannelPlan, slim_to_mask
 from .trajectory import Trajectory, TrajectoryRecorder
