@@ -41,9 +41,10 @@ def _cmd_list(_: argparse.Namespace) -> int:
 
     print("models:     " + ", ".join(sorted(MODELS)))
     print("datasets:   " + ", ".join(sorted(DATASETS)))
-    print("methods:")
+    print("methods:         (granularities they score: w = weight, c = channel)")
     for name, c in sorted(criteria.METHODS.items()):
-        print(f"  {name:15s} {c.description}")
+        levels = ",".join(g[0] for g in c.granularities) or "-"
+        print(f"  {name:15s} [{levels:3s}] {c.description}")
     print("solvers:    " + ", ".join(lasso.SOLVERS))
     print("delta_loss: " + ", ".join(trajectory.DELTA_LOSSES))
     print("schedules:  " + ", ".join(selection.SCHEDULES))
