@@ -226,3 +226,33 @@ def test_compare_with_speedups_tabulates_measured_speedup(tmp_path, capsys):
     assert (tmp_path / "cmp" / "magnitude" / "s2x" / "seed_0" / "summary.json").exists()
     csv = (tmp_path / "cmp" / "table.csv").read_text().splitlines()
     assert "speedup_measured" in csv[0].split(",")
+
+
+def test_sigkill_between_rounds_then_resume_gives_the_same_network(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**CHANNEL, "prune": {**CHANNEL["prune"], "n_iter": 3}}))
+    run_experiment(config_from_dict(yaml.safe_load(path.read_text())), tmp_path / "full", quiet=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "causalprune", "run", str(path), "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (out / "level_1" / "mask.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if (out / "summary.json").exists():
+        pytest.skip("the run finished before it could be killed")
+    assert main(["run", str(path), "--out", str(out)]) == 0
+    for k in (1, 2, 3):
+        assert Mask.load(tmp_path / "full" / f"level_{k}" / "mask.pt") == Mask.load(out / f"level_{k}" / "mask.pt")
+    a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)
+    b = torch.load(out / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
