@@ -191,11 +191,13 @@ class ChannelPlan:
         if self.prune.speedup is None:
             keep = pick(round(target * self.G))
         else:
-            keep = self._bisect(pick, int((~current).sum()), self.G - sum(floors.values()), target)
+            keep, over = self._bisect(pick, int((~current).sum()), self.G - sum(floors.values()), target)
+            keep = self._last_channel(keep, over, scores, tie_break, target, floors)
         return self.groups.full_mask(keep)
 
-    def _bisect(self, pick, lo: int, hi: int, target: float) -> torch.Tensor:
-        """The keep vector of the pruned count in [lo, hi] whose exact MACs are closest to `target`.
+    def _bisect(self, pick, lo: int, hi: int, target: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The keep vector of the pruned count in [lo, hi] whose exact MACs are closest to `target`, and the
+        keep vector of the count nearest to it whose MACs are still above the target (None: none is).
 
         Bisection on `proxy_macs` (MACs fall as k grows), with the proxy's target rescaled by
         target / exact until the exact MACs are within `MACS_PRECISION` (at most 6 bisections).
@@ -223,11 +225,44 @@ class ChannelPlan:
                     break
                 aim *= target / exact
         assert best is not None
-        if best[0] > SPEEDUP_TOLERANCE * target:
-            warnings.warn(f"the round's MACs target {target:,.0f} is missed by {best[0] / target:.1%}: no count of "
-                          "whole channels in the ranking's order comes closer (one channel carries that many MACs)",
-                          stacklevel=3)  # fmt: skip
-        return pick(best[1])
+        k = best[1]
+        over = k if self.macs(pick(k)) > target else k - 1  # the neighbouring pick still above the target
+        return pick(k), (pick(over) if over >= lo else None)
+
+    def _last_channel(self, keep: torch.Tensor, over: torch.Tensor | None, scores: dict[str, torch.Tensor],
+                      tie_break: dict[str, torch.Tensor] | None, target: float,
+                      floors: dict[str, int]) -> torch.Tensor:  # fmt: skip
+        """Bring a pick within `SPEEDUP_TOLERANCE` of `target` when whole channels in ranking order cannot.
+
+        Where one channel carries several per cent of the MACs, the ranking's next channel may
+        overshoot the target. Then, from the pick `over` (still above the target), the one
+        channel among the next 32 alive ones in the global ranking whose removal brings the
+        exact MACs closest to the target is removed (``prune.scope: global`` and
+        ``prune.round_to: 1`` only); a pick still off by more than the tolerance is kept
+        closest and warned about.
+        """
+        best_keep, best_miss = keep, abs(self.macs(keep) - target)
+        if best_miss > SPEEDUP_TOLERANCE * target and self.prune.scope == "global" and self.prune.round_to == 1:
+            values = self.groups.from_layers(scores).to(torch.float64)
+            tie = self.groups.from_layers(tie_break).to(torch.float64) if tie_break is not None else None
+            layer_of = torch.empty(self.G, dtype=torch.long)
+            names = list(self.groups.layers)
+            for j, idx in enumerate(self.groups.layers.values()):
+                layer_of[torch.tensor(idx, dtype=torch.long)] = j
+            base = over if over is not None else keep
+            kept = [int(base[torch.tensor(idx, dtype=torch.long)].sum()) for idx in self.groups.layers.values()]
+            free = [g for g in ranking(values, tie).tolist()
+                    if base[g] and kept[int(layer_of[g])] > floors[names[int(layer_of[g])]]]  # fmt: skip
+            for g in free[:32] if over is not None else []:
+                trial = base.clone()
+                trial[g] = False
+                miss = abs(self.macs(trial) - target)
+                if miss < best_miss:
+                    best_keep, best_miss = trial, miss
+        if best_miss > SPEEDUP_TOLERANCE * target:
+            warnings.warn(f"the round's MACs target {target:,.0f} is missed by {best_miss / target:.1%}: no pick of "
+                          "whole channels comes closer (one channel carries that many MACs)", stacklevel=3)  # fmt: skip
+        return best_keep
 
     def _round_to(self, chosen: Mask, alive: Mask, scores: dict[str, torch.Tensor],
                   tie_break: dict[str, torch.Tensor] | None) -> torch.Tensor:  # fmt: skip
