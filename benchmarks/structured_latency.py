@@ -6,7 +6,8 @@ this measures speed, not accuracy) and removed by the library's channel selectio
 (`structured.ChannelPlan`: at least one channel kept per layer, the number removed bisected
 so that dense MACs / slim MACs reaches the target), and the dense and slim networks' forward
 latencies are measured
-(`metrics.latency_ms`: eval mode, median of 30 runs after warm-up, batch 1 and 64).
+(`metrics.latencies_ms`: eval mode, median of 30 runs after warm-up, batch 1 and 64, the
+dense and slim networks timed interleaved).
 Prints one JSON line per (model, target). Run: python benchmarks/structured_latency.py
 """
 
@@ -19,7 +20,7 @@ import json
 import torch
 
 from causalprune.config import PruneConfig
-from causalprune.metrics import latency_ms, macs_and_params
+from causalprune.metrics import latencies_ms, macs_and_params
 from causalprune.models import create_model
 from causalprune.structured import ChannelPlan
 
@@ -62,14 +63,13 @@ def main() -> None:
     for key in a.models.split(","):
         model, shape = _build(key)
         dense_macs, dense_params = macs_and_params(model, shape)
-        dense_lat = latency_ms(model, shape)
         for target in (float(t) for t in a.targets.split(",")):
             slim = _slim(model, shape, target)
             macs, params = macs_and_params(slim, shape)
             with torch.no_grad():
                 x = torch.randn(2, *shape)
                 assert slim(x).shape == model(x).shape
-            lat = latency_ms(slim, shape)
+            dense_lat, lat = latencies_ms([model, slim], shape)  # interleaved: load changes hit both alike
             print(json.dumps({
                 "model": key, "target": target,
                 "macs_dense": dense_macs, "macs_slim": macs, "macs_reduction": round(dense_macs / macs, 3),

@@ -127,3 +127,24 @@ def test_export_errors_are_one_line(finished_run, tmp_path, capsys):
     assert len(lines) == 3 and all(line.startswith("causalprune: error: ") for line in lines)
     assert "missing" in lines[0] and "tflite" in lines[1] and "model.pt is damaged" in lines[2]
     assert not (tmp_path / "x.pt2").exists()
+
+
+def test_latencies_are_measured_interleaved_and_tell_a_slower_network():
+    import time as _time
+
+    from causalprune.metrics import latencies_ms
+
+    class Slow(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 2)
+
+        def forward(self, x):
+            _time.sleep(0.003)
+            return self.lin(x)
+
+    fast, slow = nn.Linear(4, 2), Slow()
+    slow.train()
+    a, b = latencies_ms([fast, slow], (4,), batch_sizes=(1, 8), repeats=5, warmup=1)
+    assert b["batch_1"] >= 3.0 > a["batch_1"] and b["batch_8"] >= 3.0 > a["batch_8"]
+    assert a["repeats"] == b["repeats"] == 5 and slow.training  # the mode is restored

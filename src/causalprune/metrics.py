@@ -82,7 +82,6 @@ def macs_and_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int
     return int(macs), int(params)
 
 
-@torch.no_grad()
 def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_sizes: Sequence[int] = (1, 64),
                repeats: int = 30, warmup: int = 5) -> dict[str, float | int]:  # fmt: skip
     """Measure CPU forward latency in milliseconds: the median of `repeats` timed runs per batch size.
@@ -91,34 +90,49 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_sizes: Sequ
     copied there; the model itself is not changed, its train/eval mode is restored), on a
     fixed random input, after `warmup` untimed runs. Returns ``{"batch_<b>": ms, ...,
     "threads": torch.get_num_threads(), "repeats": repeats}``. A measurement only: it depends
-    on the machine, the thread count and the load.
+    on the machine, the thread count and the load. To compare networks, use `latencies_ms`.
     """
+    return latencies_ms([model], input_shape, batch_sizes, repeats, warmup)[0]
+
+
+@torch.no_grad()
+def latencies_ms(models: Sequence[nn.Module], input_shape: tuple[int, ...], batch_sizes: Sequence[int] = (1, 64),
+                 repeats: int = 30, warmup: int = 5) -> list[dict[str, float | int]]:  # fmt: skip
+    """`latency_ms` of several networks, measured interleaved: run r times every model once, in an order
+    that alternates between repeats, so that a change in the machine's load during the
+    measurement slows all of them alike (their ratios are what a speed-up reports)."""
     if repeats < 1 or warmup < 0:
         raise ValueError(f"latency_ms needs repeats >= 1 and warmup >= 0, got {repeats} and {warmup}")
     if not batch_sizes or any(b < 1 for b in batch_sizes):
         raise ValueError(f"latency_ms needs batch sizes >= 1, got {list(batch_sizes)}")
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    net = model if on_cpu else copy.deepcopy(model).cpu()
-    was_training = net.training
-    net.eval()
-    out: dict[str, float | int] = {}
+    nets = [m if all(p.device.type == "cpu" for p in m.parameters()) else copy.deepcopy(m).cpu() for m in models]
+    modes = [n.training for n in nets]
+    outs: list[dict[str, float | int]] = [{} for _ in nets]
     generator = torch.Generator().manual_seed(0)
     try:
+        for n in nets:
+            n.eval()
         for b in batch_sizes:
             x = torch.randn(b, *input_shape, generator=generator)
-            for _ in range(warmup):
-                net(x)
-            times = []
-            for _ in range(repeats):
-                start = time.perf_counter()
-                net(x)
-                times.append((time.perf_counter() - start) * 1000.0)
-            out[f"batch_{b}"] = statistics.median(times)
+            for n in nets:
+                for _ in range(warmup):
+                    n(x)
+            times: list[list[float]] = [[] for _ in nets]
+            for r in range(repeats):
+                order = range(len(nets)) if r % 2 == 0 else reversed(range(len(nets)))
+                for i in order:
+                    start = time.perf_counter()
+                    nets[i](x)
+                    times[i].append((time.perf_counter() - start) * 1000.0)
+            for out, t in zip(outs, times, strict=True):
+                out[f"batch_{b}"] = statistics.median(t)
     finally:
-        net.train(was_training)
-    out["threads"] = torch.get_num_threads()
-    out["repeats"] = repeats
-    return out
+        for n, mode in zip(nets, modes, strict=True):
+            n.train(mode)
+    for out in outs:
+        out["threads"] = torch.get_num_threads()
+        out["repeats"] = repeats
+    return outs
 
 
 def measured_efficiency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...],
@@ -126,14 +140,13 @@ def measured_efficiency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[
     """Compare a dense network with its physically slimmed version: parameters, MACs, measured CPU latency.
 
     Returns ``params`` and ``macs`` ({"dense", "pruned"}, `macs_and_params`), ``latency_ms``
-    ({"dense", "pruned"}, each `latency_ms` per batch size with threads and repeats),
+    ({"dense", "pruned"}, each per batch size with threads and repeats; measured interleaved, `latencies_ms`),
     ``speedup_macs`` (dense / pruned MACs), ``speedup_measured`` (dense / pruned median latency
     at the largest batch size) and ``speedup_measured_by_batch`` (every batch size).
     """
     macs_d, params_d = macs_and_params(dense, input_shape)
     macs_p, params_p = macs_and_params(pruned, input_shape)
-    lat_d = latency_ms(dense, input_shape, batch_sizes, repeats)
-    lat_p = latency_ms(pruned, input_shape, batch_sizes, repeats)
+    lat_d, lat_p = latencies_ms([dense, pruned], input_shape, batch_sizes, repeats)  # interleaved
     by_batch = {f"batch_{b}": float(lat_d[f"batch_{b}"]) / float(lat_p[f"batch_{b}"]) for b in batch_sizes}
     return {
         "params": {"dense": params_d, "pruned": params_p},
