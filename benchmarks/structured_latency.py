@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from causalprune.config import PruneConfig
+from causalprune.config import ConfigError, PruneConfig
 from causalprune.metrics import latencies_ms, macs_and_params
 from causalprune.models import create_model
 from causalprune.structured import ChannelPlan
@@ -40,14 +40,15 @@ def _build(key: str) -> tuple[torch.nn.Module, tuple[int, ...]]:
     return create_model(name, **kwargs).eval(), shape
 
 
-def _slim(model: torch.nn.Module, shape: tuple[int, ...], target: float) -> torch.nn.Module:
+def _slim(model: torch.nn.Module, shape: tuple[int, ...], target: float, round_to: int = 1) -> torch.nn.Module:
     """A copy of `model` slimmed to `target`× fewer MACs, smallest producer-weight L2 norms removed first.
 
     Selection is the library's own (`structured.ChannelPlan`: one global ranking, one channel
     kept per layer, MACs bisected to the target and checked by exact counts).
     """
     slim = copy.deepcopy(model)
-    plan = ChannelPlan.build(slim, PruneConfig(granularity="channel", speedup=target, n_iter=1), shape)
+    prune = PruneConfig(granularity="channel", speedup=target, n_iter=1, round_to=round_to)
+    plan = ChannelPlan.build(slim, prune, shape)
     layout = plan.groups.layout()
     params = {n: slim.get_parameter(n).detach() for n in layout.names}
     norms = layout.to_columns(layout.flatten(params) ** 2).sqrt()  # (G,)
@@ -59,19 +60,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--targets", default="2,4", help="MACs reductions (dense / slim)")
+    ap.add_argument("--round-to", type=int, default=1, help="prune.round_to: layers keep multiples of this")
     a = ap.parse_args()
     for key in a.models.split(","):
         model, shape = _build(key)
         dense_macs, dense_params = macs_and_params(model, shape)
         for target in (float(t) for t in a.targets.split(",")):
-            slim = _slim(model, shape, target)
+            try:
+                slim = _slim(model, shape, target, a.round_to)
+            except ConfigError as e:  # the target cannot be reached under the layer floors
+                print(json.dumps({"model": key, "target": target, "round_to": a.round_to, "unreachable": str(e)}))
+                continue
             macs, params = macs_and_params(slim, shape)
             with torch.no_grad():
                 x = torch.randn(2, *shape)
                 assert slim(x).shape == model(x).shape
             dense_lat, lat = latencies_ms([model, slim], shape)  # interleaved: load changes hit both alike
             print(json.dumps({
-                "model": key, "target": target,
+                "model": key, "target": target, "round_to": a.round_to,
                 "macs_dense": dense_macs, "macs_slim": macs, "macs_reduction": round(dense_macs / macs, 3),
                 "params_dense": dense_params, "params_slim": params,
                 "latency_ms_dense": {k: round(v, 3) for k, v in dense_lat.items() if k.startswith("batch")},
