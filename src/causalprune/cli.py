@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from . import __version__, criteria, lasso, selection, trajectory
+from . import __version__, criteria, lasso, platform, selection, trajectory
 
 DEMO = {"methods": "causal,magnitude,random", "sparsity": "0.9,0.98", "seeds": "0,1"}
 
@@ -56,8 +56,37 @@ def _cmd_list(_: argparse.Namespace) -> int:
     return 0
 
 
+def _launch(nproc: int, argv: list[str]) -> int:
+    """Start `nproc` processes of ``causalprune <argv>`` through torch.distributed.run (torchrun); return its status."""
+    from torch.distributed import run as torchrun
+
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    try:
+        torchrun.main(["--standalone", f"--nproc-per-node={nproc}", "-m", "causalprune", *argv])
+    except Exception as e:  # torchrun raises ChildFailedError naming the failed rank(s) after they printed why
+        print(f"causalprune: error: a process of the {nproc}-process run failed ({type(e).__name__})", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from . import resolve
+
+    if args.nproc is not None and args.nproc > 1 and not platform.launched():
+        return _launch(args.nproc, _without_nproc(args.argv))
     from .experiment import run_experiment
     from .runfolder import RunFolder, default_run_dir
 
@@ -207,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="resolve the config, build the model, check the data; train nothing"
     )
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="run as N processes on this machine (data parallel): the same as "
+                        "torchrun --standalone --nproc-per-node N -m causalprune run ...")  # fmt: skip
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("compare", help="run methods × sparsities × seeds and print a table")
@@ -276,10 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     from .runfolder import RunFolderError
     from .train import TrainingDiverged
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     shown = warnings.showwarning
     warnings.showwarning = _warning_line
     try:
+        if platform.launched():  # one of torchrun's processes: join the run's process group
+            platform.init_from_env()
         return int(args.func(args))
     except (ValueError, RunFolderError, TrainingDiverged) as e:
         print(f"causalprune: error: {e}", file=sys.stderr)
@@ -293,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning = shown
+        platform.shutdown()
 
 
 def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,

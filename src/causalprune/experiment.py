@@ -40,6 +40,8 @@ from .data import AUGMENTATIONS, Splits, load_pool, make_splits, materialize, sh
 from .masks import Mask, prunable_parameters
 from .metrics import efficiency, measured_efficiency
 from .models import build_model, load_pretrained, pretrained_status
+from .platform import SINGLE, Platform
+from .platform import current as current_platform
 from .runfolder import (
     RunFolder,
     RunFolderError,
@@ -142,6 +144,7 @@ class Run:
     pre_cache: Path | None = None
     timing: dict[str, float] = field(default_factory=dict)
     channels: ChannelPlan | None = None  # prune.granularity: channel
+    plat: Platform = SINGLE  # the processes of a distributed run (torchrun)
 
     def eval(self, model: nn.Module, split: str) -> dict[str, float]:
         """Return the metrics of `model` on split ``val`` or ``test``."""
@@ -199,14 +202,15 @@ class Run:
             opt = make_optimizer(model.parameters(), train)
         handle = mask.attach(model, opt) if mask is not None else None
         logger = _Logger(self, stage, model, evaluate_sets)
-        recorder, step = _recorder(self, model, opt, mask, epochs, dedicated) if record else (None, None)
+        net = self.plat.wrap(model)  # DistributedDataParallel in a distributed run: the training forward only
+        recorder, step = _recorder(self, model, net, opt, mask, epochs, dedicated) if record else (None, None)
         t0 = time.perf_counter()
         try:
             fit(
-                model, opt, self.data.train, epochs=epochs, batch_size=cfg.train.batch_size,
+                net, opt, self.data.train, epochs=epochs, batch_size=cfg.train.batch_size,
                 task=self.data.task, seed=stage_seed(cfg.seed, stage + "/batches"),
                 lr_schedule="constant" if dedicated else train.lr_schedule, step=step, augment=self.augment,
-                amp=cfg.train.amp, initial_lr=train.initial_lr, callbacks=[logger], desc=stage,
+                amp=cfg.train.amp, initial_lr=train.initial_lr, callbacks=[logger], desc=stage, plat=self.plat,
             )  # fmt: skip
         except BaseException:
             if recorder is not None:
@@ -219,8 +223,8 @@ class Run:
         return Stage(logger.history, recorder)
 
 
-def _recorder(run: Run, model: nn.Module, opt: torch.optim.Optimizer, mask: Mask | None, epochs: int,
-              dedicated: bool) -> tuple[TrajectoryRecorder, StepFn]:  # fmt: skip
+def _recorder(run: Run, model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, mask: Mask | None,
+              epochs: int, dedicated: bool) -> tuple[TrajectoryRecorder, StepFn]:  # fmt: skip
     """The recorder of a round and the step function that records `causal.record_steps` of its steps.
 
     At channel granularity the recorder stores one column per channel group (weight sharing).
@@ -238,9 +242,10 @@ def _recorder(run: Run, model: nn.Module, opt: torch.optim.Optimizer, mask: Mask
         probe_data=(materialize(px).to(run.device), py.to(run.device)),
         momentum_features=c.momentum_model and momentum, probe_seed=stage_seed(run.cfg.seed, "probe"),
         memory_budget=None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
-        capacity=max(recorded, 1), storage_device="cpu" if c.storage == "cpu" else None,
+        capacity=max(recorded, 1), storage_device="cpu" if c.storage == "cpu" else None, train_model=net,
+        loss_reduce=run.plat.all_reduce_sum if run.plat.distributed else None,
     )  # fmt: skip
-    return recorder, _spread_recorded_steps(recorder.step, plain_step(model, opt, loss_fn), total, recorded)
+    return recorder, _spread_recorded_steps(recorder.step, plain_step(net, opt, loss_fn), total, recorded)
 
 
 def _spread_recorded_steps(recorded: StepFn, plain: StepFn, total: int, n: int) -> StepFn:
@@ -280,8 +285,8 @@ def _rewind(model: nn.Module, theta_pre: dict[str, torch.Tensor], reset_bn: bool
 # --- the stages ---------------------------------------------------------------------------
 def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
     """Return θ_pre — this run's, a shared one (charging its training time), or trained now — loaded in `model`."""
-    own = run.folder.load_pre(run.device)
-    cache = pre_cache_dir(run.cfg, run.pre_cache) if run.pre_cache else None
+    own = run.folder.load_pre(run.device) if run.plat.broadcast_object(run.folder.pre_checkpoint.exists()) else None
+    cache = pre_cache_dir(run.cfg, run.pre_cache) if run.pre_cache and not run.plat.distributed else None
     if own is not None:
         load_state_into(model, own, run.folder.pre_checkpoint, run.folder.pre_checkpoint.parent)
         if cache is not None and not (cache / "checkpoint.pt").exists():  # e.g. a run started before the grid
@@ -308,7 +313,7 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
                 target: float) -> Mask:  # fmt: skip
     """Pruning round `k`: rewind, train (recording if the method needs it), score, select; return the new mask."""
     cfg, folder = run.cfg, run.folder
-    if folder.level_done(k):
+    if run.plat.broadcast_object(folder.level_done(k)):  # the primary's view of the folder decides
         mask, state = folder.load_level(k, run.device)
         load_state_into(model, state, folder.level_dir(k) / "checkpoint.pt", folder.level_dir(k))
         return mask
@@ -330,6 +335,7 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
         if recorder is not None:
             recorder.close()
     new_mask.apply_(model)
+    run.plat.check_same_tensors(dict(new_mask), f"the mask of round {k}")  # every rank selected the same
     folder.save_level(k, {"scores": scored.scores, "tie_break": scored.tie_break}, model.state_dict(), new_mask)
     info = {key: v for key, v in scored.info.items() if isinstance(v, int | float | str | bool)}
     if run.channels is not None:
@@ -387,12 +393,20 @@ def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | 
 def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quiet: bool,
          t_start: float) -> dict[str, Any]:  # fmt: skip
     criterion = criteria.get(cfg.prune.method)
-    folder = RunFolder(out if out is not None else default_run_dir(cfg))
-    if folder.finished():
+    plat = current_platform()
+    if plat.distributed:
+        plat.check_same(cfg.digest(), "the config (its digest): start every rank with the same config")
+        if cfg.train.batch_size % plat.world_size:
+            raise ConfigError(f"train.batch_size {cfg.train.batch_size} does not divide among {plat.world_size} "
+                              "processes: the global batch is split evenly (choose a multiple of the process count)")
+        quiet = quiet or not plat.is_primary
+    folder = RunFolder(out if out is not None else default_run_dir(cfg), writer=plat.is_primary)
+    if plat.broadcast_object(folder.finished()):
         return _finished(folder, cfg, quiet)
     # Everything that can fail on bad input is checked before the run folder is written.
     device = device_of(cfg)
-    run = Run(cfg, criterion, folder, load_splits(cfg, device), device, Path(pre_cache) if pre_cache else None)
+    run = Run(cfg, criterion, folder, load_splits(cfg, device), device, Path(pre_cache) if pre_cache else None,
+              plat=plat)
     model = run.new_model()
     if cfg.prune.granularity == "channel" and criterion.prunes:
         run.channels = ChannelPlan.build(model, cfg.prune, tuple(run.data.input_shape))
@@ -505,6 +519,7 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
         "efficiency": efficiency(model, run.data.input_shape),
         "timing": {k: round(v, 3) for k, v in run.timing.items()},
         "device": str(run.device),
+        "world_size": run.plat.world_size,
         "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "causalprune_version": __version__,

@@ -114,10 +114,15 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 class RunFolder:
-    """The files of one run."""
+    """The files of one run.
 
-    def __init__(self, path: str | Path) -> None:
+    `writer` is False on every process of a distributed run but the primary: such a folder
+    reads as usual and writes nothing (its write methods return at once, it takes no lock).
+    """
+
+    def __init__(self, path: str | Path, writer: bool = True) -> None:
         self.path = Path(path)
+        self.writer = writer
 
     # --- the folder as a whole ----------------------------------------------------------
     def exists(self) -> bool:
@@ -130,6 +135,9 @@ class RunFolder:
 
         Also checks that the folder is writable, before any training.
         """
+        if not self.writer:
+            yield
+            return
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file, not a folder; choose another --out")
         try:
@@ -170,8 +178,9 @@ class RunFolder:
                 raise RunFolderError(f"{self.path} holds a run with a different config (differs in "
                                      f"{', '.join(diff[:5])}); choose another --out or delete the folder")  # fmt: skip
             return
-        self.path.mkdir(parents=True, exist_ok=True)
-        save_text(dump_config(cfg), existing)
+        if self.writer:
+            self.path.mkdir(parents=True, exist_ok=True)
+            save_text(dump_config(cfg), existing)
 
     def started_threads(self) -> int | None:
         """Return the threads the run started with (env.json), or None for a new run."""
@@ -180,11 +189,15 @@ class RunFolder:
 
     def write_env(self, env: dict[str, Any]) -> None:
         """Write env.json once (the first start of the run)."""
+        if not self.writer:
+            return
         if not (self.path / "env.json").exists():
             save_json(env, self.path / "env.json")
 
     def log(self, event: dict[str, Any]) -> None:
         """Append one event to metrics.jsonl, stamped with the time."""
+        if not self.writer:
+            return
         append_jsonl({"time": round(time.time(), 3), **event}, self.path / "metrics.jsonl")
 
     # --- timing -------------------------------------------------------------------------
@@ -195,6 +208,8 @@ class RunFolder:
 
     def save_timing(self, timing: dict[str, float]) -> None:
         """Write timing.json."""
+        if not self.writer:
+            return
         save_json(timing, self.path / "timing.json")
 
     # --- θ_pre ----------------------------------------------------------------------------
@@ -210,6 +225,8 @@ class RunFolder:
 
     def save_pre(self, theta: dict[str, torch.Tensor]) -> None:
         """Write θ_pre."""
+        if not self.writer:
+            return
         save_torch(theta, self.pre_checkpoint)
 
     # --- levels ---------------------------------------------------------------------------
@@ -229,6 +246,8 @@ class RunFolder:
 
     def save_level(self, k: int, scores: dict[str, Any], state: dict[str, torch.Tensor], mask: Mask) -> None:
         """Write round `k`'s scores, model state and mask (the mask last: it marks the round done)."""
+        if not self.writer:
+            return
         d = self.level_dir(k)
         save_torch(scores, d / "scores.pt")
         save_torch(state, d / "checkpoint.pt")
@@ -265,6 +284,8 @@ class RunFolder:
     def save_result(self, state: dict[str, torch.Tensor], mask: Mask, timing: dict[str, float],
                     summary: dict[str, Any]) -> None:  # fmt: skip
         """Write model.pt, mask.pt, timing.json and summary.json (the summary last: it marks the run done)."""
+        if not self.writer:
+            return
         save_torch(state, self.path / "model.pt")
         mask.save(self.path / "mask.pt")
         self.save_timing(timing)

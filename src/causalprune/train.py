@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import ImageFiles, Inputs, iterate
+from .platform import SINGLE, Platform
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -147,8 +148,15 @@ def fit(
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
     amp: bool = False,
     initial_lr: float | None = None,
+    plat: Platform = SINGLE,
 ) -> list[dict[str, float]]:
     """Train `model` for `epochs` epochs; return one log dict per epoch.
+
+    In a distributed run (`plat`) every rank draws the same global batches of `batch_size`
+    (and augments them alike) and trains on its slice of each (``tensor_split``, rank order):
+    `model` is then the `DistributedDataParallel` wrapper, whose gradient averaging makes a
+    step the single process's step on the global batch (up to summation order). The
+    epoch's training loss is summed over the ranks.
 
     Raises `TrainingDiverged` naming the epoch when the training loss stops being finite.
     """
@@ -169,10 +177,13 @@ def fit(
         for xb, yb in iterate(x, y, batch_size, device, generator, train=True):
             if augment is not None:
                 xb = augment(xb, generator)
+            if plat.distributed:  # this rank's slice of the global batch
+                xb, yb = xb.tensor_split(plat.world_size)[plat.rank], yb.tensor_split(plat.world_size)[plat.rank]
             # No cast cache: a recorder's "after" forward must see the weights the step just changed.
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp, cache_enabled=False):
                 total += step(xb, yb).float() * len(yb)
             scheduler.step()
+        plat.all_reduce_sum(total)
         logs = {"epoch": epoch + 1, "train_loss": float(total) / len(y), "lr": optimizer.param_groups[0]["lr"]}
         if not math.isfinite(logs["train_loss"]):
             raise TrainingDiverged(f"training loss is {logs['train_loss']} in epoch {epoch + 1} of {desc}")

@@ -346,6 +346,12 @@ class TrajectoryRecorder:
             A grouped layout (`groups.ChannelGroups.layout(mask)`) records one column per
             group: each step's (d,) row x̃ is computed as for weights, then summed over each
             group on the parameters' device (one segment-sum); the store holds (G, T).
+        train_model: the module `step` trains through (a `DistributedDataParallel` wrapper
+            of `model`); the "after" and probe forwards always use `model` itself.
+        loss_reduce: in a distributed run, sums a (3,) float64 tensor [loss before · n,
+            loss after · n, n] of this rank's same-batch shard over the ranks, in place, so
+            that ΔL is the global batch's (one all-reduce per step). Probe losses are
+            computed on the whole probe set by every rank and are not reduced.
     """
 
     def __init__(
@@ -367,6 +373,8 @@ class TrajectoryRecorder:
         storage_device: torch.device | str | None = None,
         probe_seed: int = 0,
         layout: ParamLayout | None = None,
+        train_model: nn.Module | None = None,
+        loss_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if delta_loss not in DELTA_LOSSES:
             raise ValueError(f"unknown delta_loss {delta_loss!r}; valid: {', '.join(DELTA_LOSSES)}")
@@ -418,6 +426,8 @@ class TrajectoryRecorder:
         self._probe_rng: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self._probe_cache: tuple[list[int], torch.Tensor] | None = None
         self._pending: dict[str, Any] | None = None
+        self._train_model = train_model if train_model is not None else model
+        self._loss_reduce = loss_reduce
         self.scale: float | None = None
         self.rows = 0
 
@@ -426,7 +436,7 @@ class TrajectoryRecorder:
         """Perform and record one training step; return the (detached) training loss."""
         self.before_step(inputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(inputs), targets)
+        loss = self.loss_fn(self._train_model(inputs), targets)
         loss.backward()
         self.optimizer.step()
         self.after_step(loss)
@@ -463,6 +473,11 @@ class TrajectoryRecorder:
         if self.delta_loss == "same_batch":
             before = loss.detach().float().reshape(())
             after = self._same_batch_after(pending)
+            if self._loss_reduce is not None:  # the global batch's losses: Σ_r n_r·L_r / Σ_r n_r
+                n = float(len(pending["targets"]))
+                sums = self._loss_reduce(torch.stack([before.double() * n, after.double() * n,
+                                                      torch.tensor(n, dtype=torch.float64, device=before.device)]))
+                before, after = (sums[0] / sums[2]).float(), (sums[1] / sums[2]).float()
         else:
             before = pending["before"]
             after = self._probe_loss()

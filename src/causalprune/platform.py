@@ -1,0 +1,161 @@
+"""The one module that knows `torch.distributed`: rank, world size, the primary process, barriers, reductions.
+
+A single process is a `Platform` of world size 1, and every method here is then a no-op
+that returns its input: the single-process code path is the one that always ran. Under
+``torchrun`` (or ``causalprune run --nproc N``) `init_from_env` joins the process group that
+torchrun's environment describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``), with the ``nccl`` backend on CUDA and ``gloo`` on the CPU. Nothing else in
+the package imports `torch.distributed` (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+#: How long a collective waits for a lost rank before the run fails (seconds).
+TIMEOUT_S = 600
+
+
+class DistributedError(RuntimeError):
+    """The ranks of a distributed run disagree, or one of them failed."""
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where this process stands among the processes of a run.
+
+    Attributes:
+        rank: this process's rank, 0 … world_size − 1.
+        world_size: number of processes of the run (1: a single process).
+        local_rank: its rank on this machine (the CUDA device it uses).
+        backend: the process group's backend (``gloo`` or ``nccl``), None for one process.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        """Whether several processes run together."""
+        return self.world_size > 1
+
+    @property
+    def is_primary(self) -> bool:
+        """Whether this process writes the run's files (rank 0)."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        """Wait until every rank arrives."""
+        if self.distributed:
+            dist.barrier()
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum `t` over the ranks, in place; return it."""
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def all_reduce_max(self, t: torch.Tensor) -> torch.Tensor:
+        """Element-wise maximum of `t` over the ranks, in place; return it."""
+        if self.distributed:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Return rank `src`'s `obj` on every rank (picklable objects)."""
+        if not self.distributed:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Return every rank's `obj`, in rank order."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Return `model` wrapped in `DistributedDataParallel` (gradients averaged over the ranks, BatchNorm
+        buffers broadcast from rank 0 at every forward), or `model` itself for one process.
+
+        The wrapper is for the training forward only: names, masks and checkpoints stay those
+        of `model` (no ``module.`` prefix anywhere).
+        """
+        if not self.distributed:
+            return model
+        device = next(model.parameters()).device
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                         else None)  # fmt: skip
+
+    def check_same(self, value: str, what: str) -> None:
+        """Raise `DistributedError` on every rank unless all ranks hold the same `value` (e.g. a config digest)."""
+        values = self.all_gather_object(value)
+        if len(set(values)) > 1:
+            detail = ", ".join(f"rank {r}: {v}" for r, v in enumerate(values))
+            raise DistributedError(f"the ranks disagree on {what} ({detail})")
+
+    def check_same_tensors(self, tensors: dict[str, torch.Tensor], what: str) -> None:
+        """Raise `DistributedError` unless every rank holds bit-identical `tensors` (a SHA-256 compared)."""
+        if not self.distributed:
+            return
+        h = hashlib.sha256()
+        for name in sorted(tensors):
+            h.update(name.encode())
+            h.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+        self.check_same(h.hexdigest()[:16], what)
+
+
+SINGLE = Platform()
+
+
+def current() -> Platform:
+    """The platform of this process: the joined process group, or `SINGLE`."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return SINGLE
+    return Platform(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
+                    dist.get_backend())  # fmt: skip
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun for a run of several processes."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device_type: str | None = None) -> Platform:
+    """Join the process group torchrun's environment describes (no-op for a single process).
+
+    `device_type` picks the backend: ``nccl`` for ``cuda`` (each rank on device
+    ``LOCAL_RANK``), else ``gloo``; default: ``cuda`` when available.
+    """
+    if not launched():
+        return SINGLE
+    if dist.is_initialized():
+        return current()
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=TIMEOUT_S))
+    return current()
+
+
+def shutdown() -> None:
+    """Leave the process group, if joined."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+__all__ = ["SINGLE", "TIMEOUT_S", "DistributedError", "Platform", "current", "init_from_env", "launched",
+           "shutdown"]  # fmt: skip
