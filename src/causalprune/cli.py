@@ -65,7 +65,10 @@ def _launch(nproc: int, argv: list[str]) -> int:
     try:
         torchrun.main(["--standalone", f"--nproc-per-node={nproc}", "-m", "causalprune", *argv])
     except Exception as e:  # torchrun raises ChildFailedError naming the failed rank(s) after they printed why
-        print(f"causalprune: error: a process of the {nproc}-process run failed ({type(e).__name__})", file=sys.stderr)
+        failures = getattr(e, "failures", {}) or {}
+        which = ", ".join(f"rank {r} exited with code {f.exitcode}" for r, f in sorted(failures.items()))
+        print(f"causalprune: error: the {nproc}-process run failed ({which or type(e).__name__}); the others were "
+              "stopped; re-run the same command to resume", file=sys.stderr)  # fmt: skip
         return 1
     return 0
 
@@ -317,19 +320,34 @@ def main(argv: list[str] | None = None) -> int:
         if platform.launched():  # one of torchrun's processes: join the run's process group
             platform.init_from_env()
         return int(args.func(args))
-    except (ValueError, RunFolderError, TrainingDiverged) as e:
-        print(f"causalprune: error: {e}", file=sys.stderr)
+    except (ValueError, RunFolderError, TrainingDiverged, platform.DistributedError) as e:
+        print(f"causalprune: error: {_rank()}{e}", file=sys.stderr)
         return 2
     except OSError as e:  # missing files, permissions, a full disk: one line naming the file
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"causalprune: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"causalprune: error: {_rank()}{e.strerror or e}{where}", file=sys.stderr)
         return 2
+    except torch_distributed_errors() as e:  # a lost rank: the others fail at their next collective
+        print(f"causalprune: error: {_rank()}another process of the run failed or was lost "
+              f"({type(e).__name__}); re-run the same command to resume", file=sys.stderr)  # fmt: skip
+        return 1
     except KeyboardInterrupt:
         print("causalprune: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     finally:
         warnings.showwarning = shown
         platform.shutdown()
+
+
+def _rank() -> str:
+    """``[rank r] `` in a distributed run (every rank prints its own errors), else nothing."""
+    plat = platform.current()
+    return f"[rank {plat.rank}] " if plat.distributed else ""
+
+
+def torch_distributed_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions a collective raises when another rank is gone (none outside a distributed run)."""
+    return platform.LOST_RANK_ERRORS if platform.current().distributed else ()
 
 
 def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,

@@ -22,6 +22,10 @@ import torch.distributed as dist
 #: How long a collective waits for a lost rank before the run fails (seconds).
 TIMEOUT_S = 600
 
+#: What a collective raises when another rank is gone (gloo / nccl report a closed peer this way).
+LOST_RANK_ERRORS: tuple[type[BaseException], ...] = (dist.DistError,) if hasattr(dist, "DistError") \
+    else (RuntimeError,)
+
 
 class DistributedError(RuntimeError):
     """The ranks of a distributed run disagree, or one of them failed."""
@@ -157,5 +161,5 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["SINGLE", "TIMEOUT_S", "DistributedError", "Platform", "current", "init_from_env", "launched",
-           "shutdown"]  # fmt: skip
+__all__ = ["LOST_RANK_ERRORS", "SINGLE", "TIMEOUT_S", "DistributedError", "Platform", "current", "init_from_env",
+           "launched", "shutdown"]  # fmt: skip
