@@ -125,12 +125,15 @@ def _compare(config: str | None, overrides: list[str], methods: str, sparsity: s
     out_dir = Path(out) if out else Path("runs") / f"compare-{cfg.name}-{cfg.digest()}"
     _, table = run_grid(cfg, _methods(methods, cfg.prune.granularity), _floats(sparsity or "0", "--sparsity"),
                         _ints(seeds, "--seeds"), out_dir, parse_grid(grid), speedups)  # fmt: skip
-    print(table)
-    print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}")
+    if platform.current().is_primary:
+        print(table)
+        print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}")
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    if args.nproc is not None and args.nproc > 1 and not platform.launched():
+        return _launch(args.nproc, _without_nproc(args.argv))
     return _compare(args.config, args.set, args.methods, args.sparsity, args.seeds, args.out, args.grid,
                     args.speedup)
 
@@ -249,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the runs and table.md / table.csv")
     p.add_argument("--methods", default="causal,magnitude,random", help="comma list, or 'all'")
     p.add_argument("--sparsity", default=None, help="comma list of final sparsities (default 0.9,0.98)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="run every cell as N processes on this machine (data parallel; see run --nproc)")
     p.add_argument("--speedup", default=None,
                    help="comma list of MACs reductions, instead of --sparsity (prune.granularity: channel)")
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")

@@ -22,6 +22,7 @@ from .experiment import run_experiment
 from .grid import Cell, Grid, parse_grid, short, slug
 from .grid import plan as plan_grid
 from .io import save_text
+from .platform import current as current_platform
 from .runfolder import RunFolder
 
 #: keys compare itself varies; the user's --grid keys are labelled, these are not
@@ -70,11 +71,14 @@ def run_grid(cfg: Config, methods: list[str], sparsities: list[float], seeds: li
     cells = plan(cfg, methods, sparsities, seeds, grid or [], speedups)
     summaries, configs = [], []
     t0 = time.perf_counter()
+    primary = current_platform().is_primary  # under torchrun every rank runs every cell; one writes
     for i, cell in enumerate(cells, 1):
         rc = cell.config
-        print(f"[{i}/{len(cells)}] {cell.label} {budget(rc)} seed {rc.seed}", flush=True)
+        if primary:
+            print(f"[{i}/{len(cells)}] {cell.label} {budget(rc)} seed {rc.seed}", flush=True)
         s = run_experiment(rc, out / cell.folder, pre_cache=out / "_pre", quiet=True)
-        save_text(cell.label + "\n", out / cell.folder / "label.txt")
+        if primary:
+            save_text(cell.label + "\n", out / cell.folder / "label.txt")
         summaries.append({**s, "label": cell.label, "run_dir": str(out / cell.folder)})
         configs.append(rc.to_dict())
     report.tag_experiments(summaries, configs)
@@ -86,6 +90,8 @@ def run_grid(cfg: Config, methods: list[str], sparsities: list[float], seeds: li
         f"device {first.get('device', '?')} ({first.get('threads', '?')} threads), torch {torch.__version__}; "
         f"{len(cells)} runs in {time.perf_counter() - t0:.0f} s\n\n"
     )
+    if not primary:
+        return summaries, ""
     return summaries, write_table(summaries, out, header)
 
 

@@ -1,0 +1,108 @@
+"""Distributed runs on the CPU (gloo): 2 processes started by the test, compared with one process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from causalprune import Mask
+from causalprune.cli import main
+from causalprune.platform import DistributedError, current
+
+from .conftest import TINY
+
+CFG = {**TINY, "train": {**TINY["train"], "threads": 1}, "prune": {**TINY["prune"], "n_iter": 3}}
+
+
+def _write(tmp_path, cfg=CFG):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(args, timeout=240):
+    return subprocess.run([sys.executable, "-m", "causalprune", *args], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+def _masks(folder, k):
+    return Mask.load(folder / f"level_{k}" / "mask.pt")
+
+
+def test_two_processes_give_the_single_process_masks_and_network(tmp_path):
+    path = _write(tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "one")]) == 0
+    r = _run(["run", str(path), "--out", str(tmp_path / "two"), "--nproc", "2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    for k in (1, 2, 3):
+        assert _masks(tmp_path / "one", k) == _masks(tmp_path / "two", k)
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert abs(one["pruned"]["test_accuracy"] - two["pruned"]["test_accuracy"]) < 0.01
+    assert r.stdout.count("causal seed 0:") == 1  # only the primary reports
+    # one set of files, written by the primary; the names are the plain module's (no "module." prefix)
+    state = torch.load(tmp_path / "two" / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state)
+
+
+def test_a_batch_that_does_not_divide_fails_on_every_rank_and_writes_nothing(tmp_path):
+    path = _write(tmp_path, {**CFG, "train": {**CFG["train"], "batch_size": 63}})
+    r = _run(["run", str(path), "--out", str(tmp_path / "run"), "--nproc", "2"])
+    assert r.returncode != 0
+    assert r.stderr.count("train.batch_size 63 does not divide among 2 processes") == 2  # both ranks say why
+    assert not (tmp_path / "run").exists()
+
+
+def test_killed_run_resumes_to_the_same_masks(tmp_path):
+    path = _write(tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "one")]) == 0
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "causalprune", "run", str(path), "--out", str(out), "--nproc", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not (out / "level_1" / "mask.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
+    proc.wait()
+    if (out / "summary.json").exists():
+        pytest.skip("the run finished before it could be killed")
+    r = _run(["run", str(path), "--out", str(out), "--nproc", "2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    for k in (1, 2, 3):
+        assert _masks(tmp_path / "one", k) == _masks(out, k)
+
+
+def _disagree(rank, world, init_file, result_file):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    plat = current()
+    try:
+        plat.check_same("abc", "a value all ranks share")
+        plat.check_same(f"digest-{rank}", "the config")
+    except DistributedError as e:
+        with open(f"{result_file}.{rank}", "w") as f:
+            f.write(str(e))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ranks_that_disagree_fail_together_naming_what(tmp_path):
+    mp.start_processes(_disagree, args=(2, tmp_path / "init", tmp_path / "result"), nprocs=2, start_method="spawn")
+    for rank in (0, 1):
+        text = (tmp_path / f"result.{rank}").read_text()
+        assert text == "the ranks disagree on the config (rank 0: digest-0, rank 1: digest-1)"
+
+
+def test_single_process_platform_is_a_no_op():
+    plat = current()
+    t = torch.ones(3)
+    assert not plat.distributed and plat.is_primary and plat.world_size == 1
+    assert plat.all_reduce_sum(t) is t and plat.broadcast_object(5) == 5 and plat.all_gather_object(1) == [1]
+    plat.check_same("x", "anything")
