@@ -383,6 +383,7 @@ def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | 
     t_start = time.perf_counter()
     cfg = resolve.check(cfg)
     threads = torch.get_num_threads()
+    jobs = jobs * current_platform().local_world_size  # the processes of a distributed run share the cores
     try:
         torch.set_num_threads(threads_for(cfg, jobs))
         return _run(cfg, out, pre_cache, quiet, t_start)

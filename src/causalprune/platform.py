@@ -53,6 +53,11 @@ class Platform:
         return self.world_size > 1
 
     @property
+    def local_world_size(self) -> int:
+        """Processes of the run on this machine (they share its cores)."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if self.distributed else 1
+
+    @property
     def is_primary(self) -> bool:
         """Whether this process writes the run's files (rank 0)."""
         return self.rank == 0
