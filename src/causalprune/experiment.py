@@ -395,12 +395,8 @@ def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quie
          t_start: float) -> dict[str, Any]:  # fmt: skip
     criterion = criteria.get(cfg.prune.method)
     plat = current_platform()
-    if plat.distributed:
-        plat.check_same(cfg.digest(), "the config (its digest): start every rank with the same config")
-        if cfg.train.batch_size % plat.world_size:
-            raise ConfigError(f"train.batch_size {cfg.train.batch_size} does not divide among {plat.world_size} "
-                              "processes: the global batch is split evenly (choose a multiple of the process count)")
-        quiet = quiet or not plat.is_primary
+    _check_ranks(plat, cfg)
+    quiet = quiet or not plat.is_primary
     folder = RunFolder(out if out is not None else default_run_dir(cfg), writer=plat.is_primary)
     if plat.broadcast_object(folder.finished()):
         return _finished(folder, cfg, quiet)
@@ -413,8 +409,8 @@ def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quie
         run.channels = ChannelPlan.build(model, cfg.prune, tuple(run.data.input_shape))
         if not criterion.needs:  # scores from the model alone: a method that cannot score this model fails now
             _score(run, model, run.channels.initial_mask(), None, "check", 0.0)
-    with folder.lock():  # one process per run folder
-        if folder.finished():  # another process finished it while this one loaded the data
+    with folder.lock():  # one process per run folder (a distributed run's primary holds it)
+        if plat.broadcast_object(folder.finished()):  # another process finished it while this one loaded the data
             return _finished(folder, cfg, quiet)
         folder.claim(cfg)
         started = folder.started_threads()
@@ -428,6 +424,16 @@ def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quie
         folder.write_env(environment(device))
         run.timing = folder.load_timing()
         return _stages(run, model, t_start, quiet)
+
+
+def _check_ranks(plat: Platform, cfg: Config) -> None:
+    """A distributed run's ranks agree on the config, and its global batch splits evenly among them."""
+    if not plat.distributed:
+        return
+    plat.check_same(cfg.digest(), "the config (its digest): start every rank with the same config")
+    if cfg.train.batch_size % plat.world_size:
+        raise ConfigError(f"train.batch_size {cfg.train.batch_size} does not divide among {plat.world_size} "
+                          "processes: the global batch is split evenly (choose a multiple of the process count)")
 
 
 def _finished(folder: RunFolder, cfg: Config, quiet: bool) -> dict[str, Any]:
