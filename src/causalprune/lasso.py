@@ -113,6 +113,22 @@ class SolverOutput:
     converged: bool
 
 
+@dataclass(frozen=True)
+class Comm:
+    """How the column shards of a distributed design meet (SPEC §9): each process holds some columns of X.
+
+    `sum_` sums a tensor over the processes in place (an all-reduce), `max` takes the maximum
+    of a float over them; both are the identity for one process. The platform seam
+    (`causalprune.platform.Platform.comm`) builds one from the process group.
+    """
+
+    sum_: Callable[[torch.Tensor], torch.Tensor]
+    max: Callable[[float], float]
+
+
+LOCAL = Comm(sum_=lambda t: t, max=lambda x: x)
+
+
 class Design:
     """The design matrix [X_1 | X_2 | …] with unpenalised regressors Z projected out.
 
@@ -131,7 +147,10 @@ class Design:
         X: torch.Tensor | Sequence[torch.Tensor],
         y: torch.Tensor,
         unpenalized: torch.Tensor | None = None,
+        comm: Comm | None = None,
     ) -> None:
+        self.comm = comm if comm is not None else LOCAL
+        self.sharded = comm is not None  # X holds this process's columns; y and Z are every process's
         blocks = [X] if isinstance(X, torch.Tensor) else list(X)
         if not blocks:
             raise ValueError("X has no blocks")
@@ -234,7 +253,7 @@ class Design:
         for b, o in zip(self.blocks, self.offsets[:-1], strict=True):
             for a, chunk in self._chunks(b):
                 acc += chunk @ vv[o + a : o + a + chunk.shape[1]]
-        return self.project(acc.to("cpu", torch.float64))
+        return self.project(self.comm.sum_(acc.to("cpu", torch.float64)))
 
     def sq_norms(self) -> torch.Tensor:
         """Return ‖P x_j‖² for every column as a (p,) float64 CPU tensor."""
@@ -253,6 +272,7 @@ class Design:
         for b in self.blocks:
             for _, chunk in self._chunks(b):
                 G += (chunk @ chunk.T).to("cpu", torch.float64)
+        self.comm.sum_(G)  # Σ_r X_r X_rᵀ: the Gram of every shard's columns
         return self.project(self.project(G).T)
 
     def columns(self, idx: torch.Tensor) -> torch.Tensor:
@@ -326,7 +346,7 @@ class Design:
                     cols = b.T.index_select(0, local[a:e].to(b.device)).to("cpu", torch.float64)  # (k, T)
                 out += cols.T @ c[a:e]
                 del cols  # before the next block is allocated
-        return out
+        return self.comm.sum_(out)
 
     # --- objective and duality gap ---------------------------------------------------
     def xty(self) -> torch.Tensor:
@@ -337,7 +357,7 @@ class Design:
 
     def alpha_max(self) -> float:
         """Return ‖(PX)ᵀPy‖_∞ / T, the smallest α whose solution is all zero."""
-        return float(self.xty().abs().max()) / self.T
+        return self.comm.max(float(self.xty().abs().max())) / self.T
 
     def residual(self, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Return (r = Py − PXγ, support indices, support columns or None), r float64.
@@ -347,7 +367,7 @@ class Design:
         columns in float64; otherwise from a float32 product.
         """
         nz = torch.nonzero(coef).squeeze(1)
-        if len(nz) <= self.EXACT_SUPPORT:
+        if len(nz) <= self.EXACT_SUPPORT and not self.sharded:  # sharded: Xγ is summed over the shards
             cols = self.columns(nz)
             return self.y - cols @ coef[nz], nz, cols
         return self.y - self.matvec(coef), nz, None
@@ -360,7 +380,8 @@ class Design:
         (`exact_rmatvec`), so no more than `block_columns` columns are held in float64.
         """
         residual, nz, cols = self.residual(coef)
-        corr = (self.xty() if len(nz) == 0 else self.rmatvec(residual)).to("cpu", torch.float64)
+        local = self.xty() if len(nz) == 0 and not self.sharded else self.rmatvec(residual)
+        corr = local.to("cpu", torch.float64)
         if not torch.isfinite(corr).all():
             j = int(torch.nonzero(~torch.isfinite(corr))[0])
             raise ValueError(f"X contains NaN or Inf (column {j})")
@@ -378,9 +399,10 @@ class Design:
             corr[top] = self.exact_rmatvec(top, residual)
         T = self.T
         rr = float(residual @ residual)
-        primal = 0.5 * rr / T + alpha * float(coef.abs().sum())
+        l1 = float(self.comm.sum_(coef.abs().sum().reshape(1).to(torch.float64))[0])
+        primal = 0.5 * rr / T + alpha * l1
         if alpha > 0:
-            scale = max(T * alpha, float(corr.abs().max()))
+            scale = max(T * alpha, self.comm.max(float(corr.abs().max())))
             s = T * alpha / scale
             # Dual of the scaled problem at θ = s·r: (‖y‖² − ‖y − θ‖²) / 2T.
             diff = self.y - s * residual
@@ -405,8 +427,8 @@ def _soft(x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.clamp(x.abs() - t, min=0.0)
 
 
-def _kkt(corr: torch.Tensor, T: int, alpha: float) -> torch.Tensor:
-    denom = max(T * alpha, float(corr.abs().max()), 1e-300)
+def _kkt(corr: torch.Tensor, T: int, alpha: float, comm: Comm = LOCAL) -> torch.Tensor:
+    denom = max(T * alpha, comm.max(float(corr.abs().max())), 1e-300)
     return (corr.abs() / denom).float()
 
 
@@ -423,6 +445,7 @@ class _Registered:
 
 _REGISTRY: dict[str, _Registered] = {}
 SOLVERS: tuple[str, ...] = ("auto",)  # "auto" (fista on CUDA, cd on CPU), then the registered solvers in order
+SHARDED_SOLVERS: tuple[str, ...] = ("minnorm",)  # the solvers that run on column shards (Design.comm)
 
 
 def register_solver(name: str, *, certified: bool = False) -> Callable[[SolverFn], SolverFn]:
@@ -734,6 +757,7 @@ def solve(
     tol: float = 1e-6,
     max_iter: int | None = None,
     unpenalized: torch.Tensor | None = None,
+    comm: Comm | None = None,
     **options: object,
 ) -> LassoResult:
     """Solve min_γ (1/2T)‖y − Xγ − Zc‖² + α‖γ‖₁ (c free) and return a `LassoResult`.
@@ -748,6 +772,10 @@ def solve(
         tol: stop when the duality gap ≤ tol · objective (cd, fista).
         max_iter: outer iterations (cd, default 100), iterations (fista, default 20000).
         unpenalized: optional (T, m) regressors whose coefficients are not penalised.
+        comm: X is this process's column shard of a distributed design (SPEC §9); y and
+            `unpenalized` are every process's. The result's ``coef`` and ``kkt`` are this
+            shard's; objective, gap, α and the unpenalised coefficients are global. Solvers
+            on shards: ``minnorm`` (one all-reduce of the T × T Gram).
         **options: the chosen solver's own keyword options (`solver_options`): sgd ``lr``,
             ``batch_size``, ``max_epochs``, ``patience``, ``variant`` (``paper``/``authors``),
             ``seed``; minnorm ``ridge``; cd ``working_set``; fista ``check_every``.
@@ -759,9 +787,12 @@ def solve(
     if solver not in SOLVERS:
         raise ValueError(f"unknown Lasso solver {solver!r}; valid: {', '.join(SOLVERS)}")
     t0 = time.perf_counter()
-    D = Design(X, y, unpenalized)
+    D = Design(X, y, unpenalized, comm)
     if solver == "auto":
         solver = "fista" if D.device.type == "cuda" else "cd"
+    if comm is not None and solver not in SHARDED_SOLVERS:
+        raise ValueError(f"Lasso solver {solver!r} cannot solve a column-sharded design yet; sharded solvers: "
+                         f"{', '.join(SHARDED_SOLVERS)}")  # fmt: skip
     if alpha is not None and alpha_ratio is not None:
         raise ValueError("give alpha or alpha_ratio, not both")
     if alpha is None:
@@ -806,7 +837,7 @@ def solve(
         n_iter=int(out.n_iter),
         alpha=alpha,
         solver=solver,
-        kkt=_kkt(out.corr, D.T, alpha).to(D.device),
+        kkt=_kkt(out.corr, D.T, alpha, D.comm).to(D.device),
         unpenalized=D.unpenalized_coef(raw_residual).float(),
         converged=bool(out.converged),
         time_s=time.perf_counter() - t0,
