@@ -33,10 +33,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__, criteria, resolve
+from . import __version__, criteria, lasso, resolve
 from .config import Config, ConfigError
 from .criteria import Criterion, Scored, ScoreInput
 from .data import AUGMENTATIONS, Splits, load_pool, make_splits, materialize, shape_of
+from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
 from .metrics import efficiency, measured_efficiency
 from .models import build_model, load_pretrained, pretrained_status
@@ -54,7 +55,7 @@ from .runfolder import (
 from .selection import schedule, select
 from .structured import ChannelPlan
 from .train import Callback, StepFn, evaluate, fit, loss_function, make_optimizer, plain_step
-from .trajectory import TrajectoryRecorder
+from .trajectory import ColumnShard, TrajectoryRecorder
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -231,6 +232,7 @@ def _recorder(run: Run, model: nn.Module, net: nn.Module, opt: torch.optim.Optim
     """
     c, data = run.cfg.causal, run.data
     layout = run.channels.groups.layout(mask) if run.channels is not None else None
+    shard = _column_shard(run, model, mask, layout)
     loss_fn = loss_function(data.task)
     px, py = data.probe
     momentum = (not dedicated) and run.cfg.train.optimizer == "sgd" and run.cfg.train.momentum > 0
@@ -243,9 +245,26 @@ def _recorder(run: Run, model: nn.Module, net: nn.Module, opt: torch.optim.Optim
         momentum_features=c.momentum_model and momentum, probe_seed=stage_seed(run.cfg.seed, "probe"),
         memory_budget=None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
         capacity=max(recorded, 1), storage_device="cpu" if c.storage == "cpu" else None, train_model=net,
-        loss_reduce=run.plat.all_reduce_sum if run.plat.distributed else None,
+        loss_reduce=run.plat.all_reduce_sum if run.plat.distributed else None, shard=shard,
     )  # fmt: skip
     return recorder, _spread_recorded_steps(recorder.step, plain_step(net, opt, loss_fn), total, recorded)
+
+
+def _column_shard(run: Run, model: nn.Module, mask: Mask | None, layout: ParamLayout | None) -> ColumnShard | None:
+    """This rank's columns of a distributed recording (SPEC §9), or None: one process, or a fit that needs all.
+
+    Only with ``causal.shard_trajectory`` (otherwise every rank records every column and
+    solves alike, which reproduces a single process exactly); it needs a solver that runs
+    on shards (`lasso.SHARDED_SOLVERS`) and no momentum features.
+    """
+    plat = run.plat
+    if not (plat.distributed and run.cfg.causal.shard_trajectory):  # CausalSettings checked solver and momentum
+        return None
+    n = layout.n_columns if layout is not None else ParamLayout.of(
+        {n: p for n, p in prunable_parameters(model).items()}, alive=mask).n_columns  # fmt: skip
+    start, stop = plat.shard_range(n)
+    comm = lasso.Comm(sum_=plat.all_reduce_sum, max=plat.max_float)
+    return ColumnShard(start, stop, comm, lambda local: plat.gather_columns(local, n))
 
 
 def _spread_recorded_steps(recorded: StepFn, plain: StepFn, total: int, n: int) -> StepFn:

@@ -79,6 +79,35 @@ class Platform:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return t
 
+    def max_float(self, x: float) -> float:
+        """The maximum of `x` over the ranks."""
+        if not self.distributed:
+            return x
+        t = torch.tensor([x], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t[0])
+
+    def shard_range(self, n: int) -> tuple[int, int]:
+        """This rank's share [start, stop) of n columns: contiguous, balanced by count, in rank order."""
+        base, extra = divmod(n, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (1 if self.rank < extra else 0)
+
+    def gather_columns(self, local: torch.Tensor, n: int) -> torch.Tensor:
+        """Concatenate every rank's piece (its `shard_range(n)` of a length-n vector), in rank order."""
+        if not self.distributed:
+            return local
+        sizes = [self._range_of(r, n) for r in range(self.world_size)]
+        width = max(b - a for a, b in sizes)
+        padded = torch.zeros(width, dtype=local.dtype, device=local.device)
+        padded[: local.numel()] = local.reshape(-1)
+        pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(pieces, padded)
+        return torch.cat([p[: b - a] for p, (a, b) in zip(pieces, sizes, strict=True)])
+
+    def _range_of(self, rank: int, n: int) -> tuple[int, int]:
+        return Platform(rank, self.world_size).shard_range(n)
+
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
         """Return rank `src`'s `obj` on every rank (picklable objects)."""
         if not self.distributed:

@@ -46,6 +46,20 @@ STORAGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @dataclass(frozen=True)
+class ColumnShard:
+    """The columns [start, stop) of a distributed recording this process holds (SPEC §9).
+
+    `comm` is the `lasso.Comm` its solver reduces through; `gather(local)` returns the
+    (n_columns,) vector of every process's (stop − start,) pieces, in rank order.
+    """
+
+    start: int
+    stop: int
+    comm: Any
+    gather: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
 class Trajectory:
     """The recorded regression data.
 
@@ -65,6 +79,8 @@ class Trajectory:
         X_lag: (T, n_columns) x̃ of the previous step (momentum model, docs/method.md "Recording"):
             an offset view of the same buffer, or None when recorded without ``momentum_features``.
         lags: (T, 2) unpenalised loss regressors [L^t, L^{t−1}] of the momentum model, or None.
+        shard: in a distributed recording, the columns of X this process holds (X is then
+            (T, stop − start)); `full` assembles per-column vectors. None: every column.
     """
 
     X: torch.Tensor
@@ -75,6 +91,11 @@ class Trajectory:
     loss_after: torch.Tensor
     X_lag: torch.Tensor | None = None
     lags: torch.Tensor | None = None
+    shard: ColumnShard | None = None
+
+    def full(self, local: torch.Tensor) -> torch.Tensor:
+        """Return a per-column vector of every column from this process's piece (itself when not sharded)."""
+        return local if self.shard is None else self.shard.gather(local)
 
     @property
     def T(self) -> int:
@@ -352,6 +373,9 @@ class TrajectoryRecorder:
             loss after · n, n] of this rank's same-batch shard over the ranks, in place, so
             that ΔL is the global batch's (one all-reduce per step). Probe losses are
             computed on the whole probe set by every rank and are not reduced.
+        shard: store only the columns [shard.start, shard.stop) of every row (a distributed
+            recording: each process its share of the columns, memory ÷ world); the
+            trajectory carries the shard for its solver and `Trajectory.full`.
     """
 
     def __init__(
@@ -375,6 +399,7 @@ class TrajectoryRecorder:
         layout: ParamLayout | None = None,
         train_model: nn.Module | None = None,
         loss_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        shard: ColumnShard | None = None,
     ) -> None:
         if delta_loss not in DELTA_LOSSES:
             raise ValueError(f"unknown delta_loss {delta_loss!r}; valid: {', '.join(DELTA_LOSSES)}")
@@ -399,12 +424,18 @@ class TrajectoryRecorder:
         device = self.params[0].device
         self.sizes = self.layout.sizes
         self.d = self.layout.d
-        self.n_columns = self.layout.n_columns  # the stored row's width: d, or G when grouped
+        self.n_columns = self.layout.n_columns  # the row's columns: d, or G when grouped
         if self.d == 0:
             raise ValueError("nothing to record: every prunable weight is pruned")
+        if shard is not None and not (0 <= shard.start <= shard.stop <= self.n_columns):
+            raise ValueError(f"shard [{shard.start}, {shard.stop}) is not within the {self.n_columns} columns")
+        if shard is not None and momentum_features:
+            raise ValueError("the momentum model cannot be recorded in column shards")
+        self.shard = shard
+        width = self.n_columns if shard is None else shard.stop - shard.start  # the stored row's width
         self.device = torch.device(storage_device) if storage_device is not None else device
         self._store = _Store(
-            self.n_columns, dtype, self.device, capacity or chunk_rows, memory_budget, spill_dir,
+            width, dtype, self.device, capacity or chunk_rows, memory_budget, spill_dir,
             exact=capacity is not None, stage_device=device,
         )
         self._prev = torch.empty(self.d, dtype=torch.float32, device=device)
@@ -416,7 +447,7 @@ class TrajectoryRecorder:
         self._columns: torch.Tensor | None = None
         if self.layout.grouped:
             self.layout.column_of_on(device)
-            if dtype != torch.float32:
+            if dtype != torch.float32 or shard is not None:
                 self._columns = torch.empty(self.n_columns, dtype=torch.float32, device=device)
         self._loss_before: list[torch.Tensor] = []
         self._loss_after: list[torch.Tensor] = []
@@ -486,12 +517,13 @@ class TrajectoryRecorder:
         self._gather(self._cur)
         self._cur.sub_(self._prev).square_().mul_(1.0 / self.scale)  # type: ignore[operator]
         row = self._store.next_row()
+        a, b = (0, self.n_columns) if self.shard is None else (self.shard.start, self.shard.stop)
         if not self.layout.grouped:
-            row.copy_(self._cur, non_blocking=True)
+            row.copy_(self._cur[a:b], non_blocking=True)
         elif self._columns is None:  # x̃_g = Σ_{k∈g} x̃_k, one segment-sum into the float32 slot
             self.layout.to_columns(self._cur, out=row)
         else:
-            row.copy_(self.layout.to_columns(self._cur, out=self._columns), non_blocking=True)
+            row.copy_(self.layout.to_columns(self._cur, out=self._columns)[a:b], non_blocking=True)
         self._loss_before.append(before)
         self._loss_after.append(after)
         self.rows += 1
@@ -525,6 +557,7 @@ class TrajectoryRecorder:
             loss_after=after,
             X_lag=X_lag,
             lags=lags,
+            shard=self.shard,
         )
 
     def nbytes(self) -> int:
@@ -652,7 +685,7 @@ class TrajectoryRecorder:
         bad_rows = bad_rows.cpu()
         if bad_rows.any():
             t = int(torch.nonzero(bad_rows)[0])
-            col = int(torch.nonzero(~torch.isfinite(buf[:, t].cpu()))[0])
+            col = int(torch.nonzero(~torch.isfinite(buf[:, t].cpu()))[0]) + (self.shard.start if self.shard else 0)
             where = ""
             if self.layout.grouped:  # the group's first entry names a parameter
                 where = f" (group {col})"

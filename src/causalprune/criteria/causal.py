@@ -50,6 +50,10 @@ class CausalSettings:
     # channel granularity: a group's regressor is the sum of its members' x̃ (sum), or that sum scaled
     # to unit norm over the round (standardize; γ is reported back in the summed feature's units)
     group_columns: str = "sum"
+    # distributed runs: each process records only its share of the columns (memory ÷ world) and
+    # the Lasso solves on the shards (minnorm); off: every process records and solves all of them,
+    # which gives the single process's masks exactly (docs/distributed.md)
+    shard_trajectory: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.delta_loss, DELTA_LOSSES, "causal.delta_loss")
@@ -68,13 +72,17 @@ class CausalSettings:
                                   "spreads them over the round (set one of them off)")  # fmt: skip
         check_choice(self.storage, ("device", "cpu"), "causal.storage")
         check_choice(self.group_columns, ("sum", "standardize"), "causal.group_columns")
+        if self.shard_trajectory and (self.solver not in lasso.SHARDED_SOLVERS or self.momentum_model):
+            raise ConfigError(f"causal.shard_trajectory needs causal.solver {' or '.join(lasso.SHARDED_SOLVERS)} "
+                              f"(got {self.solver}) and no causal.momentum_model: the other fits need every "
+                              "column in one process")  # fmt: skip
         if self.memory_budget_gb is not None:
             check_positive(self.memory_budget_gb, "causal.memory_budget_gb")
 
 
 #: The fields that say how a round is recorded (every method that needs a trajectory reads them).
 RECORDING = ("delta_loss", "probe_size", "recorder", "record_lr", "momentum_model", "dtype", "record_steps",
-             "memory_budget_gb", "storage")  # fmt: skip
+             "memory_budget_gb", "storage", "shard_trajectory")  # fmt: skip
 FIT = ("solver", "alpha_ratio", "score", "tie_break", "group_columns")
 
 
@@ -94,13 +102,16 @@ def _solve(inp: ScoreInput, placebo: bool) -> tuple[lasso.LassoResult, CausalSet
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(c.placebo_seed + inp.seed))
         y = y[perm]
     t0 = time.perf_counter()
+    comm = traj.shard.comm if traj.shard is not None else None  # a column shard of a distributed recording
     if c.group_columns == "standardize" and traj.layout.grouped:
         norms = [b.float().norm(dim=0).clamp_min(1e-30) for b in blocks]  # (G,) per block
         fit = lasso.solve([b.float() / n for b, n in zip(blocks, norms, strict=True)], y,
-                          alpha_ratio=c.alpha_ratio, solver=c.solver, unpenalized=Z)  # fmt: skip
+                          alpha_ratio=c.alpha_ratio, solver=c.solver, unpenalized=Z, comm=comm)  # fmt: skip
         fit = dataclasses.replace(fit, coef=fit.coef / torch.cat(norms).to(fit.coef))  # summed feature's units
     else:
-        fit = lasso.solve(blocks, y, alpha_ratio=c.alpha_ratio, solver=c.solver, unpenalized=Z)
+        fit = lasso.solve(blocks, y, alpha_ratio=c.alpha_ratio, solver=c.solver, unpenalized=Z, comm=comm)
+    if traj.shard is not None:  # every process scores every weight: assemble the shards' coefficients
+        fit = dataclasses.replace(fit, coef=traj.full(fit.coef), kkt=traj.full(fit.kkt))
     return fit, c, t0
 
 
@@ -110,7 +121,7 @@ def _info(inp: ScoreInput, fit: lasso.LassoResult, t0: float) -> dict[str, objec
     return {
         "solver": fit.solver, "alpha": fit.alpha, "nnz": int((fit.coef != 0).sum()), "gap": fit.gap,
         "objective": fit.objective, "converged": fit.converged, "n_iter": fit.n_iter, "T": traj.T,
-        "d": int(traj.X.shape[1]), "solve_s": time.perf_counter() - t0,
+        "d": traj.n_columns, "columns_here": int(traj.X.shape[1]), "solve_s": time.perf_counter() - t0,
     }  # fmt: skip
 
 
@@ -171,7 +182,7 @@ def _energy_total(inp: ScoreInput) -> torch.Tensor:
     total = torch.zeros(X.shape[1], dtype=torch.float32, device=X.device)
     for a in range(0, X.shape[0], 64):
         total += X[a : a + 64].float().sum(0)
-    return total
+    return traj.full(total)
 
 
 
