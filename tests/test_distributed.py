@@ -127,6 +127,12 @@ def _sharded_fit_and_recording(rank, world, init_file, out_dir):
         ref = lasso.solve(X, y, alpha_ratio=0.01, solver="minnorm", unpenalized=z)
         results[name] = (float((plat.gather_columns(fit.coef, 301) - ref.coef).abs().max() / ref.coef.abs().max()),
                          abs(fit.objective - ref.objective) / ref.objective, fit.alpha == ref.alpha)  # fmt: skip
+    Xf, yf = torch.randn(80, 41, generator=g), torch.randn(80, generator=g)  # well conditioned: few iterations
+    af, bf = plat.shard_range(41)
+    fit = lasso.solve(Xf[:, af:bf].contiguous(), yf, alpha_ratio=0.1, solver="fista", comm=comm)
+    ref = lasso.solve(Xf, yf, alpha_ratio=0.1, solver="fista")
+    results["fista"] = (float((plat.gather_columns(fit.coef, 41) - ref.coef).abs().max() / ref.coef.abs().max()),
+                        abs(fit.objective - ref.objective) / ref.objective, fit.converged and ref.converged)
     # 2. a sharded recording's columns, concatenated, against one recorder of every column
     def recorded(shard):
         torch.manual_seed(0)
@@ -159,6 +165,8 @@ def test_column_shards_solve_and_record_as_one_process(tmp_path):
         for name in ("plain", "unpenalized"):
             rel_coef, rel_objective, same_alpha = r[name]
             assert rel_coef < 1e-5 and rel_objective < 1e-6 and same_alpha
+        rel_coef, rel_objective, converged = r["fista"]
+        assert rel_coef < 1e-3 and rel_objective < 1e-6 and converged
         shape, same_x, same_y = r["recording"]
         half = (16 * 8 + 3 * 16) // 2  # the two weight matrices' entries, split evenly
         assert shape[1] == half and same_x and same_y

@@ -255,6 +255,10 @@ class Design:
                 acc += chunk @ vv[o + a : o + a + chunk.shape[1]]
         return self.project(self.comm.sum_(acc.to("cpu", torch.float64)))
 
+    def dot(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """Return aᵀb for two (p,) coefficient-space vectors, summed over the shards of a sharded design."""
+        return float(self.comm.sum_(torch.dot(a, b).reshape(1).to(torch.float64))[0])
+
     def sq_norms(self) -> torch.Tensor:
         """Return ‖P x_j‖² for every column as a (p,) float64 CPU tensor."""
         out = torch.empty(self.p, dtype=torch.float64)
@@ -445,7 +449,7 @@ class _Registered:
 
 _REGISTRY: dict[str, _Registered] = {}
 SOLVERS: tuple[str, ...] = ("auto",)  # "auto" (fista on CUDA, cd on CPU), then the registered solvers in order
-SHARDED_SOLVERS: tuple[str, ...] = ("minnorm",)  # the solvers that run on column shards (Design.comm)
+SHARDED_SOLVERS: tuple[str, ...] = ("minnorm", "fista")  # the solvers that run on column shards (Design.comm)
 
 
 def register_solver(name: str, *, certified: bool = False) -> Callable[[SolverFn], SolverFn]:
@@ -617,11 +621,11 @@ def _polish(G: np.ndarray, q: np.ndarray, coef: np.ndarray, lam: float, max_step
 def _power_lipschitz(D: Design, n_iter: int = 30) -> float:
     g = torch.Generator().manual_seed(0)
     v = torch.randn(D.p, generator=g, dtype=torch.float64)
-    v /= v.norm()
+    v /= math.sqrt(D.dot(v, v))
     L = 0.0
     for _ in range(n_iter):
         w = D.rmatvec(D.matvec(v)).to("cpu", torch.float64)
-        L = float(w.norm())
+        L = math.sqrt(D.dot(w, w))
         if L == 0:
             return 0.0
         v = w / L
@@ -647,7 +651,7 @@ def _solve_fista(D: Design, alpha: float, tol: float, max_iter: int | None, *, c
         grad = -D.rmatvec(r).to("cpu", torch.float64) / T
         x_new = _soft(z - grad / L, alpha / L)
         step = x_new - x
-        if float(torch.dot(z - x_new, step)) > 0:
+        if D.dot(z - x_new, step) > 0:
             t = 1.0  # adaptive restart: the momentum points uphill
         t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
         z = x_new + ((t - 1.0) / t_new) * step
@@ -775,7 +779,9 @@ def solve(
         comm: X is this process's column shard of a distributed design (SPEC §9); y and
             `unpenalized` are every process's. The result's ``coef`` and ``kkt`` are this
             shard's; objective, gap, α and the unpenalised coefficients are global. Solvers
-            on shards: ``minnorm`` (one all-reduce of the T × T Gram).
+            on shards (`SHARDED_SOLVERS`): ``minnorm`` (one all-reduce of the T × T Gram) and
+            ``fista`` (a T-vector all-reduce per product Xγ, scalar ones for norms and the
+            restart test).
         **options: the chosen solver's own keyword options (`solver_options`): sgd ``lr``,
             ``batch_size``, ``max_epochs``, ``patience``, ``variant`` (``paper``/``authors``),
             ``seed``; minnorm ``ridge``; cd ``working_set``; fista ``check_every``.
