@@ -38,6 +38,7 @@ bench: setup
 	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/structured_latency.py
 	$(BIN)/python benchmarks/group_recording.py
+	$(BIN)/python benchmarks/distributed.py
 
 gpu-check: setup
 	bash benchmarks/gpu_check.sh $(BIN)/python
