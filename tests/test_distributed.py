@@ -172,8 +172,9 @@ def test_column_shards_solve_and_record_as_one_process(tmp_path):
         assert shape[1] == half and same_x and same_y
 
 
-def test_sharded_run_holds_half_the_columns_per_rank_and_agrees_with_one_process(tmp_path):
-    path = _write(tmp_path)
+@pytest.mark.parametrize("delta_loss", ["same_batch", "probe"])
+def test_sharded_run_holds_half_the_columns_per_rank_and_agrees_with_one_process(delta_loss, tmp_path):
+    path = _write(tmp_path, {**CFG, "causal": {**CFG["causal"], "delta_loss": delta_loss}})
     assert main(["run", str(path), "--out", str(tmp_path / "one")]) == 0
     r = _run(["run", str(path), "--out", str(tmp_path / "two"), "--nproc", "2",
               "--set", "causal.shard_trajectory=true"])  # fmt: skip

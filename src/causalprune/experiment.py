@@ -238,10 +238,15 @@ def _recorder(run: Run, model: nn.Module, net: nn.Module, opt: torch.optim.Optim
     momentum = (not dedicated) and run.cfg.train.optimizer == "sgd" and run.cfg.train.momentum > 0
     total = epochs * -(-len(data.train[1]) // run.cfg.train.batch_size)  # optimizer steps of the round
     recorded = min(total, c.record_steps or total)
+    probe_x, probe_y = materialize(px), py
+    if shard is not None:  # each process its slice of the probe set; the loss is reduced over them
+        probe_x = probe_x.tensor_split(run.plat.world_size)[run.plat.rank]
+        probe_y = probe_y.tensor_split(run.plat.world_size)[run.plat.rank]
     recorder = TrajectoryRecorder(
         model, loss_fn, opt, mask=None if layout is not None else mask, layout=layout, dtype=DTYPES[c.dtype],
         delta_loss=c.delta_loss,
-        probe_data=(materialize(px).to(run.device), py.to(run.device)),
+        probe_data=(probe_x.to(run.device), probe_y.to(run.device)),
+        probe_reduce=run.plat.all_reduce_sum if shard is not None else None,
         momentum_features=c.momentum_model and momentum, probe_seed=stage_seed(run.cfg.seed, "probe"),
         memory_budget=None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
         capacity=max(recorded, 1), storage_device="cpu" if c.storage == "cpu" else None, train_model=net,

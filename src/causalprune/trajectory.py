@@ -376,6 +376,9 @@ class TrajectoryRecorder:
         shard: store only the columns [shard.start, shard.stop) of every row (a distributed
             recording: each process its share of the columns, memory ÷ world); the
             trajectory carries the shard for its solver and `Trajectory.full`.
+        probe_reduce: in a distributed run whose processes each hold a slice of the probe
+            set (`probe_data`), sums a (2,) float64 tensor [summed loss, count] over them in
+            place, so that the probe loss is the whole probe set's.
     """
 
     def __init__(
@@ -400,6 +403,7 @@ class TrajectoryRecorder:
         train_model: nn.Module | None = None,
         loss_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         shard: ColumnShard | None = None,
+        probe_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if delta_loss not in DELTA_LOSSES:
             raise ValueError(f"unknown delta_loss {delta_loss!r}; valid: {', '.join(DELTA_LOSSES)}")
@@ -459,6 +463,7 @@ class TrajectoryRecorder:
         self._pending: dict[str, Any] | None = None
         self._train_model = train_model if train_model is not None else model
         self._loss_reduce = loss_reduce
+        self._probe_reduce = probe_reduce
         self.scale: float | None = None
         self.rows = 0
 
@@ -670,6 +675,10 @@ class TrajectoryRecorder:
                 n = len(targets)
                 total += self.loss_fn(self.model(inputs), targets).detach().float() * n
                 count += n
+        if self._probe_reduce is not None:  # the whole probe set's mean over the processes' slices
+            sums = self._probe_reduce(torch.stack([total.double(), torch.tensor(float(count), dtype=torch.float64,
+                                                                               device=total.device)]))  # fmt: skip
+            return (sums[0] / sums[1]).float()
         return total / count
 
     def _check_finite(self, buf: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> None:
