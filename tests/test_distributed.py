@@ -194,3 +194,29 @@ def test_shard_trajectory_with_a_solver_that_needs_every_column_is_refused(tmp_p
                  "--set", "causal.solver=cd"])  # fmt: skip
     assert code == 2 and "causal.shard_trajectory needs causal.solver minnorm" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_one_rank_killed_fails_the_run_in_one_line_then_resume_gives_the_same_masks(tmp_path):
+    path = _write(tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "one")]) == 0
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "causalprune", "run", str(path), "--out", str(out), "--nproc", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not (out / "level_1" / "mask.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    if proc.poll() is not None or not ranks:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.skip("the run ended before one of its ranks could be killed")
+    os.kill(int(ranks[-1]), signal.SIGKILL)  # one rank dies; torchrun stops the other
+    _, err = proc.communicate(timeout=120)
+    if (out / "summary.json").exists():
+        pytest.skip("the run finished before the rank was killed")
+    assert proc.returncode != 0
+    lines = [line for line in err.splitlines() if line.startswith("causalprune: error:")]
+    assert len(lines) == 1 and "exited with code -9" in lines[0] and "re-run the same command" in lines[0], err[-2000:]
+    r = _run(["run", str(path), "--out", str(out), "--nproc", "2"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    for k in (1, 2, 3):
+        assert _masks(tmp_path / "one", k) == _masks(out, k)
