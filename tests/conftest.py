@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -29,3 +31,22 @@ def tiny_config():
         return config_from_dict(TINY, list(overrides))
 
     return make
+
+
+def stop_in_round(monkeypatch, method: str, field: str, round_: int = 2) -> None:
+    """Make `method`'s scoring function `field` (``fn`` or ``channel_fn``) raise KeyboardInterrupt in round
+    `round_`: the process stops between two rounds' files, as a killed run would. Undo with
+    ``monkeypatch.undo()``."""
+    from causalprune import criteria
+
+    original = criteria.METHODS[method]
+    score = getattr(original, field)
+    calls = {"n": 0}
+
+    def stops(inp):
+        calls["n"] += 1
+        if calls["n"] == round_:
+            raise KeyboardInterrupt
+        return score(inp)
+
+    monkeypatch.setitem(criteria.METHODS, method, dataclasses.replace(original, **{field: stops}))

@@ -61,17 +61,33 @@ def test_a_batch_that_does_not_divide_fails_on_every_rank_and_writes_nothing(tmp
     assert not (tmp_path / "run").exists()
 
 
-def test_killed_run_resumes_to_the_same_masks(tmp_path):
+def _started_until_round_1(tmp_path):
+    """A single-process reference run in tmp_path/one, then a 2-process run of the same config started in
+    tmp_path/two and watched until its round 1 is written; return (config path, out folder, its Popen)."""
     path = _write(tmp_path)
     assert main(["run", str(path), "--out", str(tmp_path / "one")]) == 0
     out = tmp_path / "two"
     cmd = [sys.executable, "-m", "causalprune", "run", str(path), "--out", str(out), "--nproc", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 180
     while not (out / "level_1" / "mask.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
-    proc.wait()
+    return path, out, proc
+
+
+def _ranks_of(proc):
+    """The pids of the rank processes torchrun started (children of the launcher)."""
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                           text=True).stdout.split()]  # fmt: skip
+
+
+def test_killed_run_resumes_to_the_same_masks(tmp_path):
+    path, out, proc = _started_until_round_1(tmp_path)
+    ranks = _ranks_of(proc)
+    for pid in [*ranks, proc.pid]:  # both ranks and torchrun, mid-run (the ranks are not in its group)
+        os.kill(pid, signal.SIGKILL)
+    proc.communicate()
+    assert len(ranks) == 2
     if (out / "summary.json").exists():
         pytest.skip("the run finished before it could be killed")
     r = _run(["run", str(path), "--out", str(out), "--nproc", "2"])
@@ -197,15 +213,8 @@ def test_shard_trajectory_with_a_solver_that_needs_every_column_is_refused(tmp_p
 
 
 def test_one_rank_killed_fails_the_run_in_one_line_then_resume_gives_the_same_masks(tmp_path):
-    path = _write(tmp_path)
-    assert main(["run", str(path), "--out", str(tmp_path / "one")]) == 0
-    out = tmp_path / "two"
-    cmd = [sys.executable, "-m", "causalprune", "run", str(path), "--out", str(out), "--nproc", "2"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.monotonic() + 180
-    while not (out / "level_1" / "mask.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    path, out, proc = _started_until_round_1(tmp_path)
+    ranks = _ranks_of(proc)
     if proc.poll() is not None or not ranks:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.skip("the run ended before one of its ranks could be killed")

@@ -1,6 +1,5 @@
 """Algorithm 1 end to end on a tiny task (digits, MLP 64-32-10), for every method."""
 
-import dataclasses
 import json
 import shutil
 
@@ -9,6 +8,8 @@ import torch
 
 from causalprune import Mask, criteria
 from causalprune.experiment import RunFolderError, run_experiment
+
+from .conftest import stop_in_round
 
 SUMMARY_KEYS = {"method", "seed", "model", "dataset", "sparsity_target", "sparsity_actual", "params_prunable",
                 "params_nonzero", "dense", "pruned", "timing", "device", "torch_version"}  # fmt: skip
@@ -51,21 +52,12 @@ def test_kill_and_resume_equals_uninterrupted(tiny_config, tmp_path, monkeypatch
     cfg = tiny_config("prune.n_iter=3")
     run_experiment(cfg, tmp_path / "full", quiet=True)
 
-    calls = {"n": 0}
-    original = criteria.METHODS["causal"]
-
-    def dies_in_round_2(inp):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # the process is stopped mid-run
-        return original.fn(inp)
-
-    monkeypatch.setitem(criteria.METHODS, "causal", dataclasses.replace(original, fn=dies_in_round_2))
+    stop_in_round(monkeypatch, "causal", "fn")  # the process is stopped mid-run
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, tmp_path / "resumed", quiet=True)
     assert (tmp_path / "resumed" / "level_1" / "mask.pt").exists()
     assert not (tmp_path / "resumed" / "level_2" / "mask.pt").exists()
-    monkeypatch.setitem(criteria.METHODS, "causal", original)
+    monkeypatch.undo()
     s = run_experiment(cfg, tmp_path / "resumed", quiet=True)
     for k in (1, 2, 3):
         assert Mask.load(tmp_path / "full" / f"level_{k}" / "mask.pt") == Mask.load(

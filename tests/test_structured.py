@@ -1,6 +1,5 @@
 """Channel-level Algorithm 1 (prune.granularity: channel) end to end: budgets, selection, slimming, bad input."""
 
-import dataclasses
 import json
 
 import pytest
@@ -17,7 +16,7 @@ from causalprune.metrics import macs_and_params
 from causalprune.models import build_model
 from causalprune.structured import ChannelPlan, slim_to_mask
 
-from .conftest import TINY
+from .conftest import TINY, stop_in_round
 
 CHANNEL = {
     **TINY,
@@ -54,6 +53,8 @@ def test_every_channel_method_reaches_the_speedup_and_slims(method, tmp_path):
     assert sum(p.numel() for p in model.parameters()) == eff["params"]["pruned"]
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert macs_and_params(model, shape)[0] == eff["macs"]["pruned"]
+    for layer, kept in s["channels"]["kept_per_layer"].items():  # the slim network has those widths
+        assert model.get_submodule(layer).out_channels == kept
     assert s["channels"]["pruned"] == 80 - sum(s["channels"]["kept_per_layer"].values())
 
 
@@ -123,21 +124,12 @@ def test_channel_causal_scores_are_the_grouped_lasso_coefficients(tmp_path):
 def test_channel_run_resumes_to_the_same_groups_and_network(tmp_path, monkeypatch):
     cfg = channel_config("prune.n_iter=3")
     full = run_experiment(cfg, tmp_path / "full", quiet=True)
-    original = criteria.METHODS["causal"]
-    calls = {"n": 0}
-
-    def dies_in_round_2(inp):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt  # the process stops between rounds' files
-        return original.channel_fn(inp)
-
-    monkeypatch.setitem(criteria.METHODS, "causal", dataclasses.replace(original, channel_fn=dies_in_round_2))
+    stop_in_round(monkeypatch, "causal", "channel_fn")
     with pytest.raises(KeyboardInterrupt):
         run_experiment(cfg, tmp_path / "resumed", quiet=True)
     assert (tmp_path / "resumed" / "level_1" / "mask.pt").exists()
     assert not (tmp_path / "resumed" / "level_2" / "mask.pt").exists()
-    monkeypatch.setitem(criteria.METHODS, "causal", original)
+    monkeypatch.undo()
     resumed = run_experiment(cfg, tmp_path / "resumed", quiet=True)
     for k in (1, 2, 3):
         assert Mask.load(tmp_path / "full" / f"level_{k}" / "mask.pt") == Mask.load(

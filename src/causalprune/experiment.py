@@ -265,8 +265,7 @@ def _column_shard(run: Run, model: nn.Module, mask: Mask | None, layout: ParamLa
     plat = run.plat
     if not (plat.distributed and run.cfg.causal.shard_trajectory):  # CausalSettings checked solver and momentum
         return None
-    n = layout.n_columns if layout is not None else ParamLayout.of(
-        {n: p for n, p in prunable_parameters(model).items()}, alive=mask).n_columns  # fmt: skip
+    n = (layout if layout is not None else ParamLayout.of(prunable_parameters(model), alive=mask)).n_columns
     start, stop = plat.shard_range(n)
     comm = lasso.Comm(sum_=plat.all_reduce_sum, max=plat.max_float)
     return ColumnShard(start, stop, comm, lambda local: plat.gather_columns(local, n))

@@ -180,7 +180,7 @@ class ChannelPlan:
         mask (`full_mask`); pruned groups stay pruned.
         """
         current = self.groups.keep_of(mask)
-        alive = Mask({layer: v for layer, v in self.groups.per_layer(current).items()})
+        alive = Mask(self.groups.per_layer(current))
         floors = self.floors()
 
         def pick(k: int) -> torch.Tensor:

@@ -162,13 +162,16 @@ class Trajectory:
         """Return |γ| per weight (momentum model: sqrt(γ₀² + γ₁²)) as name → tensor (grouped: its group's)."""
         return self.unflatten(self.group_scores(coef))
 
+    def column_max(self, per_column: torch.Tensor) -> torch.Tensor:
+        """Return a per-column statistic (e.g. the KKT score) as a (n_columns,) float32 CPU vector; max over
+        blocks (the momentum model's two)."""
+        n = self.n_columns
+        v = per_column.detach().to("cpu", torch.float32).reshape(-1)
+        return torch.maximum(v[:n], v[n:]) if v.numel() == 2 * n else v
+
     def combine(self, per_column: torch.Tensor) -> dict[str, torch.Tensor]:
         """Map a per-column statistic (e.g. the KKT score) to name → tensor; max over blocks."""
-        n = self.n_columns
-        v = per_column.detach().to("cpu", torch.float32)
-        if v.numel() == 2 * n:
-            v = torch.maximum(v[:n], v[n:])
-        return self.unflatten(v)
+        return self.unflatten(self.column_max(per_column))
 
 
 class _Store:

@@ -162,14 +162,12 @@ def _fit_channels(inp: ScoreInput, placebo: bool) -> Scored:
     traj = inp.trajectory
     assert traj is not None
     gamma = traj.group_scores(fit.coef)
-    n = traj.n_columns
-    kkt = fit.kkt.detach().to("cpu", torch.float32).reshape(-1)
-    tie = (torch.maximum(kkt[:n], kkt[n:]) if kkt.numel() == 2 * n else kkt) if c.tie_break == "kkt" else None
+    tie = traj.column_max(fit.kkt) if c.tie_break == "kkt" else None
     if c.score == "gamma_theta2":
         th2 = _group_theta2(inp)
         gamma = gamma * th2
         tie = tie * th2 if tie is not None else None
-    info = {**_info(inp, fit, t0), "G": n}
+    info = {**_info(inp, fit, t0), "G": traj.n_columns}
     return Scored(_channels(inp, gamma), _channels(inp, tie) if tie is not None else None, info)
 
 
