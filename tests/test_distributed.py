@@ -14,7 +14,7 @@ import yaml
 
 from causalprune import Mask
 from causalprune.cli import main
-from causalprune.platform import DistributedError, current
+from causalprune.platform import DistributedError, current, shutdown
 
 from .conftest import TINY
 
@@ -132,7 +132,7 @@ def _sharded_fit_and_recording(rank, world, init_file, out_dir):
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     plat = current()
-    comm = lasso.Comm(sum_=plat.all_reduce_sum, max=plat.max_float)
+    comm = lasso.Comm.over(plat)
     results = {}
     # 1. minnorm on column shards against one process on all the columns
     g = torch.Generator().manual_seed(0)
@@ -143,6 +143,18 @@ def _sharded_fit_and_recording(rank, world, init_file, out_dir):
         ref = lasso.solve(X, y, alpha_ratio=0.01, solver="minnorm", unpenalized=z)
         results[name] = (float((plat.gather_columns(fit.coef, 301) - ref.coef).abs().max() / ref.coef.abs().max()),
                          abs(fit.objective - ref.objective) / ref.objective, fit.alpha == ref.alpha)  # fmt: skip
+    for name, z in (("cd", None), ("cd_unpenalized", Z)):  # 301 columns: the working set (100) must grow
+        fit = lasso.solve(X[:, a:b].contiguous(), y, alpha_ratio=0.05, solver="cd", unpenalized=z,
+                          comm=comm)  # fmt: skip
+        ref = lasso.solve(X, y, alpha_ratio=0.05, solver="cd", unpenalized=z)
+        full = plat.gather_columns(fit.coef, 301)
+        results[name] = (float((full - ref.coef).abs().max() / ref.coef.abs().max()),
+                         abs(fit.objective - ref.objective) / ref.objective,
+                         fit.converged and ref.converged and bool(torch.equal(full != 0, ref.coef != 0)))  # fmt: skip
+    fit = lasso.solve(X[:, a:b].contiguous(), y, alpha_ratio=0.05, solver="sgd", unpenalized=Z, comm=comm, lr=0.01)
+    ref = lasso.solve(X, y, alpha_ratio=0.05, solver="sgd", unpenalized=Z, lr=0.01)
+    results["sgd"] = (float((plat.gather_columns(fit.coef, 301) - ref.coef).abs().max() / ref.coef.abs().max()),
+                      abs(fit.objective - ref.objective) / ref.objective, fit.n_iter == ref.n_iter)
     Xf, yf = torch.randn(80, 41, generator=g), torch.randn(80, generator=g)  # well conditioned: few iterations
     af, bf = plat.shard_range(41)
     fit = lasso.solve(Xf[:, af:bf].contiguous(), yf, alpha_ratio=0.1, solver="fista", comm=comm)
@@ -170,7 +182,7 @@ def _sharded_fit_and_recording(rank, world, init_file, out_dir):
     results["recording"] = (tuple(part.X.shape), bool(torch.equal(rows, whole.X)), bool(torch.equal(part.y, whole.y)))
     with open(f"{out_dir}/shard.{rank}.json", "w") as f:
         json.dump(results, f)
-    torch.distributed.destroy_process_group()
+    shutdown(wait=True)
 
 
 def test_column_shards_solve_and_record_as_one_process(tmp_path):
@@ -183,14 +195,20 @@ def test_column_shards_solve_and_record_as_one_process(tmp_path):
             assert rel_coef < 1e-5 and rel_objective < 1e-6 and same_alpha
         rel_coef, rel_objective, converged = r["fista"]
         assert rel_coef < 1e-3 and rel_objective < 1e-6 and converged
+        for name in ("cd", "cd_unpenalized"):  # both certified to a gap of 1e-10 · objective, the same support
+            rel_coef, rel_objective, agree = r[name]
+            assert rel_coef < 1e-4 and rel_objective < 1e-6 and agree, (name, r[name], r)
+        rel_coef, rel_objective, same_epochs = r["sgd"]  # the same minibatches and updates: float32 rounding only
+        assert rel_coef < 1e-4 and rel_objective < 1e-6 and same_epochs, r["sgd"]
         shape, same_x, same_y = r["recording"]
         half = (16 * 8 + 3 * 16) // 2  # the two weight matrices' entries, split evenly
         assert shape[1] == half and same_x and same_y
 
 
-@pytest.mark.parametrize("delta_loss", ["same_batch", "probe"])
-def test_sharded_run_holds_half_the_columns_per_rank_and_agrees_with_one_process(delta_loss, tmp_path):
-    path = _write(tmp_path, {**CFG, "causal": {**CFG["causal"], "delta_loss": delta_loss}})
+@pytest.mark.parametrize(("delta_loss", "solver"), [("same_batch", "minnorm"), ("probe", "minnorm"),
+                                                    ("same_batch", "cd")])  # fmt: skip
+def test_sharded_run_holds_half_the_columns_per_rank_and_agrees_with_one_process(delta_loss, solver, tmp_path):
+    path = _write(tmp_path, {**CFG, "causal": {**CFG["causal"], "delta_loss": delta_loss, "solver": solver}})
     assert main(["run", str(path), "--out", str(tmp_path / "one")]) == 0
     r = _run(["run", str(path), "--out", str(tmp_path / "two"), "--nproc", "2",
               "--set", "causal.shard_trajectory=true"])  # fmt: skip
@@ -204,11 +222,11 @@ def test_sharded_run_holds_half_the_columns_per_rank_and_agrees_with_one_process
         assert differ <= 0.01 * a.numel(), (k, differ)
 
 
-def test_shard_trajectory_with_a_solver_that_needs_every_column_is_refused(tmp_path, capsys):
+def test_shard_trajectory_with_the_momentum_model_is_refused(tmp_path, capsys):
     path = _write(tmp_path)
     code = main(["run", str(path), "--out", str(tmp_path / "r"), "--set", "causal.shard_trajectory=true",
-                 "--set", "causal.solver=cd"])  # fmt: skip
-    assert code == 2 and "causal.shard_trajectory needs causal.solver minnorm" in capsys.readouterr().err
+                 "--set", "causal.momentum_model=true"])  # fmt: skip
+    assert code == 2 and "causal.shard_trajectory does not support causal.momentum_model" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

@@ -321,10 +321,13 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     shown = warnings.showwarning
     warnings.showwarning = _warning_line
+    finished = False
     try:
         if platform.launched():  # one of torchrun's processes: join the run's process group
             platform.init_from_env()
-        return int(args.func(args))
+        code = int(args.func(args))
+        finished = True
+        return code
     except (ValueError, RunFolderError, TrainingDiverged, platform.DistributedError) as e:
         print(f"causalprune: error: {_rank()}{e}", file=sys.stderr)
         return 2
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         warnings.showwarning = shown
-        platform.shutdown()
+        platform.shutdown(wait=finished)  # after an error a rank may be gone: do not wait for the others
 
 
 def _rank() -> str:

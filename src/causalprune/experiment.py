@@ -267,7 +267,7 @@ def _column_shard(run: Run, model: nn.Module, mask: Mask | None, layout: ParamLa
         return None
     n = (layout if layout is not None else ParamLayout.of(prunable_parameters(model), alive=mask)).n_columns
     start, stop = plat.shard_range(n)
-    comm = lasso.Comm(sum_=plat.all_reduce_sum, max=plat.max_float)
+    comm = lasso.Comm.over(plat)
     return ColumnShard(start, stop, comm, lambda local: plat.gather_columns(local, n))
 
 

@@ -48,6 +48,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,12 +119,23 @@ class Comm:
     """How the column shards of a distributed design meet (SPEC §9): each process holds some columns of X.
 
     `sum_` sums a tensor over the processes in place (an all-reduce), `max` takes the maximum
-    of a float over them; both are the identity for one process. The platform seam
-    (`causalprune.platform.Platform.comm`) builds one from the process group.
+    of a float over them, `gather` returns every process's (picklable) object in rank order,
+    `broadcast` the primary's; `rank` is this process's place in that order. For one process
+    they are identities. The driver builds one from the platform seam (`causalprune.platform`).
     """
 
     sum_: Callable[[torch.Tensor], torch.Tensor]
     max: Callable[[float], float]
+    gather: Callable[[Any], list[Any]] = lambda obj: [obj]
+    broadcast: Callable[[Any], Any] = lambda obj: obj
+    rank: int = 0
+
+
+    @classmethod
+    def over(cls, group: Any) -> Comm:
+        """The `Comm` of a process group such as `causalprune.platform.Platform` (its reductions and rank)."""
+        return cls(sum_=group.all_reduce_sum, max=group.max_float, gather=group.all_gather_object,
+                   broadcast=group.broadcast_object, rank=group.rank)  # fmt: skip
 
 
 LOCAL = Comm(sum_=lambda t: t, max=lambda x: x)
@@ -175,9 +187,10 @@ class Design:
         self.segments = Segments([b.shape[1] for b in blocks])  # where each block's columns sit in γ
         self.sizes = self.segments.sizes
         self.offsets = self.segments.offsets
-        self.p = self.segments.total
+        self.p = self.segments.total  # columns held here (this shard's, when sharded)
         if self.p == 0:
             raise ValueError("X has no columns (nothing alive to score)")
+        self.p_total = self.p if comm is None else int(sum(comm.gather(self.p)))  # columns of every shard
         # Columns per gathered block: ≈ BLOCK_BYTES of float64, so the transient memory of
         # the blocked products is a few times BLOCK_BYTES whatever d is.
         self.block_columns = max(64, self.BLOCK_BYTES // (8 * T))
@@ -304,6 +317,37 @@ class Design:
             if a < e:
                 out[:, a - start : e - start].copy_(b[:, a - lo : e - lo])
         return self._project_(out)
+
+    def smallest(self, key: torch.Tensor, k: int) -> torch.Tensor:
+        """Return the sorted local indices of this shard's entries among the k smallest of `key` over every shard.
+
+        `key` is (p,) float64 CPU, one value per column held here. Ties are ordered by global
+        column position (shard order, then index), so every process agrees on the selection.
+        """
+        local = torch.topk(key, min(k, self.p), largest=False).indices
+        if not self.sharded:
+            return local.sort().values
+        local = local.sort().values  # position order inside the shard
+        pieces = self.comm.gather((key[local], local))  # [(values, indices)] in shard order
+        values = torch.cat([v for v, _ in pieces])
+        owner = torch.cat([torch.full((len(i),), r, dtype=torch.long) for r, (_, i) in enumerate(pieces)])
+        index = torch.cat([i for _, i in pieces])
+        chosen = torch.argsort(values, stable=True)[:k]  # candidates are in position order: ties by position
+        mine = chosen[owner[chosen] == self.comm.rank]
+        return index[mine].sort().values
+
+    def shared_columns(self, idx: torch.Tensor) -> tuple[torch.Tensor, slice]:
+        """Return (every shard's gathered columns of PX, the slice of them that is this shard's `idx`).
+
+        The columns come as one (T, Σ_r len(idx_r)) float64 CPU tensor in shard order; for one
+        process it is `columns(idx)` and the slice covers it all.
+        """
+        cols = self.columns(idx)
+        if not self.sharded:
+            return cols, slice(0, cols.shape[1])
+        pieces = self.comm.gather(cols)
+        start = sum(p.shape[1] for p in pieces[: self.comm.rank])
+        return torch.cat(pieces, dim=1), slice(start, start + cols.shape[1])
 
     def exact_rmatvec(self, idx: torch.Tensor | None, r: torch.Tensor) -> torch.Tensor:
         """Return (PX)[:, idx]ᵀ r (`idx` None: every column) as a float64 CPU vector, exact in float64.
@@ -449,7 +493,7 @@ class _Registered:
 
 _REGISTRY: dict[str, _Registered] = {}
 SOLVERS: tuple[str, ...] = ("auto",)  # "auto" (fista on CUDA, cd on CPU), then the registered solvers in order
-SHARDED_SOLVERS: tuple[str, ...] = ("minnorm", "fista")  # the solvers that run on column shards (Design.comm)
+SHARDED_SOLVERS: tuple[str, ...] = ("cd", "fista", "minnorm", "sgd")  # the solvers that run on column shards
 
 
 def register_solver(name: str, *, certified: bool = False) -> Callable[[SolverFn], SolverFn]:
@@ -497,13 +541,17 @@ def _solve_cd(
 ) -> SolverOutput:
     """Working-set coordinate descent; `max_iter` outer iterations (default 100).
 
-    `working_set` is the size of the first working set (default max(100, T)).
+    `working_set` is the size of the first working set (default max(100, T)). On column
+    shards (SPEC §9) screening is local, the scale ‖Xᵀr‖∞, the duality gap and the sizes are
+    reduced over the shards, the working set is the global one (`Design.smallest`), its
+    columns are gathered to every process and the subproblem's solution is the primary's.
     """
     from sklearn.linear_model import enet_path
 
     max_iter = 100 if max_iter is None else max_iter
-    T, p = D.T, D.p
-    coef = torch.zeros(p, dtype=torch.float64)
+    T, p = D.T, D.p_total
+    comm = D.comm
+    coef = torch.zeros(D.p, dtype=torch.float64)  # this shard's coefficients
     norms = D.sq_norms().sqrt()
     screened = norms == 0  # all-zero columns never enter
     lam = T * alpha
@@ -521,7 +569,7 @@ def _solve_cd(
         if len(gaps) > 4 and gap > 0.5 * gaps[-5]:
             break  # stalled at the precision float32 X allows: report converged=False
         # Gap-safe sphere test (Ndiaye et al. 2017) at θ = r / max(λ, ‖Xᵀr‖∞).
-        scale = max(lam, float(corr[~screened].abs().max()))
+        scale = max(lam, comm.max(float(corr[~screened].abs().max()) if (~screened).any() else 0.0))
         radius = math.sqrt(2.0 * T * gap) / lam
         screened |= (corr.abs() / scale + radius * norms) < 1.0
         support = coef != 0
@@ -532,11 +580,13 @@ def _solve_cd(
         prio = (1.0 - corr.abs() / scale) / norms.clamp(min=1e-300)
         prio[screened] = math.inf
         prio[support] = -math.inf
-        n_candidates = int((~screened).sum())
-        ws_size = min(max(ws_size, 2 * int(support.sum())), n_candidates)
-        W = torch.topk(prio, ws_size, largest=False).indices.sort().values
-        Xw = D.columns(W).numpy(force=True)  # (T, w) float64: the working set only
-        Xw = np.asfortranarray(Xw)
+        n_candidates, n_support = (int(v) for v in comm.sum_(torch.tensor(
+            [float((~screened).sum()), float(support.sum())], dtype=torch.float64)))  # fmt: skip
+        ws_size = min(max(ws_size, 2 * n_support), n_candidates)
+        W = D.smallest(prio, ws_size)  # this shard's part of the working set, sorted
+        Xw_all, own = D.shared_columns(W)  # (T, w) float64: the working set only, every shard's
+        Xw = np.asfortranarray(Xw_all.numpy(force=True))
+        coef_w = comm.gather(coef[W])
         G = np.ascontiguousarray(Xw.T @ Xw)
         yv = D.y.numpy()
         q = Xw.T @ yv
@@ -551,12 +601,13 @@ def _solve_cd(
             warnings.simplefilter("ignore")
             _, coefs, _ = enet_path(
                 Xw, yv, l1_ratio=1.0, alphas=[alpha], precompute=G, Xy=q,
-                coef_init=coef[W].numpy(), tol=max(inner_tol, 1e-13), max_iter=inner_epochs,
+                coef_init=torch.cat(coef_w).numpy(), tol=max(inner_tol, 1e-13), max_iter=inner_epochs,
                 check_input=False,
             )  # fmt: skip
         sub = coefs[:, 0]
         polished = _polish(G, q, sub, T * alpha)
-        coef[W] = torch.from_numpy(polished if polished is not None else sub)
+        solution = comm.broadcast(polished if polished is not None else sub)  # every process: the primary's
+        coef[W] = torch.from_numpy(solution[own])
         inner_epochs = min(inner_epochs * 4, 100_000)
         ws_size = min(2 * ws_size, p)
     else:
@@ -683,7 +734,10 @@ def _solve_sgd(
 
     Reads the raw blocks, y and Z from `D` (the unpenalised coefficients are fitted along).
     Its budget is `max_epochs` (``variant="authors"``: 30 epochs, patience 2); tol and
-    max_iter are not used. ``converged`` means it stopped on `patience`.
+    max_iter are not used. ``converged`` means it stopped on `patience`. On column shards
+    every process draws the same minibatches; the minibatch's fit X_b γ is summed over the
+    shards (one all-reduce of `batch_size` numbers per step), so the dynamics are one
+    process's: each shard updates its own coefficients, the unpenalised ones are replicated.
     """
     T, dev = D.T, D.device
     if variant == "authors":
@@ -712,7 +766,7 @@ def _solve_sgd(
         for a in range(0, T, batch_size):
             rows = perm[a : a + batch_size]
             Xb = torch.cat([b.index_select(0, rows).float() for b in D.blocks], dim=1)  # (B, p)
-            r = yy[rows] - Xb @ gamma - Zd[rows] @ c
+            r = yy[rows] - D.comm.sum_(Xb @ gamma) - Zd[rows] @ c  # (B,): X_b γ summed over the shards
             step_t += 1
             eta = lr / step_t**0.1 if variant == "authors" else lr
             gamma += (eta / len(rows)) * (Xb.T @ r)
@@ -724,7 +778,7 @@ def _solve_sgd(
             gamma = torch.where(neg, torch.clamp(gamma + (u - q), max=0.0), gamma)
             q += gamma - z
         try:
-            if not torch.isfinite(gamma).all():
+            if D.comm.max(0.0 if torch.isfinite(gamma).all() else 1.0) > 0:  # on any shard
                 raise ValueError("non-finite coefficients")
             obj, _, _, _ = D.evaluate(gamma.to("cpu", torch.float64) * y_scale, alpha)
         except ValueError as e:
@@ -779,9 +833,11 @@ def solve(
         comm: X is this process's column shard of a distributed design (SPEC §9); y and
             `unpenalized` are every process's. The result's ``coef`` and ``kkt`` are this
             shard's; objective, gap, α and the unpenalised coefficients are global. Solvers
-            on shards (`SHARDED_SOLVERS`): ``minnorm`` (one all-reduce of the T × T Gram) and
+            on shards (`SHARDED_SOLVERS`): ``minnorm`` (one all-reduce of the T × T Gram),
             ``fista`` (a T-vector all-reduce per product Xγ, scalar ones for norms and the
-            restart test).
+            restart test), ``cd`` (the working set chosen over every shard, its columns
+            gathered, the subproblem solved once and shared) and ``sgd`` (one all-reduce of
+            the minibatch's fit per step).
         **options: the chosen solver's own keyword options (`solver_options`): sgd ``lr``,
             ``batch_size``, ``max_epochs``, ``patience``, ``variant`` (``paper``/``authors``),
             ``seed``; minnorm ``ridge``; cd ``working_set``; fista ``check_every``.
@@ -803,7 +859,7 @@ def solve(
         raise ValueError("give alpha or alpha_ratio, not both")
     if alpha is None:
         if solver == "sgd" and options.get("variant") == "authors" and alpha_ratio is None:
-            alpha = 1e-3 / D.p
+            alpha = 1e-3 / D.p_total
         else:
             ratio = 0.01 if alpha_ratio is None else float(alpha_ratio)
             if not (ratio > 0) or not math.isfinite(ratio):

@@ -67,25 +67,30 @@ class Platform:
         if self.distributed:
             dist.barrier()
 
+    def _reduce(self, t: torch.Tensor, op: Any) -> torch.Tensor:
+        """All-reduce `t` in place with `op`; nccl reduces CUDA tensors only, so a CPU one goes through the GPU."""
+        if not self.distributed:
+            return t
+        if self.backend == "nccl" and t.device.type != "cuda":
+            on_gpu = t.to(f"cuda:{self.local_rank}")
+            dist.all_reduce(on_gpu, op=op)
+            return t.copy_(on_gpu)
+        dist.all_reduce(t, op=op)
+        return t
+
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum `t` over the ranks, in place; return it."""
-        if self.distributed:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
+        return self._reduce(t, dist.ReduceOp.SUM)
 
     def all_reduce_max(self, t: torch.Tensor) -> torch.Tensor:
         """Element-wise maximum of `t` over the ranks, in place; return it."""
-        if self.distributed:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t
+        return self._reduce(t, dist.ReduceOp.MAX)
 
     def max_float(self, x: float) -> float:
         """The maximum of `x` over the ranks."""
         if not self.distributed:
             return x
-        t = torch.tensor([x], dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return float(t[0])
+        return float(self.all_reduce_max(torch.tensor([x], dtype=torch.float64))[0])
 
     def shard_range(self, n: int) -> tuple[int, int]:
         """This rank's share [start, stop) of n columns: contiguous, balanced by count, in rank order."""
@@ -99,11 +104,12 @@ class Platform:
             return local
         sizes = [self._range_of(r, n) for r in range(self.world_size)]
         width = max(b - a for a, b in sizes)
-        padded = torch.zeros(width, dtype=local.dtype, device=local.device)
+        device = f"cuda:{self.local_rank}" if self.backend == "nccl" else "cpu"  # where the backend gathers
+        padded = torch.zeros(width, dtype=local.dtype, device=device)
         padded[: local.numel()] = local.reshape(-1)
         pieces = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(pieces, padded)
-        return torch.cat([p[: b - a] for p, (a, b) in zip(pieces, sizes, strict=True)])
+        return torch.cat([p[: b - a] for p, (a, b) in zip(pieces, sizes, strict=True)]).to(local.device)
 
     def _range_of(self, rank: int, n: int) -> tuple[int, int]:
         return Platform(rank, self.world_size).shard_range(n)
@@ -189,9 +195,15 @@ def init_from_env(device_type: str | None = None) -> Platform:
     return current()
 
 
-def shutdown() -> None:
-    """Leave the process group, if joined."""
+def shutdown(wait: bool = False) -> None:
+    """Leave the process group, if joined; `wait`: first wait until every rank is leaving too.
+
+    Waiting matters after a successful run: a gloo process that leaves while a peer still
+    talks to it can abort ("terminate called without an active exception").
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 

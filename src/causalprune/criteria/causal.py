@@ -51,7 +51,7 @@ class CausalSettings:
     # to unit norm over the round (standardize; γ is reported back in the summed feature's units)
     group_columns: str = "sum"
     # distributed runs: each process records only its share of the columns (memory ÷ world) and
-    # the Lasso solves on the shards (minnorm); off: every process records and solves all of them,
+    # the Lasso solves on the shards (every built-in solver); off: every process records and solves all of them,
     # which gives the single process's masks exactly (docs/distributed.md)
     shard_trajectory: bool = False
 
@@ -72,10 +72,12 @@ class CausalSettings:
                                   "spreads them over the round (set one of them off)")  # fmt: skip
         check_choice(self.storage, ("device", "cpu"), "causal.storage")
         check_choice(self.group_columns, ("sum", "standardize"), "causal.group_columns")
-        if self.shard_trajectory and (self.solver not in lasso.SHARDED_SOLVERS or self.momentum_model):
-            raise ConfigError(f"causal.shard_trajectory needs causal.solver {' or '.join(lasso.SHARDED_SOLVERS)} "
-                              f"(got {self.solver}) and no causal.momentum_model: the other fits need every "
-                              "column in one process")  # fmt: skip
+        if self.shard_trajectory and self.solver not in ("auto", *lasso.SHARDED_SOLVERS):
+            raise ConfigError(f"causal.shard_trajectory needs a solver that runs on column shards "
+                              f"({', '.join(lasso.SHARDED_SOLVERS)}), got causal.solver {self.solver}")  # fmt: skip
+        if self.shard_trajectory and self.momentum_model:
+            raise ConfigError("causal.shard_trajectory does not support causal.momentum_model (its lagged "
+                              "block is not sharded); set one of them off")  # fmt: skip
         if self.memory_budget_gb is not None:
             check_positive(self.memory_budget_gb, "causal.memory_budget_gb")
 
