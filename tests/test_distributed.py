@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,9 +57,30 @@ def test_two_processes_give_the_single_process_masks_and_network(tmp_path):
 def test_a_batch_that_does_not_divide_fails_on_every_rank_and_writes_nothing(tmp_path):
     path = _write(tmp_path, {**CFG, "train": {**CFG["train"], "batch_size": 63}})
     r = _run(["run", str(path), "--out", str(tmp_path / "run"), "--nproc", "2"])
-    assert r.returncode != 0
-    assert r.stderr.count("train.batch_size 63 does not divide among 2 processes") == 2  # both ranks say why
+    errors = [line for line in r.stderr.splitlines() if line.startswith("causalprune: error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]  # every rank refused it alike: one line
+    assert "[rank 0] train.batch_size 63 does not divide among 2 processes" in errors[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_a_round_mask_of_another_model_is_refused_in_one_line_and_nothing_changes(tmp_path):
+    path = _write(tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "run")]) == 0
+    (tmp_path / "other").mkdir()
+    other = _write(tmp_path / "other", {**CFG, "model": {"name": "mlp", "widths": [16]}})
+    assert main(["run", str(other), "--out", str(tmp_path / "small")]) == 0
+    run = tmp_path / "run"
+    for stale in ("level_2", "level_3", "final"):
+        shutil.rmtree(run / stale, ignore_errors=True)
+    for stale in ("summary.json", "model.pt", "mask.pt"):
+        (run / stale).unlink(missing_ok=True)
+    shutil.copy(tmp_path / "small" / "level_1" / "mask.pt", run / "level_1" / "mask.pt")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    r = _run(["run", str(path), "--out", str(run), "--nproc", "2"])
+    errors = [line for line in r.stderr.splitlines() if line.startswith("causalprune: error:")]
+    assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]
+    assert "level_1/mask.pt is damaged (ValueError: a mask of another model" in errors[0]
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # no half-written stage
 
 
 def _started_until_round_1(tmp_path):

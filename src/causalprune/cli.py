@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
 from . import __version__, criteria, lasso, platform, selection, trajectory
 
 DEMO = {"methods": "causal,magnitude,random", "sparsity": "0.9,0.98", "seeds": "0,1"}
+RANK_ERRORS_ENV = "CAUSALPRUNE_RANK_ERRORS"  # set by --nproc: the folder where ranks leave their error lines
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -62,14 +65,24 @@ def _launch(nproc: int, argv: list[str]) -> int:
 
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
-    try:
-        torchrun.main(["--standalone", f"--nproc-per-node={nproc}", "-m", "causalprune", *argv])
-    except Exception as e:  # torchrun raises ChildFailedError naming the failed rank(s) after they printed why
-        failures = getattr(e, "failures", {}) or {}
-        which = ", ".join(f"rank {r} exited with code {f.exitcode}" for r, f in sorted(failures.items()))
-        print(f"causalprune: error: the {nproc}-process run failed ({which or type(e).__name__}); the others were "
-              "stopped; re-run the same command to resume", file=sys.stderr)  # fmt: skip
-        return 1
+    with tempfile.TemporaryDirectory(prefix="causalprune-ranks-") as errors:
+        os.environ[RANK_ERRORS_ENV] = errors  # the ranks inherit it (see _error)
+        try:
+            torchrun.main(["--standalone", f"--nproc-per-node={nproc}", "-m", "causalprune", *argv])
+        except Exception as e:  # torchrun raises ChildFailedError naming the failed rank(s) after they printed why
+            failures = getattr(e, "failures", {}) or {}
+            said = {int(f.stem[4:]): f.read_text() for f in Path(errors).glob("rank*.txt")}
+            for r in sorted(said):  # rank 0 printed its own; the others only where they differ from it
+                if r and said[r] != said.get(0):
+                    print(f"causalprune: error: [rank {r}] {said[r]}", file=sys.stderr)
+            which = ", ".join(f"rank {r} exited with code {f.exitcode}" for r, f in sorted(failures.items()))
+            if 0 in said and getattr(failures.get(0), "exitcode", None) == 2:
+                return 2  # rank 0 refused the input and said why; the others stopped with it
+            print(f"causalprune: error: the {nproc}-process run failed ({which or type(e).__name__}); the others "
+                  "were stopped; re-run the same command to resume", file=sys.stderr)  # fmt: skip
+            return 1
+        finally:
+            os.environ.pop(RANK_ERRORS_ENV, None)
     return 0
 
 
@@ -329,15 +342,15 @@ def main(argv: list[str] | None = None) -> int:
         finished = True
         return code
     except (ValueError, RunFolderError, TrainingDiverged, platform.DistributedError) as e:
-        print(f"causalprune: error: {_rank()}{e}", file=sys.stderr)
+        _error(str(e))
         return 2
     except OSError as e:  # missing files, permissions, a full disk: one line naming the file
         where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        print(f"causalprune: error: {_rank()}{e.strerror or e}{where}", file=sys.stderr)
+        _error(f"{e.strerror or e}{where}")
         return 2
     except torch_distributed_errors() as e:  # a lost rank: the others fail at their next collective
-        print(f"causalprune: error: {_rank()}another process of the run failed or was lost "
-              f"({type(e).__name__}); re-run the same command to resume", file=sys.stderr)  # fmt: skip
+        _error(f"another process of the run failed or was lost ({type(e).__name__}); re-run the same command "
+               "to resume")  # fmt: skip
         return 1
     except KeyboardInterrupt:
         print("causalprune: interrupted; re-run the same command to resume", file=sys.stderr)
@@ -345,6 +358,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         warnings.showwarning = shown
         platform.shutdown(wait=finished)  # after an error a rank may be gone: do not wait for the others
+
+
+def _error(message: str) -> None:
+    """Print ``causalprune: error: <message>`` as one line on stderr, ``[rank r]`` first in a distributed run.
+
+    Under torchrun every rank prints its own line. Under ``--nproc`` (`RANK_ERRORS_ENV` set)
+    every rank also leaves the line in a file and only rank 0 prints; the launcher adds the
+    other ranks' lines that differ from rank 0's (bad input refused alike everywhere: one line).
+    """
+    plat = platform.current()
+    folder = os.environ.get(RANK_ERRORS_ENV)
+    if plat.distributed and folder:
+        Path(folder, f"rank{plat.rank}.txt").write_text(message)
+        if not plat.is_primary:
+            return
+    print(f"causalprune: error: {_rank()}{message}", file=sys.stderr)
 
 
 def _rank() -> str:

@@ -337,7 +337,7 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
     """Pruning round `k`: rewind, train (recording if the method needs it), score, select; return the new mask."""
     cfg, folder = run.cfg, run.folder
     if run.plat.broadcast_object(folder.level_done(k)):  # the primary's view of the folder decides
-        mask, state = folder.load_level(k, run.device)
+        mask, state = folder.load_level(k, run.device, like=mask)
         load_state_into(model, state, folder.level_dir(k) / "checkpoint.pt", folder.level_dir(k))
         return mask
     if cfg.prune.rewind or k == 1:

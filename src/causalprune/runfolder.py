@@ -239,10 +239,17 @@ class RunFolder:
         d = self.level_dir(k)
         return (d / "mask.pt").exists() and (d / "checkpoint.pt").exists()
 
-    def load_level(self, k: int, device: torch.device) -> tuple[Mask, dict[str, torch.Tensor]]:
-        """Return round `k`'s mask and model state."""
+    def load_level(self, k: int, device: torch.device,
+                   like: Mask | None = None) -> tuple[Mask, dict[str, torch.Tensor]]:  # fmt: skip
+        """Return round `k`'s mask and model state; a mask whose names or shapes differ from `like` is refused."""
         d = self.level_dir(k)
-        return _load_mask(d / "mask.pt", d), _load_torch(d / "checkpoint.pt", device, d)
+        mask = _load_mask(d / "mask.pt", d)
+        if like is not None and {n: tuple(t.shape) for n, t in mask.items()} != \
+                {n: tuple(t.shape) for n, t in like.items()}:  # fmt: skip
+            theirs = ", ".join(f"{n} {tuple(t.shape)}" for n, t in mask.items())
+            raise _damaged(d / "mask.pt", ValueError(f"a mask of another model: {theirs}; this run's model has "
+                           + ", ".join(f"{n} {tuple(t.shape)}" for n, t in like.items())), d)  # fmt: skip
+        return mask, _load_torch(d / "checkpoint.pt", device, d)
 
     def save_level(self, k: int, scores: dict[str, Any], state: dict[str, torch.Tensor], mask: Mask) -> None:
         """Write round `k`'s scores, model state and mask (the mask last: it marks the round done)."""
