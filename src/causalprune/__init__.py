@@ -8,6 +8,7 @@ from . import criteria, lasso, selection
 from .groups import ChannelGroups, channel_groups
 from .lasso import ConvergenceWarning, LassoResult
 from .masks import Mask, parameter_aliases, prunable_parameters
+from .pruner import CausalPruner
 from .selection import LayerCollapseWarning, schedule, select
 from .structured import ChannelPlan, slim_to_mask
 from .trajectory import Trajectory, TrajectoryRecorder
@@ -15,6 +16,7 @@ from .trajectory import Trajectory, TrajectoryRecorder
 __version__ = "0.1.0"
 
 __all__ = [
+    "CausalPruner",
     "ChannelGroups",
     "ChannelPlan",
     "ConvergenceWarning",

@@ -35,7 +35,7 @@ from torch import nn
 
 from . import __version__, criteria, lasso, resolve
 from .config import Config, ConfigError
-from .criteria import Criterion, Scored, ScoreInput
+from .criteria import Criterion, ScoreInput
 from .data import AUGMENTATIONS, Splits, load_pool, make_splits, materialize, shape_of
 from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
@@ -43,6 +43,7 @@ from .metrics import efficiency, measured_efficiency
 from .models import build_model, load_pretrained, pretrained_status
 from .platform import SINGLE, Platform
 from .platform import current as current_platform
+from .pruner import DTYPES, prune_round, rewind, score_round, stage_seed
 from .runfolder import (
     RunFolder,
     RunFolderError,
@@ -52,17 +53,10 @@ from .runfolder import (
     pre_cache_dir,
     save_shared_pre,
 )
-from .selection import schedule, select
+from .selection import schedule
 from .structured import ChannelPlan
 from .train import Callback, StepFn, evaluate, fit, loss_function, make_optimizer, plain_step
 from .trajectory import ColumnShard, TrajectoryRecorder
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def stage_seed(seed: int, stage: str) -> int:
-    """Return a seed for one stage of a run: stable across processes and resumes."""
-    return (seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(stage))) % (2**31 - 1)
 
 
 def device_of(cfg: Config) -> torch.device:
@@ -291,20 +285,6 @@ def _spread_recorded_steps(recorded: StepFn, plain: StepFn, total: int, n: int) 
     return step
 
 
-def _rewind(model: nn.Module, theta_pre: dict[str, torch.Tensor], reset_bn: bool) -> None:
-    """Load θ_pre; keep BatchNorm running statistics unless `reset_bn` (then reset them)."""
-    state = model.state_dict()
-    for k, v in theta_pre.items():
-        if not reset_bn and ("running_" in k or "num_batches_tracked" in k):
-            continue
-        state[k] = v
-    model.load_state_dict(state)
-    if reset_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-
-
 # --- the stages ---------------------------------------------------------------------------
 def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
     """Return θ_pre — this run's, a shared one (charging its training time), or trained now — loaded in `model`."""
@@ -341,18 +321,14 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
         load_state_into(model, state, folder.level_dir(k) / "checkpoint.pt", folder.level_dir(k))
         return mask
     if cfg.prune.rewind or k == 1:
-        _rewind(model, theta_pre, cfg.prune.reset_bn)
+        rewind(model, theta_pre, cfg.prune.reset_bn)
     mask.apply_(model)
     stage = f"level_{k}"
     recorder = run.train_stage(model, stage, cfg.prune.n_prune, mask, record=run.criterion.records).recorder
     try:
         t0 = time.perf_counter()
-        scored = _score(run, model, mask, recorder, stage, target)
-        scores, tie = scored.oriented(run.criterion.higher_is_important)
-        if run.channels is not None:
-            new_mask = run.channels.select(scores, tie, target, mask)
-        else:
-            new_mask = select(scores, target, scope=cfg.prune.scope, mask=mask, tie_break=tie)
+        new_mask, scored = prune_round(run.criterion, _score_input(run, model, mask, recorder, stage, target),
+                                       target, scope=cfg.prune.scope, plan=run.channels)  # fmt: skip
         run.add_time("solve_s", time.perf_counter() - t0)
     finally:
         if recorder is not None:
@@ -372,14 +348,12 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
     return new_mask
 
 
-def _score(run: Run, model: nn.Module, mask: Mask, recorder: TrajectoryRecorder | None, stage: str,
-           target: float) -> Scored:  # fmt: skip
-    """Give the method what it declared it needs, and score the model."""
+def _score_input(run: Run, model: nn.Module, mask: Mask, recorder: TrajectoryRecorder | None, stage: str,
+                 target: float) -> ScoreInput:  # fmt: skip
+    """What the method declared it needs to score `model` in this stage."""
     crit = run.criterion
-    fn = crit.channel_fn if run.channels is not None else crit.fn
-    assert fn is not None  # resolve.check refused a method without scores at this granularity
     seed = stage_seed(run.cfg.seed, stage + "/score")
-    inp = ScoreInput(
+    return ScoreInput(
         model, mask, settings=run.cfg.section(crit.section) if crit.section else None, seed=seed,
         trajectory=recorder.trajectory() if recorder is not None else None,
         data=run.score_batches(seed) if crit.needs_data else [], loss_fn=loss_function(run.data.task),
@@ -387,7 +361,6 @@ def _score(run: Run, model: nn.Module, mask: Mask, recorder: TrajectoryRecorder 
         input_dtype=getattr(run.data.train[0], "dtype", None),
         groups=run.channels.groups if run.channels is not None else None,
     )  # fmt: skip
-    return fn(inp)
 
 
 def final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, stage: str) -> list[dict[str, float]]:
@@ -431,7 +404,8 @@ def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quie
     if cfg.prune.granularity == "channel" and criterion.prunes:
         run.channels = ChannelPlan.build(model, cfg.prune, tuple(run.data.input_shape))
         if not criterion.needs:  # scores from the model alone: a method that cannot score this model fails now
-            _score(run, model, run.channels.initial_mask(), None, "check", 0.0)
+            score_round(criterion, _score_input(run, model, run.channels.initial_mask(), None, "check", 0.0),
+                        channels=True)  # fmt: skip
     with folder.lock():  # one process per run folder (a distributed run's primary holds it)
         if plat.broadcast_object(folder.finished()):  # another process finished it while this one loaded the data
             return _finished(folder, cfg, quiet)
@@ -484,7 +458,7 @@ def _stages(run: Run, model: nn.Module, t_start: float, quiet: bool) -> dict[str
     for k, target in enumerate(targets, start=1):
         mask = level_stage(run, model, theta_pre, mask, k, target)
     if cfg.prune.rewind:
-        _rewind(model, theta_pre, cfg.prune.reset_bn)
+        rewind(model, theta_pre, cfg.prune.reset_bn)
     mask.apply_(model)
     if run.channels is not None:  # post-training runs on the physically slimmed network
         model = run.channels.slim(model, mask)

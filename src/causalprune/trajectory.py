@@ -322,6 +322,11 @@ class _FrozenRunningStats:
                     m._buffers[k].copy_(b)  # type: ignore[union-attr]
 
 
+def _call(module: nn.Module, inputs: Any) -> Any:
+    """The default forward: ``module(inputs)``."""
+    return module(inputs)
+
+
 def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return torch.get_rng_state(), cuda
@@ -382,6 +387,9 @@ class TrajectoryRecorder:
         probe_reduce: in a distributed run whose processes each hold a slice of the probe
             set (`probe_data`), sums a (2,) float64 tensor [summed loss, count] over them in
             place, so that the probe loss is the whole probe set's.
+        forward: ``forward(module, inputs) -> outputs``, how the model is called on a batch's
+            inputs (default ``module(inputs)``; a Hugging Face model takes a dict of keyword
+            arguments: ``lambda m, batch: m(**batch)``).
     """
 
     def __init__(
@@ -407,6 +415,7 @@ class TrajectoryRecorder:
         loss_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         shard: ColumnShard | None = None,
         probe_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
     ) -> None:
         if delta_loss not in DELTA_LOSSES:
             raise ValueError(f"unknown delta_loss {delta_loss!r}; valid: {', '.join(DELTA_LOSSES)}")
@@ -467,6 +476,7 @@ class TrajectoryRecorder:
         self._train_model = train_model if train_model is not None else model
         self._loss_reduce = loss_reduce
         self._probe_reduce = probe_reduce
+        self._forward = forward if forward is not None else _call
         self.scale: float | None = None
         self.rows = 0
 
@@ -475,7 +485,7 @@ class TrajectoryRecorder:
         """Perform and record one training step; return the (detached) training loss."""
         self.before_step(inputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self._train_model(inputs), targets)
+        loss = self.loss_fn(self._forward(self._train_model, inputs), targets)
         loss.backward()
         self.optimizer.step()
         self.after_step(loss)
@@ -648,7 +658,7 @@ class TrajectoryRecorder:
         _set_rng_state(pending["rng"], device)  # replay the training forward's dropout
         try:
             with _FrozenRunningStats(self._norms):
-                out = self.model(pending["inputs"])
+                out = self._forward(self.model, pending["inputs"])
                 return self.loss_fn(out, pending["targets"]).detach().float().reshape(())
         finally:
             _set_rng_state(resume, device)
@@ -676,7 +686,7 @@ class TrajectoryRecorder:
             _set_rng_state(self._probe_rng, device)
             for inputs, targets in self._probe:
                 n = len(targets)
-                total += self.loss_fn(self.model(inputs), targets).detach().float() * n
+                total += self.loss_fn(self._forward(self.model, inputs), targets).detach().float() * n
                 count += n
         if self._probe_reduce is not None:  # the whole probe set's mean over the processes' slices
             sums = self._probe_reduce(torch.stack([total.double(), torch.tensor(float(count), dtype=torch.float64,

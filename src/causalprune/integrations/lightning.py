@@ -1,0 +1,159 @@
+"""Causal pruning as a Lightning callback: `CausalPruning` (extra ``lightning``; docs/integrations.md).
+
+It follows the conventions of Lightning's own ``ModelPruning`` callback — ``amount`` is the
+final sparsity, pruning happens at epoch ends on a schedule, ``make_pruning_permanent``
+removes the re-masking at the end of training, ``use_lottery_ticket_hypothesis`` rewinds the
+surviving weights — and runs Algorithm 1 through `causalprune.CausalPruner`: the epochs
+before ``start_epoch`` train θ_pre, then every ``epochs_per_round`` epochs one round ends
+(scored from the round's recorded trajectory for the causal methods), ``n_iter`` rounds in
+all; the epochs after them train the pruned network (post-training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+try:
+    import lightning.pytorch as pl
+except ImportError as e:  # pragma: no cover - the extra is missing
+    raise ImportError("causalprune.integrations.lightning needs Lightning: pip install 'causalprune[lightning]'") from e
+
+from ..pruner import CausalPruner
+
+
+def _xy(batch: Any) -> tuple[Any, Any]:
+    """The default split of a training batch: ``(inputs, targets, ...)``."""
+    return batch[0], batch[1]
+
+
+class CausalPruning(pl.Callback):
+    """Prune a LightningModule with Algorithm 1 while the `Trainer` fits it.
+
+    Args:
+        amount: final sparsity (fraction of prunable weights, or of channel groups).
+        method: any registered method (`causalprune.criteria.names()`), ``causal`` by default.
+        schedule: cumulative targets per round: ``cubic`` | ``geometric`` | ``linear``.
+        n_iter: pruning rounds. `epochs_per_round`: epochs per round.
+        start_epoch: the first epoch of the first round (the epochs before it train θ_pre).
+        loss_fn: ``loss_fn(outputs, targets)``, the loss the module's ``training_step``
+            computes from ``module(inputs)``; default: the module's ``loss_fn`` attribute.
+            The causal methods evaluate it again after each step (ΔL).
+        batch_to_xy: ``(batch) -> (inputs, targets)``; default ``batch[0], batch[1]``.
+        make_pruning_permanent: at the end of training (once every round is done) stop
+            re-masking; the pruned weights stay zero.
+        use_lottery_ticket_hypothesis: rewind the surviving weights to θ_pre after each round.
+        verbose: 0 silent, 1 one line per round.
+        **pruner_options: passed to `CausalPruner` (``settings``, ``granularity``, ``scope``, ...).
+
+    Logged (through the module's logger) at each round's end: ``causal_pruning/sparsity``,
+    ``causal_pruning/round``. Checkpoints carry the pruner's state (`state_dict`), so a fit
+    resumed from a checkpoint saved between rounds continues to the same masks.
+    """
+
+    def __init__(
+        self,
+        amount: float = 0.9,
+        method: str = "causal",
+        schedule: str = "cubic",
+        n_iter: int = 5,
+        epochs_per_round: int = 1,
+        start_epoch: int = 0,
+        loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
+        batch_to_xy: Callable[[Any], tuple[Any, Any]] = _xy,
+        make_pruning_permanent: bool = True,
+        use_lottery_ticket_hypothesis: bool = True,
+        verbose: int = 0,
+        **pruner_options: Any,
+    ) -> None:
+        if int(start_epoch) != start_epoch or start_epoch < 0:
+            raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch}")
+        self.options = dict(sparsity=amount, method=method, schedule=schedule, n_iter=n_iter,
+                            epochs_per_round=epochs_per_round, rewind=use_lottery_ticket_hypothesis, **pruner_options)
+        self.start_epoch = int(start_epoch)
+        self.loss_fn, self.batch_to_xy = loss_fn, batch_to_xy
+        self.make_pruning_permanent, self.verbose = make_pruning_permanent, verbose
+        self.pruner: CausalPruner | None = None
+        self._saved: dict[str, Any] | None = None
+
+    # --- the pruner -------------------------------------------------------------------------
+    def _start(self, trainer: pl.Trainer, module: pl.LightningModule) -> CausalPruner:
+        if len(trainer.optimizers) != 1:
+            raise ValueError(f"CausalPruning needs exactly one optimizer, the module configures "
+                             f"{len(trainer.optimizers)}")  # fmt: skip
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(f"CausalPruning records every optimizer step: accumulate_grad_batches must be 1, got "
+                             f"{trainer.accumulate_grad_batches}")  # fmt: skip
+        loss_fn = self.loss_fn if self.loss_fn is not None else getattr(module, "loss_fn", None)
+        if loss_fn is None:
+            raise ValueError("CausalPruning needs the training loss: pass loss_fn=... or give the module a loss_fn "
+                             "attribute (loss_fn(module(inputs), targets))")  # fmt: skip
+        return CausalPruner(module, trainer.optimizers[0], loss_fn, **self.options)
+
+    @property
+    def _active(self) -> bool:
+        return self.pruner is not None and not self.pruner.done
+
+    # --- Lightning hooks ---------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Continue the pruner a checkpoint saved; refuse a checkpoint from mid-pruning without its state."""
+        if self._saved is not None and self._saved.get("pruner") is not None:
+            self.pruner = self._start(trainer, pl_module)
+            self.pruner.load_state_dict(self._saved["pruner"])
+        elif trainer.current_epoch > self.start_epoch:
+            raise ValueError(f"the fit resumes at epoch {trainer.current_epoch}, after pruning started (start_epoch "
+                             f"{self.start_epoch}), from a checkpoint without CausalPruning's state: resume from a "
+                             "checkpoint saved with this callback, or start the fit again")  # fmt: skip
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Take θ_pre and start the rounds at `start_epoch`."""
+        if self.pruner is None and trainer.current_epoch >= self.start_epoch:
+            self.pruner = self._start(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:  # fmt: skip
+        """Snapshot θ^t before the training forward (the split API of the recorder)."""
+        if self._active:
+            assert self.pruner is not None
+            inputs, targets = self.batch_to_xy(batch)
+            self.pruner.before_step(inputs, targets)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:  # fmt: skip
+        """Record the step the optimizer just took, with the loss ``training_step`` returned."""
+        if self._active and outputs is not None:
+            assert self.pruner is not None
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.pruner.after_step(loss)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """End the round when its epochs are done: score, prune, rewind; log the sparsity."""
+        if not self._active:
+            return
+        assert self.pruner is not None
+        if self.pruner.end_epoch() is None:
+            return
+        last = self.pruner.history[-1]
+        pl_module.log("causal_pruning/sparsity", float(last["sparsity"]), on_epoch=True)
+        pl_module.log("causal_pruning/round", float(last["round"]), on_epoch=True)
+        if self.verbose:
+            print(f"CausalPruning: round {last['round']} of {self.options['n_iter']}: sparsity {last['sparsity']:.4f}")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Make the pruning permanent once every round is done."""
+        if self.make_pruning_permanent and self.pruner is not None and self.pruner.done:
+            self.pruner.make_permanent()
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The pruner's state (None before the first round started)."""
+        return {"pruner": self.pruner.state_dict() if self.pruner is not None else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Keep a checkpoint's pruner state; the pruner is rebuilt on it when the fit starts."""
+        self._saved = dict(state_dict)
+
+
+__all__ = ["CausalPruning"]

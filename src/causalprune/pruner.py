@@ -1,0 +1,402 @@
+"""Algorithm 1 as one object around any training loop: `CausalPruner` (docs/integrations.md).
+
+The rounds of Algorithm 1 (docs/method.md) are the same wherever they run: train a round
+(recording it when the method needs the trajectory), score the weights or channel groups,
+select the round's cumulative target, apply the mask, rewind to θ_pre. `score_round`,
+`prune_round` and `rewind` are that one implementation; the command-line driver
+(`causalprune.experiment`) calls them between its run-folder stages, and `CausalPruner`
+calls them from a user's loop — plain PyTorch, Lightning or the Hugging Face Trainer
+(`causalprune.integrations`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import criteria
+from .config import PruneConfig
+from .criteria import Criterion, Scored, ScoreInput
+from .masks import Mask, MaskHandle, prunable_parameters
+from .selection import schedule as sparsity_schedule
+from .selection import select
+from .structured import ChannelPlan
+from .trajectory import TrajectoryRecorder
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """Return a seed for one stage of a run: stable across processes and resumes."""
+    return (seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(stage))) % (2**31 - 1)
+
+
+def rewind(model: nn.Module, theta_pre: Mapping[str, torch.Tensor], reset_bn: bool = False) -> None:
+    """Load θ_pre into `model`; keep BatchNorm running statistics unless `reset_bn` (then reset them)."""
+    state = model.state_dict()
+    for k, v in theta_pre.items():
+        if not reset_bn and ("running_" in k or "num_batches_tracked" in k):
+            continue
+        state[k] = v
+    model.load_state_dict(state)
+    if reset_bn:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+
+
+def score_round(criterion: Criterion, inp: ScoreInput, channels: bool = False) -> Scored:
+    """Score one round with `criterion` (its channel-level function when `channels`)."""
+    fn = criterion.channel_fn if channels else criterion.fn
+    if fn is None:
+        level = "channel groups" if channels else "single weights"
+        raise ValueError(f"method {criterion.name!r} does not score {level}; methods that do: "
+                         f"{', '.join(criteria.names('channel' if channels else 'weight'))}")  # fmt: skip
+    return fn(inp)
+
+
+def prune_round(criterion: Criterion, inp: ScoreInput, target: float, *, scope: str = "global",
+                plan: ChannelPlan | None = None) -> tuple[Mask, Scored]:  # fmt: skip
+    """Score one round and select its cumulative `target`; return (the new mask, the scores).
+
+    Weights: `selection.select` (`scope`, the KKT tie-break the method gives); channels
+    (`plan`): the plan's selection of whole groups (a fraction of groups, or a MACs target).
+    """
+    scored = score_round(criterion, inp, channels=plan is not None)
+    scores, tie = scored.oriented(criterion.higher_is_important)
+    if plan is not None:
+        return plan.select(scores, tie, target, inp.mask), scored
+    return select(scores, target, scope=scope, mask=inp.mask, tie_break=tie), scored
+
+
+def _settings_of(criterion: Criterion, settings: Any) -> Any:
+    """The method's settings dataclass from None (defaults), an instance, or a mapping of its fields."""
+    cls = criterion.settings
+    if cls is None:
+        if settings:
+            raise ValueError(f"method {criterion.name!r} has no settings, got {settings!r}")
+        return None
+    if settings is None:
+        return cls()
+    if isinstance(settings, cls):
+        return settings
+    if isinstance(settings, Mapping):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(settings) - fields)
+        if unknown:
+            raise ValueError(f"unknown {criterion.section} setting(s) {', '.join(unknown)}; valid: "
+                             f"{', '.join(sorted(fields))}")  # fmt: skip
+        return cls(**settings)
+    raise TypeError(f"settings must be a {cls.__name__} or a mapping of its fields, got {type(settings).__name__}")
+
+
+class CausalPruner:
+    """Algorithm 1 around your own training loop: rounds of training, scoring, pruning and rewinding.
+
+    Build it once the network is trained to θ_pre (the rewind point); then train as usual,
+    calling `step` (or `before_step` / `after_step` around your own step) for every batch
+    and `end_epoch` after every epoch. Every `epochs_per_round` epochs a round ends: the
+    method scores the model (the causal methods from the round's recorded trajectory),
+    the round's cumulative target of the `schedule` is pruned, the mask is applied and
+    kept enforced after every optimizer step, and (with `rewind`) the surviving weights
+    go back to θ_pre. After `n_iter` rounds `done` is True; train on (the mask stays
+    enforced), then `make_permanent`.
+
+    Example::
+
+        pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.9, n_iter=5)
+        while not pruner.done:
+            for x, y in loader:
+                pruner.step(x, y)
+            pruner.end_epoch()
+
+    Args:
+        model: the network; its prunable weights are those of `masks.prunable_parameters`.
+        optimizer: the optimizer that trains it (it must hold the prunable parameters).
+        loss_fn: ``loss_fn(outputs, targets) -> scalar`` (the batch mean).
+        sparsity: final fraction pruned: of the prunable weights (``granularity="weight"``)
+            or of the channel groups (``"channel"``).
+        method: any registered method (`causalprune.criteria.names()`).
+        schedule: ``cubic`` | ``geometric`` | ``linear`` cumulative targets per round.
+        n_iter: pruning rounds. `epochs_per_round`: epochs (calls of `end_epoch`) per round.
+        granularity: ``weight`` (masks) or ``channel`` (whole channel groups, traced with
+            Torch-Pruning from `example_inputs`; the network keeps its shape until
+            `slim` removes them).
+        speedup: channel granularity: a MACs reduction target instead of `sparsity`.
+        scope: ``global`` or ``layerwise`` ranking (weights).
+        rewind: rewind the surviving weights to θ_pre after each round (and reset the
+            optimizer's state, which belonged to the weights before the rewind).
+        reset_bn: also reset BatchNorm running statistics when rewinding.
+        settings: the method's settings (for causal methods `CausalSettings` or a mapping of
+            its fields: ``{"delta_loss": "probe", "solver": "cd"}``).
+        probe_data: (inputs, targets) or batches for ``delta_loss="probe"``.
+        score_data: batches that data-driven methods (snip, grasp, taylor, fisher) score
+            on; default: the last `score_batches` batches the loop trained on.
+        example_inputs: one batch of inputs, for channel tracing and for data-free methods
+            that need an input shape (synflow); default: the first batch seen.
+        forward: ``forward(model, inputs)`` when the model is not called as ``model(inputs)``.
+        seed: seeds the methods' random draws (random, placebo permutations).
+        max_layer_ratio, round_to: channel budget options (docs/structured.md).
+
+    Attributes:
+        mask: the current `Mask` (all alive before the first round ends).
+        history: one dict per finished round: ``round``, ``target``, ``sparsity`` and the
+            method's facts (for causal: solver, alpha, nnz, T, ...).
+        round: the round in progress (1-based); `done` once every round has ended.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: Callable[[Any, Any], torch.Tensor],
+        *,
+        sparsity: float | None = 0.9,
+        method: str = "causal",
+        schedule: str = "cubic",
+        n_iter: int = 5,
+        epochs_per_round: int = 1,
+        granularity: str = "weight",
+        speedup: float | None = None,
+        scope: str = "global",
+        rewind: bool = True,
+        reset_bn: bool = False,
+        settings: Any = None,
+        probe_data: Any = None,
+        score_data: Sequence[tuple[Any, Any]] | None = None,
+        score_batches: int = 10,
+        example_inputs: Any = None,
+        forward: Callable[[nn.Module, Any], Any] | None = None,
+        seed: int = 0,
+        max_layer_ratio: float = 1.0,
+        round_to: int = 1,
+    ) -> None:
+        self.criterion = criteria.get(method)
+        if not self.criterion.prunes:
+            raise ValueError(f"method {method!r} prunes nothing; choose one of {', '.join(criteria.names())}")
+        if int(epochs_per_round) != epochs_per_round or epochs_per_round < 1:
+            raise ValueError(f"epochs_per_round must be an integer >= 1, got {epochs_per_round}")
+        self.prune = PruneConfig(method=method, sparsity=None if speedup is not None else sparsity,
+                                 schedule=schedule, scope=scope, n_iter=n_iter, n_prune=epochs_per_round,
+                                 rewind=rewind, reset_bn=reset_bn, granularity=granularity, speedup=speedup,
+                                 max_layer_ratio=max_layer_ratio, round_to=round_to,
+                                 score_batches=score_batches)  # fmt: skip
+        self.settings = _settings_of(self.criterion, settings)
+        if getattr(self.settings, "record_steps", None) is not None:
+            raise ValueError("record_steps needs each round's length in advance; CausalPruner records every step "
+                             "of a round (leave record_steps unset)")  # fmt: skip
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self._check_optimizer()
+        self.forward = forward
+        self.probe_data, self.score_data, self.seed = probe_data, score_data, seed
+        self.example_inputs = example_inputs
+        self.theta_pre = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.plan: ChannelPlan | None = None
+        self._handle: MaskHandle | None = None
+        self.mask = Mask.ones(model)
+        self.targets: list[float] = (
+            [] if granularity == "channel" else sparsity_schedule(schedule, self.prune.sparsity, n_iter))  # fmt: skip
+        if granularity == "channel" and example_inputs is not None:
+            self._build_plan(example_inputs)
+        self.history: list[dict[str, Any]] = []
+        self.round = 1
+        self.epoch_in_round = 0
+        self.done = False
+        self._recent: deque[tuple[Any, Any]] = deque(maxlen=score_batches)
+        self._recorder: TrajectoryRecorder | None = None
+        if self._handle is None:  # (a channel plan attached its mask already)
+            self._handle = self.mask.attach(model, self._torch_optimizer)
+
+    # --- the loop's calls ---------------------------------------------------------------
+    def step(self, inputs: Any, targets: Any) -> torch.Tensor:
+        """Take one training step on (inputs, targets) — recorded when the round records; return the loss."""
+        self._check_running("step")
+        self._seen(inputs, targets)
+        recorder = self._round_recorder()
+        if recorder is not None:
+            return recorder.step(inputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self._call(inputs), targets)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def before_step(self, inputs: Any, targets: Any) -> None:
+        """Your own step, part 1: call right before the training forward on (inputs, targets)."""
+        self._check_running("before_step")
+        self._seen(inputs, targets)
+        recorder = self._round_recorder()
+        if recorder is not None:
+            recorder.before_step(inputs, targets)
+
+    def after_step(self, loss: torch.Tensor) -> None:
+        """Your own step, part 2: call right after ``optimizer.step()`` with the forward's loss."""
+        if self._recorder is not None and self._recorder._pending is not None:
+            self._recorder.after_step(loss)
+
+    def end_epoch(self) -> Mask | None:
+        """Count an epoch; at the end of a round score, prune and rewind. Return the new mask, or None."""
+        self._check_running("end_epoch")
+        self.epoch_in_round += 1
+        if self.epoch_in_round < self.prune.n_prune:
+            return None
+        return self._end_round()
+
+    # --- results --------------------------------------------------------------------------
+    def make_permanent(self) -> nn.Module:
+        """Stop enforcing the mask (the pruned weights stay exactly zero) and return the model."""
+        self.mask.apply_(self.model)
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        self._close_recorder()
+        return self.model
+
+    def slim(self) -> nn.Module:
+        """Channel granularity, after the last round: remove the pruned channels from the model, in place.
+
+        The model's layers get smaller tensors, so the optimizer no longer holds them: build a
+        new optimizer for any further training. Returns the model; the pruner is finished.
+        """
+        if self.plan is None or not self.done:
+            raise ValueError("slim() needs granularity='channel' and every round done")
+        self.make_permanent()
+        return self.plan.slim(self.model, self.mask)
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The pruner's state at a round boundary or mid-round (a round's recording is not saved)."""
+        return {"format": "causalprune.CausalPruner/1", "method": self.criterion.name, "round": self.round,
+                "epoch_in_round": self.epoch_in_round, "done": self.done, "targets": list(self.targets),
+                "mask": {n: t.clone() for n, t in self.mask.items()}, "theta_pre": self.theta_pre,
+                "history": list(self.history), "n_iter": self.prune.n_iter}  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from `state_dict()`'s output: the same method and rounds, on the same model."""
+        if state.get("format") != "causalprune.CausalPruner/1":
+            raise ValueError("not a CausalPruner state (no 'format': 'causalprune.CausalPruner/1')")
+        for key, mine in (("method", self.criterion.name), ("n_iter", self.prune.n_iter)):
+            if state[key] != mine:
+                raise ValueError(f"the saved pruner has {key} {state[key]!r}, this one {mine!r}")
+        mask = Mask(state["mask"])
+        mask.check(self.model)  # names and shapes of this model
+        self._set_mask(mask)
+        self.theta_pre = dict(state["theta_pre"])
+        self.round, self.epoch_in_round, self.done = int(state["round"]), int(state["epoch_in_round"]), state["done"]
+        self.targets, self.history = list(state["targets"]), list(state["history"])
+        self._close_recorder()
+        if self.epoch_in_round and self.criterion.records and not self.done:
+            warnings.warn(f"resumed in the middle of round {self.round}: its recording restarts with the steps "
+                          "that remain (the round's earlier steps were not saved)", stacklevel=2)  # fmt: skip
+
+    # --- internals ------------------------------------------------------------------------
+    @property
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer under wrappers (Lightning's, Accelerate's) that keep it as ``.optimizer``."""
+        opt = self.optimizer
+        while not isinstance(opt, torch.optim.Optimizer) and hasattr(opt, "optimizer"):
+            opt = opt.optimizer
+        return opt
+
+    def _check_optimizer(self) -> None:
+        held = {id(p) for g in self._torch_optimizer.param_groups for p in g["params"]}
+        missing = [n for n, p in prunable_parameters(self.model).items() if id(p) not in held]
+        if missing:
+            raise ValueError(f"the optimizer does not hold the model's parameter(s) {', '.join(missing[:5])}"
+                             f"{' …' if len(missing) > 5 else ''}: build the pruner with the optimizer that "
+                             "trains this model")  # fmt: skip
+
+    def _check_running(self, call: str) -> None:
+        if self.done:
+            raise RuntimeError(f"{call}() after the final round ({self.prune.n_iter} rounds are done): train on "
+                               "with your own step (the mask stays enforced) or call make_permanent()")  # fmt: skip
+
+    def _call(self, inputs: Any) -> Any:
+        return self.forward(self.model, inputs) if self.forward is not None else self.model(inputs)
+
+    def _seen(self, inputs: Any, targets: Any) -> None:
+        if self.example_inputs is None:
+            self.example_inputs = inputs
+        if self.plan is None and self.prune.granularity == "channel":
+            self._build_plan(inputs)
+        if self.criterion.needs_data and self.score_data is None:
+            self._recent.append((inputs, targets))
+
+    def _build_plan(self, inputs: Any) -> None:
+        shape = tuple(inputs.shape[1:])
+        self.plan = ChannelPlan.build(self.model, self.prune, shape)
+        self.targets = self.plan.targets()
+        self._set_mask(self.plan.initial_mask())
+
+    def _round_recorder(self) -> TrajectoryRecorder | None:
+        if not self.criterion.records:
+            return None
+        if self._recorder is None:
+            c = self.settings
+            layout = self.plan.groups.layout(self.mask) if self.plan is not None else None
+            momentum = c.momentum_model and any(g.get("momentum", 0) for g in self._torch_optimizer.param_groups)
+            self._recorder = TrajectoryRecorder(
+                self.model, self.loss_fn, self._torch_optimizer, mask=None if layout is not None else self.mask,
+                layout=layout, dtype=DTYPES[c.dtype], delta_loss=c.delta_loss, probe_data=self.probe_data,
+                momentum_features=momentum, probe_seed=stage_seed(self.seed, "probe"),
+                memory_budget=None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
+                storage_device="cpu" if c.storage == "cpu" else None, forward=self.forward,
+            )  # fmt: skip
+        return self._recorder
+
+    def _end_round(self) -> Mask:
+        k = self.round
+        target = self.targets[k - 1]
+        recorder = self._recorder
+        shape = getattr(self.example_inputs, "shape", None)
+        inp = ScoreInput(
+            self.model, self.mask, settings=self.settings, seed=stage_seed(self.seed, f"level_{k}/score"),
+            trajectory=recorder.trajectory() if recorder is not None else None,
+            data=list(self.score_data if self.score_data is not None else self._recent), loss_fn=self.loss_fn,
+            target_sparsity=target, input_shape=tuple(shape[1:]) if shape is not None else None,
+            input_dtype=None if shape is None or self.example_inputs.is_floating_point()
+            else self.example_inputs.dtype,
+            groups=self.plan.groups if self.plan is not None else None,
+        )  # fmt: skip
+        try:
+            new_mask, scored = prune_round(self.criterion, inp, target, scope=self.prune.scope, plan=self.plan)
+        finally:
+            self._close_recorder()
+        info = {key: v for key, v in scored.info.items() if isinstance(v, int | float | str | bool)}
+        if self.plan is not None:
+            keep = self.plan.groups.keep_of(new_mask)
+            info.update(channels_pruned=int((~keep).sum()), macs=self.plan.macs(keep))
+            sparsity = float((~keep).float().mean())
+        else:
+            sparsity = new_mask.sparsity()
+        self.history.append({"round": k, "target": target, "sparsity": sparsity, **info})
+        if self.prune.rewind:
+            rewind(self.model, self.theta_pre, self.prune.reset_bn)
+            self._torch_optimizer.state.clear()  # momentum and moments of the weights before the rewind
+        self._set_mask(new_mask)
+        self.round, self.epoch_in_round = k + 1, 0
+        self.done = k == len(self.targets)
+        if self.done:
+            self.round = k
+        return new_mask
+
+    def _set_mask(self, mask: Mask) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+        self.mask = mask
+        mask.apply_(self.model)
+        self._handle = mask.attach(self.model, self._torch_optimizer)
+
+    def _close_recorder(self) -> None:
+        if self._recorder is not None:
+            self._recorder.close()
+            self._recorder = None
+
+
+__all__ = ["CausalPruner", "prune_round", "rewind", "score_round", "stage_seed"]

@@ -1,0 +1,88 @@
+"""The Lightning callback with a real `lightning.Trainer` on CPU: a tiny LightningModule on digits."""
+
+from __future__ import annotations
+
+import csv
+import logging
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+pl = pytest.importorskip("lightning.pytorch")
+from causalprune import Mask  # noqa: E402
+from causalprune.integrations.lightning import CausalPruning  # noqa: E402
+
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+
+class Digits(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+        self.loss_fn = nn.CrossEntropyLoss()
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss_fn(self(x), y)
+        self.log("train_loss", loss, on_epoch=True, on_step=False)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _loader():
+    x, y = load_digits(return_X_y=True)
+    data = TensorDataset(torch.tensor(x[:512] / 16.0, dtype=torch.float32), torch.tensor(y[:512]))
+    return DataLoader(data, batch_size=64, shuffle=False)
+
+
+def _fit(tmp_path, max_epochs, ckpt_path=None, callback=None, name="run"):
+    pl.seed_everything(0, verbose=False)
+    module = Digits()
+    callback = callback or CausalPruning(amount=0.8, n_iter=3, start_epoch=1)
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / name / "ckpt", save_last=True, every_n_epochs=1)
+    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=pl.loggers.CSVLogger(
+        tmp_path / name), callbacks=[callback, checkpoints], enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, _loader(), ckpt_path=ckpt_path)
+    return module, callback, trainer
+
+
+def test_the_callback_prunes_to_the_target_logs_and_keeps_masks(tmp_path):
+    module, callback, trainer = _fit(tmp_path, max_epochs=5)  # 1 epoch θ_pre, 3 rounds, 1 epoch post-training
+    pruner = callback.pruner
+    assert pruner.done and [h["round"] for h in pruner.history] == [1, 2, 3]
+    assert abs(Mask.from_model(module.net).sparsity() - 0.8) < 1e-3  # permanent: the zeros are in the weights
+    for name, m in pruner.mask.items():  # held through the post-training epoch
+        assert (dict(module.named_parameters())[name][~m] == 0).all()
+    with open(trainer.logger.log_dir + "/metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = [float(r["causal_pruning/sparsity"]) for r in rows if r.get("causal_pruning/sparsity")]
+    assert len(logged) == 3 and abs(logged[-1] - 0.8) < 1e-3
+
+
+def test_a_fit_resumed_between_rounds_reaches_the_same_masks(tmp_path):
+    whole, callback, _ = _fit(tmp_path, max_epochs=5, name="whole")
+    _, first, _ = _fit(tmp_path, max_epochs=3, name="part")  # stops after round 2 of 3
+    assert len(first.pruner.history) == 2 and not first.pruner.done
+    resumed, again, _ = _fit(tmp_path, max_epochs=5, ckpt_path=tmp_path / "part" / "ckpt" / "last.ckpt",
+                             name="part")  # fmt: skip
+    assert [h["round"] for h in again.pruner.history] == [1, 2, 3]
+    assert again.pruner.mask == callback.pruner.mask
+    torch.testing.assert_close(resumed.state_dict(), whole.state_dict())
+
+
+def test_resuming_mid_pruning_without_the_pruners_state_is_refused(tmp_path):
+    _fit(tmp_path, max_epochs=3, name="part")  # stopped after round 2; its checkpoint loses the callback's state
+    ckpt = torch.load(tmp_path / "part" / "ckpt" / "last.ckpt", weights_only=False)
+    ckpt["callbacks"] = {}
+    torch.save(ckpt, tmp_path / "stripped.ckpt")
+    with pytest.raises(ValueError, match="without CausalPruning's state"):
+        _fit(tmp_path, max_epochs=5, ckpt_path=tmp_path / "stripped.ckpt", name="again")

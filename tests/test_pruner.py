@@ -1,0 +1,158 @@
+"""CausalPruner: Algorithm 1 around a plain loop, checked against hand-computed masks and the manual recipe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+from causalprune import CausalPruner, Mask, TrajectoryRecorder, criteria, select
+from causalprune.criteria import ScoreInput
+from causalprune.criteria.causal import CausalSettings
+
+
+def _data():
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x / 16.0, dtype=torch.float32)
+    return list(zip(x[:640].split(64), torch.tensor(y[:640]).split(64), strict=True))
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def _train(pruner, batches, split=False):
+    while not pruner.done:
+        for x, y in batches:
+            if split:  # the user's own step around before_step / after_step
+                pruner.before_step(x, y)
+                pruner.optimizer.zero_grad()
+                loss = nn.functional.cross_entropy(pruner.model(x), y)
+                loss.backward()
+                pruner.optimizer.step()
+                pruner.after_step(loss)
+            else:
+                pruner.step(x, y)
+        pruner.end_epoch()
+
+
+def test_rounds_reach_the_schedule_and_keep_pruned_weights_zero():
+    model, opt = _setup()
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.8, n_iter=3, schedule="linear")
+    batches = _data()
+    _train(pruner, batches)
+    assert [round(h["target"], 6) for h in pruner.history] == [round(0.8 * k / 3, 6) for k in (1, 2, 3)]
+    assert [h["round"] for h in pruner.history] == [1, 2, 3] and all(h["solver"] for h in pruner.history)
+    assert abs(pruner.mask.sparsity() - 0.8) < 1e-3
+    for x, y in batches:  # post-training in the user's loop: the mask stays enforced
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    for name, m in pruner.mask.items():
+        assert (dict(model.named_parameters())[name][~m] == 0).all()
+    with pytest.raises(RuntimeError, match="after the final round"):
+        pruner.step(*batches[0])
+    pruner.make_permanent()
+    assert abs(Mask.from_model(model).sparsity() - 0.8) < 1e-3
+
+
+def test_a_magnitude_round_prunes_the_smallest_weights_after_the_round():
+    model, opt = _setup()
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.5, n_iter=1, method="magnitude")
+    for x, y in _data():
+        pruner.step(x, y)
+    weights = torch.cat([model[0].weight.detach().flatten(), model[2].weight.detach().flatten()]).abs()
+    theta_pre = pruner.theta_pre
+    mask = pruner.end_epoch()
+    flat = torch.cat([mask["0.weight"].flatten(), mask["2.weight"].flatten()])
+    expected = torch.ones_like(flat)
+    expected[torch.argsort(weights, stable=True)[: round(0.5 * len(weights))]] = False
+    assert torch.equal(flat, expected)  # hand-computed: the half with the smallest |w|
+    # rewound: the surviving weights are θ_pre's, the pruned ones zero
+    assert torch.equal(model[0].weight.detach(), theta_pre["0.weight"] * mask["0.weight"])
+
+
+@pytest.mark.parametrize("split", [False, True])
+def test_a_causal_round_equals_the_manual_recipe(split):
+    batches = _data()
+    model, opt = _setup()
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.6, n_iter=1)
+    _train(pruner, batches, split=split)
+    # The manual recipe (README): record the round, score with the causal method, select.
+    model2, opt2 = _setup()
+    rec = TrajectoryRecorder(model2, nn.CrossEntropyLoss(), opt2)
+    for x, y in batches:
+        rec.step(x, y)
+    from causalprune.pruner import stage_seed
+
+    scored = criteria.get("causal").fn(ScoreInput(model2, Mask.ones(model2), settings=CausalSettings(),
+                                                  seed=stage_seed(0, "level_1/score"), trajectory=rec.trajectory()))
+    expected = select(scored.scores, 0.6, tie_break=scored.tie_break)
+    assert pruner.mask == expected
+
+
+@pytest.mark.parametrize("method", criteria.names("weight"))
+def test_every_registered_method_prunes_through_the_pruner(method):
+    model, opt = _setup()
+    settings = {"solver": "minnorm"} if criteria.get(method).section == "causal" else None
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.7, n_iter=2, method=method,
+                          settings=settings, score_batches=2)  # fmt: skip
+    _train(pruner, _data()[:4])
+    assert abs(pruner.mask.sparsity() - 0.7) < 1e-3 and len(pruner.history) == 2
+
+
+def test_state_dict_at_a_round_boundary_resumes_to_the_same_masks():
+    batches = _data()
+    model, opt = _setup()
+    whole = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.8, n_iter=3)
+    _train(whole, batches)
+    model, opt = _setup()
+    first = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.8, n_iter=3)
+    for _ in range(2):
+        for x, y in batches:
+            first.step(x, y)
+        first.end_epoch()
+    state, weights = first.state_dict(), {k: v.clone() for k, v in model.state_dict().items()}
+    first.make_permanent()
+    model2, opt2 = _setup(seed=1)  # another process: other initial weights, restored from the checkpoint
+    model2.load_state_dict(weights)
+    resumed = CausalPruner(model2, opt2, nn.CrossEntropyLoss(), sparsity=0.8, n_iter=3)
+    resumed.load_state_dict(state)
+    assert resumed.round == 3 and len(resumed.history) == 2
+    _train(resumed, batches)
+    assert resumed.mask == whole.mask
+
+
+def test_channel_rounds_meet_a_macs_target_and_slim_the_network():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 48), nn.ReLU(), nn.Linear(48, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = _data()
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), granularity="channel", speedup=2.0, n_iter=2,
+                          method="taylor", example_inputs=batches[0][0], score_batches=2)  # fmt: skip
+    _train(pruner, batches)
+    assert abs(pruner.plan.dense_macs / pruner.history[-1]["macs"] - 2.0) / 2.0 < 0.03  # within 3 % of 2×
+    masked = model(batches[0][0]).detach()
+    slim = pruner.slim()
+    assert slim[0].out_features < 48 and slim[2].out_features < 48
+    torch.testing.assert_close(slim(batches[0][0]), masked)  # removing the zeroed channels changes nothing
+
+
+def test_bad_input_is_named():
+    model, opt = _setup()
+    other = torch.optim.SGD(nn.Linear(3, 3).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="optimizer does not hold the model's parameter"):
+        CausalPruner(model, other, nn.CrossEntropyLoss())
+    with pytest.raises(ValueError, match="unknown causal setting"):
+        CausalPruner(model, opt, nn.CrossEntropyLoss(), settings={"sovler": "cd"})
+    with pytest.raises(ValueError, match="prunes nothing"):
+        CausalPruner(model, opt, nn.CrossEntropyLoss(), method="dense")
+    with pytest.raises(ValueError, match="unknown method|valid"):
+        CausalPruner(model, opt, nn.CrossEntropyLoss(), method="nope")
+    with pytest.raises(ValueError, match="nothing to prune|no prunable"):
+        CausalPruner(nn.ReLU(), torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), nn.CrossEntropyLoss())
+    with pytest.raises(ValueError, match="sparsity must be in"):
+        CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=1.5)
