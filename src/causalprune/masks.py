@@ -38,6 +38,15 @@ PRUNABLE_LAYERS: tuple[type[nn.Module], ...] = (
 )
 
 
+def register_prunable_layer(layer: type[nn.Module]) -> None:
+    """Make the ``.weight`` of every `layer` module prunable too (e.g. the ``Conv1D`` GPT-2 uses for Linear)."""
+    global PRUNABLE_LAYERS
+    if not (isinstance(layer, type) and issubclass(layer, nn.Module)):
+        raise TypeError(f"register_prunable_layer needs an nn.Module subclass, got {layer!r}")
+    if layer not in PRUNABLE_LAYERS:
+        PRUNABLE_LAYERS = (*PRUNABLE_LAYERS, layer)
+
+
 def _canonical_names(model: nn.Module) -> dict[int, str]:
     """Return id(tensor) → its canonical name (first name in `model.named_parameters()`)."""
     return {id(p): n for n, p in model.named_parameters()}

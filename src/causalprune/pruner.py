@@ -23,7 +23,7 @@ from torch import nn
 from . import criteria
 from .config import PruneConfig
 from .criteria import Criterion, Scored, ScoreInput
-from .masks import Mask, MaskHandle, prunable_parameters
+from .masks import Mask, MaskHandle, parameter_aliases, prunable_parameters
 from .selection import schedule as sparsity_schedule
 from .selection import select
 from .structured import ChannelPlan
@@ -143,6 +143,8 @@ class CausalPruner:
         forward: ``forward(model, inputs)`` when the model is not called as ``model(inputs)``.
         seed: seeds the methods' random draws (random, placebo permutations).
         max_layer_ratio, round_to: channel budget options (docs/structured.md).
+        params: names of the prunable parameters to prune (default: all of
+            `masks.prunable_parameters`); the others are neither recorded nor pruned.
 
     Attributes:
         mask: the current `Mask` (all alive before the first round ends).
@@ -176,6 +178,7 @@ class CausalPruner:
         seed: int = 0,
         max_layer_ratio: float = 1.0,
         round_to: int = 1,
+        params: Sequence[str] | None = None,
     ) -> None:
         self.criterion = criteria.get(method)
         if not self.criterion.prunes:
@@ -199,7 +202,9 @@ class CausalPruner:
         self.theta_pre = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.plan: ChannelPlan | None = None
         self._handle: MaskHandle | None = None
-        self.mask = Mask.ones(model)
+        self.mask = Mask.ones(model) if params is None else _subset(model, params)
+        if params is not None and granularity == "channel":
+            raise ValueError("params selects weights; at channel granularity the traced groups decide what is pruned")
         self.targets: list[float] = (
             [] if granularity == "channel" else sparsity_schedule(schedule, self.prune.sparsity, n_iter))  # fmt: skip
         if granularity == "channel" and example_inputs is not None:
@@ -300,7 +305,7 @@ class CausalPruner:
     def _torch_optimizer(self) -> torch.optim.Optimizer:
         """The torch optimizer under wrappers (Lightning's, Accelerate's) that keep it as ``.optimizer``."""
         opt = self.optimizer
-        while not isinstance(opt, torch.optim.Optimizer) and hasattr(opt, "optimizer"):
+        while isinstance(getattr(opt, "optimizer", None), torch.optim.Optimizer):  # Accelerate's AcceleratedOptimizer
             opt = opt.optimizer
         return opt
 
@@ -343,7 +348,7 @@ class CausalPruner:
             momentum = c.momentum_model and any(g.get("momentum", 0) for g in self._torch_optimizer.param_groups)
             self._recorder = TrajectoryRecorder(
                 self.model, self.loss_fn, self._torch_optimizer, mask=None if layout is not None else self.mask,
-                layout=layout, dtype=DTYPES[c.dtype], delta_loss=c.delta_loss, probe_data=self.probe_data,
+                params=None if layout is not None else list(self.mask), layout=layout, dtype=DTYPES[c.dtype], delta_loss=c.delta_loss, probe_data=self.probe_data,
                 momentum_features=momentum, probe_seed=stage_seed(self.seed, "probe"),
                 memory_budget=None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
                 storage_device="cpu" if c.storage == "cpu" else None, forward=self.forward,
@@ -397,6 +402,19 @@ class CausalPruner:
         if self._recorder is not None:
             self._recorder.close()
             self._recorder = None
+
+
+def _subset(model: nn.Module, params: Sequence[str]) -> Mask:
+    """The all-alive mask of the named prunable parameters (canonical names or aliases)."""
+    prunable = prunable_parameters(model)
+    canonical = Mask.ones(model).canonical(model)
+    aliases = {a: c for a, c in parameter_aliases(model).items() if c in prunable}
+    names = [aliases.get(n, n) for n in params]
+    unknown = [n for n in names if n not in canonical]
+    if unknown or not names:
+        raise ValueError(f"params {list(params)!r}: not prunable parameter names ({', '.join(unknown) or 'empty'}); "
+                         f"prunable: {', '.join(prunable)}")  # fmt: skip
+    return Mask({n: torch.ones_like(prunable[n], dtype=torch.bool) for n in dict.fromkeys(names)})
 
 
 __all__ = ["CausalPruner", "prune_round", "rewind", "score_round", "stage_seed"]

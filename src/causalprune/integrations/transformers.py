@@ -1,0 +1,215 @@
+"""Causal pruning in the Hugging Face `Trainer`: `CausalPruningCallback` (extra ``transformers``; docs/integrations.md).
+
+A `TrainerCallback` that runs Algorithm 1 through `causalprune.CausalPruner` on the weights
+of a model's Linear layers — ``nn.Linear`` and the ``Conv1D`` GPT-2 uses in their place —
+leaving embeddings and the output head (often tied to the input embedding) alone unless
+asked. The Trainer calls the model as ``model(**batch)`` with the labels in the batch, so the
+loss is the model's own ``outputs.loss``: the callback captures each training step's batch
+and loss with forward hooks, snapshots θ^t before the forward and records the step right
+after ``optimizer.step()``. Rounds end at epoch ends; the pruner's state is saved in every
+checkpoint folder (``causalprune_pruner.pt``) so that ``trainer.train(resume_from_checkpoint=…)``
+continues to the same masks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+try:
+    from transformers import TrainerCallback
+    from transformers.pytorch_utils import Conv1D
+except ImportError as e:  # pragma: no cover - the extra is missing
+    raise ImportError("causalprune.integrations.transformers needs transformers: "
+                      "pip install 'causalprune[transformers]'") from e  # fmt: skip
+
+from .. import criteria
+from ..io import save_torch
+from ..masks import prunable_parameters, register_prunable_layer
+from ..pruner import CausalPruner
+
+register_prunable_layer(Conv1D)  # GPT-2's Linear: its weight is (in, out), pruned entry by entry alike
+
+STATE_FILE = "causalprune_pruner.pt"
+
+
+def linear_weights(model: nn.Module, prune_embeddings: bool = False, prune_head: bool = False) -> list[str]:
+    """The names of the Linear / Conv1D weights of `model`, without embeddings and the output head by default.
+
+    A weight tied to an ``nn.Embedding`` (GPT-2's and BERT's heads share the word embedding)
+    counts as an embedding.
+    """
+    prunable = prunable_parameters(model)
+    skip: set[int] = set()
+    if not prune_embeddings:
+        skip |= {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and not prune_head:
+        skip.add(id(head.weight))
+    names = [n for n, p in prunable.items() if id(p) not in skip]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no Linear weights to prune outside its embeddings and output "
+                         "head (set prune_embeddings / prune_head, or give params)")  # fmt: skip
+    return names
+
+
+def _model_loss(outputs: Any, _: Any) -> torch.Tensor:
+    """The loss a Hugging Face model computes from the labels in its batch."""
+    if getattr(outputs, "loss", None) is None:
+        raise ValueError("the model returned no loss: the training batches must carry labels")
+    return outputs.loss
+
+
+def _call_with_batch(model: nn.Module, batch: dict[str, Any]) -> Any:
+    return model(**batch)
+
+
+class CausalPruningCallback(TrainerCallback):
+    """Prune a `transformers` model with Algorithm 1 while `Trainer.train` runs.
+
+    Args:
+        sparsity: final fraction of the selected weights pruned.
+        method: a method that scores from the trajectory or the weights alone (``causal``,
+            ``causal-placebo``, ``energy``, ``magnitude``, ``random``); methods that score
+            from batches through ``model(inputs)`` (snip, grasp, ...) are not offered here.
+        schedule, n_iter, epochs_per_round: the rounds (see `CausalPruner`).
+        start_epoch: the first epoch of the first round (the epochs before it train θ_pre).
+        params: the weight names to prune (default: `linear_weights(model, prune_embeddings,
+            prune_head)`).
+        prune_embeddings, prune_head: also prune the embeddings / the output head.
+        **pruner_options: passed to `CausalPruner` (``settings``, ``scope``, ``rewind``, ...).
+
+    After each round ``causal_pruning/sparsity`` and ``causal_pruning/round`` are added to
+    ``state.log_history``; `pruner.history` has the rounds' details.
+    """
+
+    SUPPORTED = ("causal", "causal-placebo", "energy", "magnitude", "random")
+
+    def __init__(
+        self,
+        sparsity: float = 0.5,
+        method: str = "causal",
+        schedule: str = "cubic",
+        n_iter: int = 3,
+        epochs_per_round: int = 1,
+        start_epoch: int = 0,
+        params: Sequence[str] | None = None,
+        prune_embeddings: bool = False,
+        prune_head: bool = False,
+        **pruner_options: Any,
+    ) -> None:
+        criteria.get(method)  # an unknown name fails here, listing the valid ones
+        if method not in self.SUPPORTED:
+            raise ValueError(f"method {method!r} scores from batches through model(inputs), which a Hugging Face "
+                             f"model does not take; the Trainer callback supports {', '.join(self.SUPPORTED)}")
+        if int(start_epoch) != start_epoch or start_epoch < 0:
+            raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch}")
+        settings = pruner_options.get("settings")
+        if isinstance(settings, dict) and settings.get("delta_loss", "same_batch") != "same_batch":
+            raise ValueError("the Trainer callback records ΔL on each step's own batch: delta_loss must be same_batch")
+        self.options = dict(sparsity=sparsity, method=method, schedule=schedule, n_iter=n_iter,
+                            epochs_per_round=epochs_per_round, **pruner_options)  # fmt: skip
+        self.start_epoch = int(start_epoch)
+        self.params, self.prune_embeddings, self.prune_head = params, prune_embeddings, prune_head
+        self.pruner: CausalPruner | None = None
+        self._hooks: list[Any] = []
+        self._armed = False  # the next training forward is a step's (set by on_step_begin)
+        self._capture = False  # the forward running now is that step's: keep its loss
+        self._loss: torch.Tensor | None = None
+
+    # --- the pruner ---------------------------------------------------------------------------
+    def _start(self, args: Any, model: nn.Module, optimizer: Any) -> CausalPruner:
+        if args.gradient_accumulation_steps != 1:
+            raise ValueError("CausalPruningCallback records every optimizer step: gradient_accumulation_steps must be "
+                             f"1, got {args.gradient_accumulation_steps}")  # fmt: skip
+        if optimizer is None:
+            raise ValueError("CausalPruningCallback needs the Trainer's optimizer (it was not created yet)")
+        params = self.params if self.params is not None else linear_weights(model, self.prune_embeddings,
+                                                                              self.prune_head)  # fmt: skip
+        pruner = CausalPruner(model, optimizer, _model_loss, params=params, forward=_call_with_batch, **self.options)
+        self._hooks = [model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
+                       model.register_forward_hook(self._after_forward, with_kwargs=True)]  # fmt: skip
+        return pruner
+
+    def _before_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """The step's training forward (the first after on_step_begin): θ^t and its batch."""
+        if not (self._armed and module.training and self.pruner is not None and not self.pruner.done):
+            return
+        self._armed = False
+        if args:
+            raise ValueError("CausalPruningCallback expects the Trainer's call model(**batch)")
+        self._loss = None
+        self.pruner.before_step(dict(kwargs), None)
+        self._capture = True
+
+    def _after_forward(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if self._capture:
+            self._capture = False
+            self._loss = _model_loss(output, None)
+
+    # --- Trainer events -------------------------------------------------------------------------
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
+                       optimizer: Any = None, **kwargs: Any) -> None:  # fmt: skip
+        """Continue the pruner saved in the checkpoint the Trainer resumed from, if any."""
+        if state.global_step == 0 or self.pruner is not None:
+            return
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        path = os.path.join(folder, STATE_FILE)
+        saved = torch.load(path, weights_only=False) if os.path.isfile(path) else None
+        if saved is None and int(state.epoch or 0) <= self.start_epoch:
+            return  # resumed before pruning started
+        if saved is None:
+            raise ValueError(f"the Trainer resumed at step {state.global_step} (epoch {state.epoch:.2f}), after pruning "
+                             f"started, from a checkpoint without the pruner's state ({path} is missing): resume from "
+                             "a checkpoint saved with CausalPruningCallback, or start training again")  # fmt: skip
+        if saved.get("pruner") is not None:
+            self.pruner = self._start(args, model, optimizer)
+            self.pruner.load_state_dict(saved["pruner"])
+
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
+                       optimizer: Any = None, **kwargs: Any) -> None:  # fmt: skip
+        """Take θ_pre and start the rounds at `start_epoch`."""
+        if self.pruner is None and round(state.epoch or 0) >= self.start_epoch:
+            self.pruner = self._start(args, model, optimizer)
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Arm the forward hook: the next training forward is this step's."""
+        self._armed = self.pruner is not None and not self.pruner.done
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Record the step just taken."""
+        if self.pruner is not None and not self.pruner.done and self._loss is not None:
+            self.pruner.after_step(self._loss)
+            self._loss = None
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """End the round when its epochs are done: score, prune, rewind."""
+        if self.pruner is None or self.pruner.done:
+            return
+        if self.pruner.end_epoch() is not None:
+            last = self.pruner.history[-1]
+            state.log_history.append({"causal_pruning/sparsity": float(last["sparsity"]),
+                                      "causal_pruning/round": int(last["round"]), "epoch": state.epoch,
+                                      "step": state.global_step})  # fmt: skip
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Save the pruner's state next to the checkpoint the Trainer just wrote."""
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(folder) and state.is_world_process_zero:
+            save_torch({"pruner": self.pruner.state_dict() if self.pruner is not None else None},
+                       os.path.join(folder, STATE_FILE))  # fmt: skip
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """Once every round is done, stop re-masking (the pruned weights stay zero) and remove the hooks."""
+        if self.pruner is not None and self.pruner.done:
+            self.pruner.make_permanent()
+            for h in self._hooks:
+                h.remove()
+            self._hooks = []
+
+
+__all__ = ["CausalPruningCallback", "linear_weights"]

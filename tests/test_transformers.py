@@ -1,0 +1,97 @@
+"""The Hugging Face Trainer callback on a tiny randomly initialised GPT-2 (no downloads), generated token data."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from causalprune import Mask  # noqa: E402
+from causalprune.integrations.transformers import CausalPruningCallback, linear_weights  # noqa: E402
+
+transformers.logging.set_verbosity_error()
+logging.getLogger("transformers").setLevel(logging.ERROR)
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Sequences that count up modulo the vocabulary from a random start: learnable next tokens."""
+
+    def __init__(self, n=64, length=16, vocab=48):
+        g = torch.Generator().manual_seed(0)
+        start = torch.randint(0, vocab, (n, 1), generator=g)
+        self.ids = (start + torch.arange(length)) % vocab
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+
+def _model():
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=48, n_positions=16, n_embd=32, n_layer=2, n_head=2)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _train(tmp_path, epochs, callback, resume=None):
+    model = _model()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=epochs, per_device_train_batch_size=8, learning_rate=1e-3,
+        save_strategy="epoch", report_to=[], use_cpu=True, logging_strategy="no", seed=0, data_seed=0,
+        disable_tqdm=True, lr_scheduler_type="constant")  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[callback])
+    trainer.train(resume_from_checkpoint=resume)
+    return model, trainer
+
+
+def test_linear_weights_leave_embeddings_and_the_tied_head_alone():
+    names = linear_weights(_model())
+    assert names and all(".attn." in n or ".mlp." in n for n in names)  # GPT-2's Conv1D weights
+    assert "transformer.wte.weight" not in names and "transformer.wpe.weight" not in names
+
+
+def test_the_trainer_prunes_the_linear_weights_and_checkpoints_keep_them_zero(tmp_path):
+    cb = CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1)
+    model, trainer = _train(tmp_path, 4, cb)  # 1 epoch θ_pre, 2 rounds, 1 epoch post-training
+    assert cb.pruner.done and [h["round"] for h in cb.pruner.history] == [1, 2]
+    assert cb.pruner.history[-1]["T"] == 8  # one recorded row per optimizer step of the round
+    names = linear_weights(model)
+    params = dict(model.named_parameters())
+    alive = sum(int((params[n] != 0).sum()) for n in names)
+    total = sum(params[n].numel() for n in names)
+    assert abs(1 - alive / total - 0.5) < 1e-3
+    assert (params["transformer.wte.weight"] != 0).all()  # the embedding (and the tied head) untouched
+    logged = [e for e in trainer.state.log_history if "causal_pruning/sparsity" in e]
+    assert [e["causal_pruning/round"] for e in logged] == [1, 2]
+    # the last checkpoint's weights hold the zeros, and its pruner state the mask
+    reloaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "checkpoint-32"))
+    state = torch.load(tmp_path / "checkpoint-32" / "causalprune_pruner.pt", weights_only=False)["pruner"]
+    rp = dict(reloaded.named_parameters())
+    for n in names:
+        assert torch.equal(rp[n] != 0, state["mask"][n])
+
+
+def test_a_resumed_trainer_continues_to_the_same_masks(tmp_path):
+    whole = CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1)
+    _train(tmp_path / "whole", 4, whole)
+    part = CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1)
+    _train(tmp_path / "part", 2, part)  # stops after round 1
+    assert len(part.pruner.history) == 1
+    again = CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1)
+    _train(tmp_path / "part", 4, again, resume=str(tmp_path / "part" / "checkpoint-16"))
+    assert [h["round"] for h in again.pruner.history] == [1, 2]
+    assert Mask(again.pruner.mask) == Mask(whole.pruner.mask)
+
+
+def test_bad_input_is_named(tmp_path):
+    with pytest.raises(ValueError, match="the Trainer callback supports"):
+        CausalPruningCallback(method="snip")
+    part = CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1)
+    _train(tmp_path, 2, part)
+    (tmp_path / "checkpoint-16" / "causalprune_pruner.pt").unlink()
+    with pytest.raises(ValueError, match="without the pruner's state"):
+        _train(tmp_path, 4, CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1),
+               resume=str(tmp_path / "checkpoint-16"))
