@@ -348,7 +348,8 @@ class CausalPruner:
             momentum = c.momentum_model and any(g.get("momentum", 0) for g in self._torch_optimizer.param_groups)
             self._recorder = TrajectoryRecorder(
                 self.model, self.loss_fn, self._torch_optimizer, mask=None if layout is not None else self.mask,
-                params=None if layout is not None else list(self.mask), layout=layout, dtype=DTYPES[c.dtype], delta_loss=c.delta_loss, probe_data=self.probe_data,
+                params=None if layout is not None else list(self.mask), layout=layout, dtype=DTYPES[c.dtype],
+                delta_loss=c.delta_loss, probe_data=self.probe_data,
                 momentum_features=momentum, probe_seed=stage_seed(self.seed, "probe"),
                 memory_budget=None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
                 storage_device="cpu" if c.storage == "cpu" else None, forward=self.forward,

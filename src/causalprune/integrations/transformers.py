@@ -163,8 +163,8 @@ class CausalPruningCallback(TrainerCallback):
         if saved is None and int(state.epoch or 0) <= self.start_epoch:
             return  # resumed before pruning started
         if saved is None:
-            raise ValueError(f"the Trainer resumed at step {state.global_step} (epoch {state.epoch:.2f}), after pruning "
-                             f"started, from a checkpoint without the pruner's state ({path} is missing): resume from "
+            raise ValueError(f"the Trainer resumed at step {state.global_step} (epoch {state.epoch:.2f}), after "
+                             f"pruning started, from a checkpoint without the pruner's state ({path} is missing): resume from "
                              "a checkpoint saved with CausalPruningCallback, or start training again")  # fmt: skip
         if saved.get("pruner") is not None:
             self.pruner = self._start(args, model, optimizer)
