@@ -164,8 +164,8 @@ class CausalPruningCallback(TrainerCallback):
             return  # resumed before pruning started
         if saved is None:
             raise ValueError(f"the Trainer resumed at step {state.global_step} (epoch {state.epoch:.2f}), after "
-                             f"pruning started, from a checkpoint without the pruner's state ({path} is missing): resume from "
-                             "a checkpoint saved with CausalPruningCallback, or start training again")  # fmt: skip
+                             f"pruning started, from a checkpoint without the pruner's state ({path} is missing): "
+                             "resume from a checkpoint saved with CausalPruningCallback, or start training again")
         if saved.get("pruner") is not None:
             self.pruner = self._start(args, model, optimizer)
             self.pruner.load_state_dict(saved["pruner"])
