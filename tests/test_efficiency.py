@@ -148,3 +148,49 @@ def test_latencies_are_measured_interleaved_and_tell_a_slower_network():
     a, b = latencies_ms([fast, slow], (4,), batch_sizes=(1, 8), repeats=5, warmup=1)
     assert b["batch_1"] >= 3.0 > a["batch_1"] and b["batch_8"] >= 3.0 > a["batch_8"]
     assert a["repeats"] == b["repeats"] == 5 and slow.training  # the mode is restored
+
+
+@pytest.mark.skipif(importlib.util.find_spec("safetensors") is None, reason="safetensors is not installed")
+def test_export_safetensors_holds_the_dense_weights_with_their_zeros(finished_run, tmp_path):
+    from safetensors.torch import load_file
+
+    r = export_run(finished_run, "safetensors", tmp_path / "m.safetensors")
+    model, _ = _model_and_input(finished_run)
+    state = load_file(tmp_path / "m.safetensors")
+    assert set(state) == set(model.state_dict())
+    for k, v in model.state_dict().items():
+        assert torch.equal(state[k], v)
+    assert r["bytes"] == (tmp_path / "m.safetensors").stat().st_size
+
+
+def test_export_sparse_is_exact_and_smaller_at_80_percent(finished_run, tmp_path):
+    from causalprune.formats import load_sparse
+
+    r = export_run(finished_run, "sparse", tmp_path / "s.pt")
+    model, _ = _model_and_input(finished_run)
+    raw = torch.load(tmp_path / "s.pt", weights_only=True)["state"]
+    weights = [k for k, v in raw.items() if v.layout == torch.sparse_csr]
+    assert weights == [k for k, v in model.state_dict().items() if k.endswith("weight")]  # both Linear weights
+    for k in weights:  # CSR keeps exactly the non-zeros, with int32 indices
+        assert raw[k].values().numel() == int((model.state_dict()[k] != 0).sum())
+        assert raw[k].col_indices().dtype == torch.int32
+    dense = load_sparse(tmp_path / "s.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(dense[k], v)
+    assert r["bytes"] < r["dense_bytes"], r  # the tiny MLP: file overheads are a large part of either size
+    assert not list(tmp_path.glob(".s.pt.dense*"))  # the measuring copy is gone
+
+
+def test_sparse_files_shrink_as_computed_at_80_percent(tmp_path):
+    from causalprune import Mask
+    from causalprune.formats import save_dense, save_sparse
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(512, 512, bias=False)
+    keep = torch.rand(512, 512) >= 0.8
+    Mask({"weight": keep}).apply_(model)
+    dense, sparse = save_dense(model, tmp_path / "d.pt"), save_sparse(model, tmp_path / "s.pt")
+    # CSR: 4 bytes of value + 4 of int32 column index per kept entry, 4 per row pointer
+    payload = 8 * int(keep.sum()) + 4 * 513
+    assert abs(sparse - payload) < 4096 and abs(dense - 4 * 512 * 512) < 4096, (sparse, dense)
+    assert sparse / dense < 0.42

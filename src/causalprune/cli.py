@@ -311,12 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a finished run's model as a file that loads without causalprune")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
-    p.add_argument("--format", required=True, metavar="pt2|onnx|state_dict",
+    p.add_argument("--format", required=True, metavar="pt2|onnx|state_dict|safetensors|sparse",
                    help="pt2: torch.export program (torch.export.load(f).module()); onnx: torch.onnx.export "
-                        "(needs onnx); state_dict: torch.save of the state dict")  # fmt: skip
+                        "(needs onnx); state_dict: torch.save of the dense state dict (zeros where pruned); "
+                        "safetensors: the same as .safetensors; sparse: 2-D weights as torch.sparse_csr "
+                        "(causalprune.formats.load_sparse reads it)")  # fmt: skip
     p.add_argument("--out", default=None,
-                   help="output file (default RUN_DIR/model.pt2, RUN_DIR/model.onnx or RUN_DIR/state_dict.pt); "
-                        "a sidecar FILE.json gets the input shape and the run's efficiency")  # fmt: skip
+                   help="output file (default RUN_DIR/model.pt2, model.onnx, state_dict.pt, model.safetensors or "
+                        "sparse_csr.pt); a sidecar FILE.json gets its size, the input shape and the run's "
+                        "efficiency")  # fmt: skip
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("list", help="list models, data sets, methods, solvers, loss changes, schedules")

@@ -9,11 +9,16 @@ Formats (`FORMATS`):
   the model with ``onnxruntime`` when that is installed, otherwise the check is skipped with
   a note).
 * ``state_dict``: the model's state dict (`torch.save`; tensors only, so
-  ``torch.load(path, weights_only=True)`` reads it).
+  ``torch.load(path, weights_only=True)`` reads it), pruned weights stored as zeros.
+* ``safetensors``: the same dense weights as a ``.safetensors`` file (needs ``safetensors``).
+* ``sparse``: the 2-D weights as ``torch.sparse_csr`` tensors with int32 indices, the rest
+  dense (`causalprune.formats.load_sparse` gives back a dense state dict); smaller than
+  ``state_dict`` above about 50 % sparsity.
 
-Every format also writes a JSON sidecar ``<file>.json``: the format, one sample's input
-shape, the number of outputs, the model config, the run's method, sparsity and seed, and
-the summary's ``efficiency`` entry (as the run recorded it).
+Every format also writes a JSON sidecar ``<file>.json``: the format, the file's size on disk
+(``bytes``; for ``sparse`` also the dense file's, ``dense_bytes``), one sample's input shape,
+the number of outputs, the model config, the run's method, sparsity and seed, and the
+summary's ``efficiency`` entry (as the run recorded it).
 
 The model is rebuilt from the run folder (``config.yaml`` + ``model.pt``; for a channel run
 the dense model is first slimmed to the groups ``mask.pt`` keeps) and the example input
@@ -31,14 +36,16 @@ import torch
 
 from . import resolve
 from .data import shape_of
-from .io import save_json, save_torch
+from .formats import save_dense, save_sparse
+from .io import save_json
 from .models import build_model
 from .runfolder import RunFolder
 from .structured import slim_to_mask
 
-FORMATS = ("pt2", "onnx", "state_dict")
-SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "state_dict": ".pt"}
-DEFAULT_NAME = {"pt2": "model.pt2", "onnx": "model.onnx", "state_dict": "state_dict.pt"}
+FORMATS = ("pt2", "onnx", "state_dict", "safetensors", "sparse")
+SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "state_dict": ".pt", "safetensors": ".safetensors", "sparse": ".pt"}
+DEFAULT_NAME = {"pt2": "model.pt2", "onnx": "model.onnx", "state_dict": "state_dict.pt",
+                "safetensors": "model.safetensors", "sparse": "sparse_csr.pt"}  # fmt: skip
 EXAMPLE_BATCH = 2  # a batch of 1 would be specialised by torch.export
 
 
@@ -108,23 +115,36 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx" and importlib.util.find_spec("onnx") is None:  # before any work
         raise ValueError("format onnx needs the onnx package: pip install onnx")
+    if fmt == "safetensors" and importlib.util.find_spec("safetensors") is None:
+        raise ValueError("format safetensors needs the safetensors package: pip install safetensors")
     model, input_shape, summary, cfg = load_finished_model(run_dir)
     path = Path(out) if out is not None else Path(run_dir) / DEFAULT_NAME[fmt]
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder; give a file name, e.g. {path / DEFAULT_NAME[fmt]}")
+    if fmt == "safetensors" and path.suffix != ".safetensors":
+        raise ValueError(f"--out {path}: a safetensors file must end in .safetensors")
     example = _example(input_shape)
     note = ""
+    sizes: dict[str, int] = {}
     with torch.no_grad():
         if fmt == "pt2":
             dynamic = _export_pt2(model, example, path)
         elif fmt == "onnx":
             dynamic, note = _export_onnx(model, example, path)
-        else:
-            save_torch({k: v.detach().clone() for k, v in model.state_dict().items()}, path)
+        elif fmt == "sparse":
+            sizes["bytes"] = save_sparse(model, path)
+            dense = path.with_name(f".{path.name}.dense")  # measured, then removed
+            sizes["dense_bytes"] = save_dense(model, dense)
+            dense.unlink()
             dynamic = True
+        else:  # state_dict / safetensors: the dense weights, zeros where pruned
+            save_dense(model, path)
+            dynamic = True
+    sizes.setdefault("bytes", path.stat().st_size)
     _, outputs = shape_of(cfg.data.name, cfg.data.image_size)
     sidecar: dict[str, Any] = {
         "format": fmt,
+        **sizes,
         "input_shape": list(input_shape),
         "outputs": outputs,
         "dynamic_batch": dynamic,
