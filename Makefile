@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # pinning stops pip from fetching a multi-GB CUDA wheel it was not asked for.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test demo bench gpu-check lint clean
+.PHONY: setup test demo bench gpu-check lint clean docs
 
 setup: $(STAMP)
 
@@ -44,4 +44,7 @@ gpu-check: setup
 	bash benchmarks/gpu_check.sh $(BIN)/python
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info
+
+docs: setup
+	$(BIN)/mkdocs build --strict

@@ -124,7 +124,8 @@ class CausalPruner:
             or of the channel groups (``"channel"``).
         method: any registered method (`causalprune.criteria.names()`).
         schedule: ``cubic`` | ``geometric`` | ``linear`` cumulative targets per round.
-        n_iter: pruning rounds. `epochs_per_round`: epochs (calls of `end_epoch`) per round.
+        n_iter: pruning rounds.
+        epochs_per_round: epochs (calls of `end_epoch`) per round.
         granularity: ``weight`` (masks) or ``channel`` (whole channel groups, traced with
             Torch-Pruning from `example_inputs`; the network keeps its shape until
             `slim` removes them).
@@ -142,7 +143,8 @@ class CausalPruner:
             that need an input shape (synflow); default: the first batch seen.
         forward: ``forward(model, inputs)`` when the model is not called as ``model(inputs)``.
         seed: seeds the methods' random draws (random, placebo permutations).
-        max_layer_ratio, round_to: channel budget options (docs/structured.md).
+        max_layer_ratio: channel granularity: at most this fraction of a layer's channels is pruned.
+        round_to: channel granularity: every layer keeps a multiple of this many channels.
         params: names of the prunable parameters to prune (default: all of
             `masks.prunable_parameters`); the others are neither recorded nor pruned.
 

@@ -36,7 +36,8 @@ class CausalPruning(pl.Callback):
         amount: final sparsity (fraction of prunable weights, or of channel groups).
         method: any registered method (`causalprune.criteria.names()`), ``causal`` by default.
         schedule: cumulative targets per round: ``cubic`` | ``geometric`` | ``linear``.
-        n_iter: pruning rounds. `epochs_per_round`: epochs per round.
+        n_iter: pruning rounds.
+        epochs_per_round: epochs per round.
         start_epoch: the first epoch of the first round (the epochs before it train θ_pre).
         loss_fn: ``loss_fn(outputs, targets)``, the loss the module's ``training_step``
             computes from ``module(inputs)``; default: the module's ``loss_fn`` attribute.

@@ -76,11 +76,14 @@ class CausalPruningCallback(TrainerCallback):
         method: a method that scores from the trajectory or the weights alone (``causal``,
             ``causal-placebo``, ``energy``, ``magnitude``, ``random``); methods that score
             from batches through ``model(inputs)`` (snip, grasp, ...) are not offered here.
-        schedule, n_iter, epochs_per_round: the rounds (see `CausalPruner`).
+        schedule: cumulative targets per round: ``cubic`` | ``geometric`` | ``linear``.
+        n_iter: pruning rounds.
+        epochs_per_round: epochs per round.
         start_epoch: the first epoch of the first round (the epochs before it train θ_pre).
         params: the weight names to prune (default: `linear_weights(model, prune_embeddings,
             prune_head)`).
-        prune_embeddings, prune_head: also prune the embeddings / the output head.
+        prune_embeddings: also prune the embeddings.
+        prune_head: also prune the output head.
         **pruner_options: passed to `CausalPruner` (``settings``, ``scope``, ``rewind``, ...).
 
     After each round ``causal_pruning/sparsity`` and ``causal_pruning/round`` are added to
