@@ -95,3 +95,11 @@ def test_bad_input_is_named(tmp_path):
     with pytest.raises(ValueError, match="without the pruner's state"):
         _train(tmp_path, 4, CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1),
                resume=str(tmp_path / "checkpoint-16"))
+
+
+def test_a_model_with_nothing_to_prune_is_named():
+    with pytest.raises(ValueError, match="no prunable parameters"):
+        linear_weights(torch.nn.Embedding(4, 4))
+    only_embeddings = torch.nn.Sequential(torch.nn.Embedding(4, 4))
+    with pytest.raises(ValueError, match="no prunable parameters|no Linear weights"):
+        linear_weights(only_embeddings)
