@@ -156,3 +156,30 @@ def test_bad_input_is_named():
         CausalPruner(nn.ReLU(), torch.optim.SGD([nn.Parameter(torch.ones(1))], lr=0.1), nn.CrossEntropyLoss())
     with pytest.raises(ValueError, match="sparsity must be in"):
         CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=1.5)
+
+
+def test_causal_channel_rounds_record_one_column_per_group():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = _data()
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), granularity="channel", sparsity=0.5, n_iter=2,
+                          example_inputs=batches[0][0])  # fmt: skip
+    _train(pruner, batches)
+    assert [h["d"] for h in pruner.history] == [48, 48]  # one column per group (a removed group's stays zero)
+    assert [h["channels_pruned"] for h in pruner.history] == [round(48 * 0.5 * (1 - 0.5**3)), 24]  # cubic
+    assert [h["T"] for h in pruner.history] == [len(batches)] * 2
+    assert pruner.history[-1]["channels_pruned"] == 24 and pruner.slim()[0].out_features == 24
+
+
+def test_probe_delta_loss_uses_the_probe_batches():
+    model, opt = _setup()
+    x, y = load_digits(return_X_y=True)
+    probe = (torch.tensor(x[1500:1600] / 16.0, dtype=torch.float32), torch.tensor(y[1500:1600]))
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.5, n_iter=1,
+                          settings={"delta_loss": "probe"}, probe_data=probe)  # fmt: skip
+    _train(pruner, _data())
+    assert pruner.history[0]["T"] == 10 and abs(pruner.mask.sparsity() - 0.5) < 1e-3
+    model, opt = _setup()
+    with pytest.raises(ValueError, match="probe_data"):
+        _train(CausalPruner(model, opt, nn.CrossEntropyLoss(), n_iter=1, settings={"delta_loss": "probe"}), _data())
