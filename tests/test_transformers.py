@@ -103,3 +103,14 @@ def test_a_model_with_nothing_to_prune_is_named():
     only_embeddings = torch.nn.Sequential(torch.nn.Embedding(4, 4))
     with pytest.raises(ValueError, match="no prunable parameters|no Linear weights"):
         linear_weights(only_embeddings)
+
+
+def test_linear_weights_of_a_bert_leave_its_embeddings_and_tied_decoder_alone():
+    cfg = transformers.BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=32, max_position_embeddings=16)  # fmt: skip
+    model = transformers.BertForMaskedLM(cfg)
+    names = linear_weights(model)
+    assert any("attention.self.query" in n for n in names) and any("intermediate.dense" in n for n in names)
+    assert not any("embeddings" in n or "decoder" in n for n in names)
+    with_head = linear_weights(model, prune_embeddings=True, prune_head=True)
+    assert "bert.embeddings.word_embeddings.weight" in with_head  # the decoder's weight is the word embedding
