@@ -86,3 +86,53 @@ def test_resuming_mid_pruning_without_the_pruners_state_is_refused(tmp_path):
     torch.save(ckpt, tmp_path / "stripped.ckpt")
     with pytest.raises(ValueError, match="without CausalPruning's state"):
         _fit(tmp_path, max_epochs=5, ckpt_path=tmp_path / "stripped.ckpt", name="again")
+
+
+class Manual(Digits):
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        opt = self.optimizers()
+        opt.zero_grad()
+        loss = self.loss_fn(self(batch[0]), batch[1])
+        self.manual_backward(loss)
+        opt.step()
+
+
+def test_manual_optimization_is_refused_in_one_line(tmp_path):
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[CausalPruning(amount=0.5, n_iter=1)])  # fmt: skip
+    with pytest.raises(ValueError, match="automatic_optimization = False"):
+        trainer.fit(Manual(), _loader())
+
+
+def test_bf16_mixed_precision_records_the_loss_change_under_the_same_autocast(tmp_path):
+    """The recorder's "after" forward runs under the Trainer's autocast, as training_step's did: with no update
+    (lr 0 is refused, so a tiny one) ΔL is the step's real change, not an fp32-minus-bf16 offset."""
+    callback = CausalPruning(amount=0.5, n_iter=1, method="energy")  # records ΔL too; no Lasso on y = 0
+    pl.seed_everything(0, verbose=False)
+    module = Digits()
+    module.configure_optimizers = lambda: torch.optim.SGD(module.parameters(), lr=1e-6)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", precision="bf16-mixed", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[callback])  # fmt: skip
+    recorded = {}
+    from causalprune.pruner import CausalPruner
+
+    end_round = CausalPruner._end_round
+
+    def capture(self):
+        recorded["y"] = self._recorder.trajectory().y.clone()
+        return end_round(self)
+
+    CausalPruner._end_round = capture
+    try:
+        trainer.fit(module, _loader())
+    finally:
+        CausalPruner._end_round = end_round
+    # lr 1e-6: the weights move far below bf16's resolution, so the same autocast gives the same loss (the
+    # loss computed outside the autocast gave |ΔL| up to 9e-3 here)
+    assert recorded["y"].abs().max() < 1e-4, recorded["y"]

@@ -183,3 +183,51 @@ def test_probe_delta_loss_uses_the_probe_batches():
     model, opt = _setup()
     with pytest.raises(ValueError, match="probe_data"):
         _train(CausalPruner(model, opt, nn.CrossEntropyLoss(), n_iter=1, settings={"delta_loss": "probe"}), _data())
+
+
+def test_a_channel_state_loaded_before_the_first_batch_keeps_its_mask():
+    def build():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 10))
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    batches = _data()
+    model, opt = build()
+    first = CausalPruner(model, opt, nn.CrossEntropyLoss(), granularity="channel", sparsity=0.5, n_iter=2,
+                         method="magnitude")  # fmt: skip
+    for x, y in batches:
+        first.step(x, y)
+    first.end_epoch()
+    state = first.state_dict()
+    model2, opt2 = build()
+    model2.load_state_dict(model.state_dict())
+    resumed = CausalPruner(model2, opt2, nn.CrossEntropyLoss(), granularity="channel", sparsity=0.5, n_iter=2,
+                           method="magnitude")  # no example_inputs: the plan is traced at the first step
+    resumed.load_state_dict(state)
+    resumed.step(*batches[0])  # traces the groups; the loaded mask and targets stay
+    assert resumed.mask == first.mask and resumed.targets == first.targets
+
+
+def test_channel_rounds_without_any_batch_and_multi_process_use_are_named(monkeypatch):
+    model, opt = _setup()
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), granularity="channel", sparsity=0.5, n_iter=1,
+                          method="magnitude")  # fmt: skip
+    with pytest.raises(ValueError, match="before any batch was seen"):
+        pruner.end_epoch()
+    from causalprune import pruner as module
+    from causalprune.platform import Platform
+
+    monkeypatch.setattr(module, "current_platform", lambda: Platform(0, 2))
+    with pytest.raises(ValueError, match="runs in one process"):
+        CausalPruner(*_setup(), nn.CrossEntropyLoss())
+
+
+def test_params_restrict_what_is_pruned_and_what_the_optimizer_must_hold():
+    model, _ = _setup()
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.1)  # trains the first layer only
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.5, n_iter=1, params=["0.weight"])
+    _train(pruner, _data()[:4])
+    assert list(pruner.mask) == ["0.weight"] and abs(pruner.mask.sparsity() - 0.5) < 1e-3
+    assert (model[2].weight != 0).all()  # not selected: never pruned
+    with pytest.raises(ValueError, match="not prunable parameter names"):
+        CausalPruner(model, opt, nn.CrossEntropyLoss(), params=["0.bias"])

@@ -36,12 +36,13 @@ def _model():
     return transformers.GPT2LMHeadModel(cfg)
 
 
-def _train(tmp_path, epochs, callback, resume=None):
+def _train(tmp_path, epochs, callback, resume=None, save_steps=None):
     model = _model()
+    saving = {"save_strategy": "steps", "save_steps": save_steps} if save_steps else {"save_strategy": "epoch"}
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), num_train_epochs=epochs, per_device_train_batch_size=8, learning_rate=1e-3,
-        save_strategy="epoch", report_to=[], use_cpu=True, logging_strategy="no", seed=0, data_seed=0,
-        disable_tqdm=True, lr_scheduler_type="constant")  # fmt: skip
+        report_to=[], use_cpu=True, logging_strategy="no", seed=0, data_seed=0, disable_tqdm=True,
+        lr_scheduler_type="constant", **saving)  # fmt: skip
     trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(), callbacks=[callback])
     trainer.train(resume_from_checkpoint=resume)
     return model, trainer
@@ -114,3 +115,27 @@ def test_linear_weights_of_a_bert_leave_its_embeddings_and_tied_decoder_alone():
     assert not any("embeddings" in n or "decoder" in n for n in names)
     with_head = linear_weights(model, prune_embeddings=True, prune_head=True)
     assert "bert.embeddings.word_embeddings.weight" in with_head  # the decoder's weight is the word embedding
+
+
+@pytest.mark.parametrize(("start_epoch", "checkpoint"), [(1, 16), (2, 12)])
+def test_step_checkpoints_resume_to_the_same_masks(tmp_path, start_epoch, checkpoint):
+    """Saved every 4 steps (8 per epoch): checkpoint-16 ends round 1 (start_epoch 1), checkpoint-12 lies in the
+    middle of the epoch before pruning starts (start_epoch 2)."""
+    whole = CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=start_epoch)
+    _train(tmp_path / "whole", start_epoch + 3, whole)
+    part = CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=start_epoch)
+    _train(tmp_path / "part", start_epoch + 3, part, save_steps=4)
+    again = CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=start_epoch)
+    _train(tmp_path / "part", start_epoch + 3, again, resume=str(tmp_path / "part" / f"checkpoint-{checkpoint}"),
+           save_steps=4)  # fmt: skip
+    assert [h["round"] for h in again.pruner.history] == [1, 2]
+    assert [h["T"] for h in again.pruner.history] == [8, 8]  # every step of both rounds recorded
+    assert Mask(again.pruner.mask) == Mask(whole.pruner.mask)
+
+
+def test_a_tied_head_is_pruned_when_either_of_its_roles_is():
+    model = _model()
+    plain = linear_weights(model)
+    assert "transformer.wte.weight" in linear_weights(model, prune_head=True)
+    assert "transformer.wte.weight" in linear_weights(model, prune_embeddings=True)
+    assert set(plain) < set(linear_weights(model, prune_head=True))

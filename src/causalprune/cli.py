@@ -370,19 +370,27 @@ def _error(message: str) -> None:
     every rank also leaves the line in a file and only rank 0 prints; the launcher adds the
     other ranks' lines that differ from rank 0's (bad input refused alike everywhere: one line).
     """
-    plat = platform.current()
+    rank = _rank_number()
     folder = os.environ.get(RANK_ERRORS_ENV)
-    if plat.distributed and folder:
-        Path(folder, f"rank{plat.rank}.txt").write_text(message)
-        if not plat.is_primary:
+    if rank is not None and folder:
+        Path(folder, f"rank{rank}.txt").write_text(message)
+        if rank != 0:
             return
     print(f"causalprune: error: {_rank()}{message}", file=sys.stderr)
 
 
+def _rank_number() -> int | None:
+    """This process's rank in a distributed run (from torchrun's environment before the group is joined), or None."""
+    plat = platform.current()
+    if plat.distributed:
+        return plat.rank
+    return int(os.environ.get("RANK", "0")) if platform.launched() else None
+
+
 def _rank() -> str:
     """``[rank r] `` in a distributed run (every rank prints its own errors), else nothing."""
-    plat = platform.current()
-    return f"[rank {plat.rank}] " if plat.distributed else ""
+    rank = _rank_number()
+    return f"[rank {rank}] " if rank is not None else ""
 
 
 def torch_distributed_errors() -> tuple[type[BaseException], ...]:

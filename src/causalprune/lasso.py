@@ -188,9 +188,12 @@ class Design:
         self.sizes = self.segments.sizes
         self.offsets = self.segments.offsets
         self.p = self.segments.total  # columns held here (this shard's, when sharded)
-        if self.p == 0:
-            raise ValueError("X has no columns (nothing alive to score)")
-        self.p_total = self.p if comm is None else int(sum(comm.gather(self.p)))  # columns of every shard
+        counts = [self.p] if comm is None else comm.gather(self.p)  # every shard's (one collective, on all ranks)
+        if min(counts) == 0:
+            empty = [r for r, c in enumerate(counts) if c == 0]
+            raise ValueError("X has no columns (nothing alive to score)" if comm is None else
+                             f"X has no columns on shard(s) {empty} of {len(counts)}: fewer columns than processes")
+        self.p_total = int(sum(counts))  # columns of every shard
         # Columns per gathered block: ≈ BLOCK_BYTES of float64, so the transient memory of
         # the blocked products is a few times BLOCK_BYTES whatever d is.
         self.block_columns = max(64, self.BLOCK_BYTES // (8 * T))
@@ -430,7 +433,10 @@ class Design:
         residual, nz, cols = self.residual(coef)
         local = self.xty() if len(nz) == 0 and not self.sharded else self.rmatvec(residual)
         corr = local.to("cpu", torch.float64)
-        if not torch.isfinite(corr).all():
+        finite = bool(torch.isfinite(corr).all())
+        if self.sharded and self.comm.max(0.0 if finite else 1.0) > 0:  # every shard raises together
+            raise ValueError("X contains NaN or Inf" + ("" if finite else f" (shard {self.comm.rank})"))
+        if not finite:
             j = int(torch.nonzero(~torch.isfinite(corr))[0])
             raise ValueError(f"X contains NaN or Inf (column {j})")
         # Recompute exactly (float64) where it decides the dual point: the support and the

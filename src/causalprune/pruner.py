@@ -24,6 +24,7 @@ from . import criteria
 from .config import PruneConfig
 from .criteria import Criterion, Scored, ScoreInput
 from .masks import Mask, MaskHandle, parameter_aliases, prunable_parameters
+from .platform import current as current_platform
 from .selection import schedule as sparsity_schedule
 from .selection import select
 from .structured import ChannelPlan
@@ -196,17 +197,22 @@ class CausalPruner:
         if getattr(self.settings, "record_steps", None) is not None:
             raise ValueError("record_steps needs each round's length in advance; CausalPruner records every step "
                              "of a round (leave record_steps unset)")  # fmt: skip
+        if current_platform().distributed:
+            raise ValueError("CausalPruner runs in one process: under torchrun / DDP each process would record its "
+                             "own batch's loss changes and select its own mask; for several processes run "
+                             "`causalprune run CONFIG --nproc N` (docs/distributed.md)")  # fmt: skip
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
-        self._check_optimizer()
         self.forward = forward
         self.probe_data, self.score_data, self.seed = probe_data, score_data, seed
         self.example_inputs = example_inputs
         self.theta_pre = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.plan: ChannelPlan | None = None
         self._handle: MaskHandle | None = None
+        self._loaded: Mask | None = None
         self.mask = Mask.ones(model) if params is None else _subset(model, params)
         if params is not None and granularity == "channel":
             raise ValueError("params selects weights; at channel granularity the traced groups decide what is pruned")
+        self._check_optimizer()
         self.targets: list[float] = (
             [] if granularity == "channel" else sparsity_schedule(schedule, self.prune.sparsity, n_iter))  # fmt: skip
         if granularity == "channel" and example_inputs is not None:
@@ -294,6 +300,7 @@ class CausalPruner:
         mask = Mask(state["mask"])
         mask.check(self.model)  # names and shapes of this model
         self._set_mask(mask)
+        self._loaded = mask  # a channel plan traced later (at the first step) keeps it
         self.theta_pre = dict(state["theta_pre"])
         self.round, self.epoch_in_round, self.done = int(state["round"]), int(state["epoch_in_round"]), state["done"]
         self.targets, self.history = list(state["targets"]), list(state["history"])
@@ -313,7 +320,8 @@ class CausalPruner:
 
     def _check_optimizer(self) -> None:
         held = {id(p) for g in self._torch_optimizer.param_groups for p in g["params"]}
-        missing = [n for n, p in prunable_parameters(self.model).items() if id(p) not in held]
+        params = prunable_parameters(self.model)
+        missing = [n for n in self.mask if id(params[n]) not in held]
         if missing:
             raise ValueError(f"the optimizer does not hold the model's parameter(s) {', '.join(missing[:5])}"
                              f"{' …' if len(missing) > 5 else ''}: build the pruner with the optimizer that "
@@ -338,8 +346,9 @@ class CausalPruner:
     def _build_plan(self, inputs: Any) -> None:
         shape = tuple(inputs.shape[1:])
         self.plan = ChannelPlan.build(self.model, self.prune, shape)
-        self.targets = self.plan.targets()
-        self._set_mask(self.plan.initial_mask())
+        if self._loaded is None:  # a fresh start; a loaded state brought its mask and targets
+            self.targets = self.plan.targets()
+            self._set_mask(self.plan.initial_mask())
 
     def _round_recorder(self) -> TrajectoryRecorder | None:
         if not self.criterion.records:
@@ -360,6 +369,9 @@ class CausalPruner:
 
     def _end_round(self) -> Mask:
         k = self.round
+        if not self.targets:  # channel granularity, traced from the first batch
+            raise ValueError("a channel-level round ended before any batch was seen: give example_inputs=... or call "
+                             "step() / before_step() before end_epoch()")  # fmt: skip
         target = self.targets[k - 1]
         recorder = self._recorder
         shape = getattr(self.example_inputs, "shape", None)

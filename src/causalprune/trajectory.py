@@ -498,7 +498,8 @@ class TrajectoryRecorder:
         if self.scale is None:
             lr = self._lr()
             if not (lr > 0 and math.isfinite(lr)):
-                raise ValueError(f"learning rate must be > 0 to scale the squared updates, got {lr}")
+                raise ValueError(f"learning rate must be > 0 at the first recorded step to scale the squared "
+                                 f"updates, got {lr} (a warmup that starts at 0? start recording after it)")
             self.scale = lr * lr
         self._gather(self._prev)
         pending: dict[str, Any] = {"inputs": inputs, "targets": targets}

@@ -81,6 +81,12 @@ class CausalPruning(pl.Callback):
 
     # --- the pruner -------------------------------------------------------------------------
     def _start(self, trainer: pl.Trainer, module: pl.LightningModule) -> CausalPruner:
+        if trainer.world_size > 1:
+            raise ValueError(f"CausalPruning runs in one process, the Trainer has {trainer.world_size}: each would "
+                             "record its own batches' loss changes and select its own mask; use devices=1")
+        if not module.automatic_optimization:
+            raise ValueError("CausalPruning records the optimizer steps of automatic optimization; the module sets "
+                             "automatic_optimization = False")  # fmt: skip
         if len(trainer.optimizers) != 1:
             raise ValueError(f"CausalPruning needs exactly one optimizer, the module configures "
                              f"{len(trainer.optimizers)}")  # fmt: skip
@@ -91,7 +97,17 @@ class CausalPruning(pl.Callback):
         if loss_fn is None:
             raise ValueError("CausalPruning needs the training loss: pass loss_fn=... or give the module a loss_fn "
                              "attribute (loss_fn(module(inputs), targets))")  # fmt: skip
-        return CausalPruner(module, trainer.optimizers[0], loss_fn, **self.options)
+        precision = trainer.precision_plugin  # training_step runs its forward and loss under it (autocast)
+
+        def forward(model: torch.nn.Module, inputs: Any) -> Any:
+            with precision.forward_context():
+                return model(inputs)
+
+        def loss(outputs: Any, targets: Any) -> torch.Tensor:
+            with precision.forward_context():
+                return loss_fn(outputs, targets)
+
+        return CausalPruner(module, trainer.optimizers[0], loss, forward=forward, **self.options)
 
     @property
     def _active(self) -> bool:
@@ -124,9 +140,12 @@ class CausalPruning(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:  # fmt: skip
         """Record the step the optimizer just took, with the loss ``training_step`` returned."""
-        if self._active and outputs is not None:
+        if self._active:
             assert self.pruner is not None
-            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+            if loss is None:
+                raise ValueError("training_step returned no loss (the step was skipped?): CausalPruning records "
+                                 "each step with the loss of loss_fn(module(inputs), targets) training_step returns")
             self.pruner.after_step(loss)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

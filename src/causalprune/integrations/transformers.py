@@ -44,13 +44,15 @@ def linear_weights(model: nn.Module, prune_embeddings: bool = False, prune_head:
     counts as an embedding.
     """
     prunable = prunable_parameters(model)
-    skip: set[int] = set()
-    if not prune_embeddings:
-        skip |= {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and not prune_head:
-        skip.add(id(head.weight))
-    names = [n for n, p in prunable.items() if id(p) not in skip]
+    heads = {id(head.weight)} if head is not None else set()
+
+    def wanted(p: nn.Parameter) -> bool:  # a tied tensor is both: pruned when either of its roles is
+        roles = [(id(p) in embeddings, prune_embeddings), (id(p) in heads, prune_head)]
+        return not any(has for has, _ in roles) or any(has and on for has, on in roles)
+
+    names = [n for n, p in prunable.items() if wanted(p)]
     if not names:
         raise ValueError(f"{type(model).__name__} has no Linear weights to prune outside its embeddings and output "
                          "head (set prune_embeddings / prune_head, or give params)")  # fmt: skip
@@ -60,12 +62,18 @@ def linear_weights(model: nn.Module, prune_embeddings: bool = False, prune_head:
 def _model_loss(outputs: Any, _: Any) -> torch.Tensor:
     """The loss a Hugging Face model computes from the labels in its batch."""
     if getattr(outputs, "loss", None) is None:
-        raise ValueError("the model returned no loss: the training batches must carry labels")
+        raise ValueError("the model returned no loss for a training batch: the batches must carry labels, and the "
+                         "Trainer must leave the loss to the model (no label_smoothing_factor, no compute_loss_func)")
     return outputs.loss
 
 
 def _call_with_batch(model: nn.Module, batch: dict[str, Any]) -> Any:
     return model(**batch)
+
+
+def _whole(epoch: float) -> bool:
+    """Whether the Trainer's float epoch counter sits on an epoch boundary."""
+    return abs(epoch - round(epoch)) < 1e-6
 
 
 class CausalPruningCallback(TrainerCallback):
@@ -123,9 +131,16 @@ class CausalPruningCallback(TrainerCallback):
         self._armed = False  # the next training forward is a step's (set by on_step_begin)
         self._capture = False  # the forward running now is that step's: keep its loss
         self._loss: torch.Tensor | None = None
+        self._counted: int | None = None  # the last epoch counted (its last step, or its end)
 
     # --- the pruner ---------------------------------------------------------------------------
     def _start(self, args: Any, model: nn.Module, optimizer: Any) -> CausalPruner:
+        if args.world_size > 1 or args.n_gpu > 1:
+            raise ValueError(f"CausalPruningCallback runs in one process on one device (world size {args.world_size}, "
+                             f"{args.n_gpu} GPUs): each replica would record its own batches and select its own mask")
+        if args.label_smoothing_factor:
+            raise ValueError("CausalPruningCallback records the model's own loss; label_smoothing_factor "
+                             f"{args.label_smoothing_factor} makes the Trainer compute another one")  # fmt: skip
         if args.gradient_accumulation_steps != 1:
             raise ValueError("CausalPruningCallback records every optimizer step: gradient_accumulation_steps must be "
                              f"1, got {args.gradient_accumulation_steps}")  # fmt: skip
@@ -157,8 +172,14 @@ class CausalPruningCallback(TrainerCallback):
     # --- Trainer events -------------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                        optimizer: Any = None, **kwargs: Any) -> None:  # fmt: skip
-        """Continue the pruner saved in the checkpoint the Trainer resumed from, if any."""
-        if state.global_step == 0 or self.pruner is not None:
+        """Continue the pruner saved in the checkpoint the Trainer resumed from, if any.
+
+        The state is looked up in ``output_dir/checkpoint-<global step>`` (where `on_save` wrote
+        it): resume from a checkpoint folder under the run's ``output_dir``.
+        """
+        if self.pruner is not None:  # the callback of an earlier train(): start over
+            self._stop()
+        if state.global_step == 0:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         path = os.path.join(folder, STATE_FILE)
@@ -175,8 +196,9 @@ class CausalPruningCallback(TrainerCallback):
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                        optimizer: Any = None, **kwargs: Any) -> None:  # fmt: skip
-        """Take θ_pre and start the rounds at `start_epoch`."""
-        if self.pruner is None and round(state.epoch or 0) >= self.start_epoch:
+        """Take θ_pre and start the rounds at `start_epoch` (at an epoch's start, not in a resumed epoch's middle)."""
+        epoch = float(state.epoch or 0)
+        if self.pruner is None and _whole(epoch) and round(epoch) >= self.start_epoch:
             self.pruner = self._start(args, model, optimizer)
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -189,10 +211,20 @@ class CausalPruningCallback(TrainerCallback):
             self.pruner.after_step(self._loss)
             self._loss = None
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """At an epoch's last step, count the epoch (a round may end) before the Trainer saves a checkpoint."""
+        if _whole(float(state.epoch or 0)):
+            self._epoch_done(state)
+
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """End the round when its epochs are done: score, prune, rewind."""
-        if self.pruner is None or self.pruner.done:
+        """Count the epoch if its last step did not (an epoch that ended without a full step)."""
+        self._epoch_done(state)
+
+    def _epoch_done(self, state: Any) -> None:
+        epoch = round(float(state.epoch or 0))
+        if self.pruner is None or self.pruner.done or epoch == self._counted:
             return
+        self._counted = epoch
         if self.pruner.end_epoch() is not None:
             last = self.pruner.history[-1]
             state.log_history.append({"causal_pruning/sparsity": float(last["sparsity"]),
@@ -213,6 +245,14 @@ class CausalPruningCallback(TrainerCallback):
             for h in self._hooks:
                 h.remove()
             self._hooks = []
+
+    def _stop(self) -> None:
+        """Forget the pruner of an earlier `train()` (its hooks and re-masking removed)."""
+        if self.pruner is not None:
+            self.pruner.make_permanent()
+        for h in self._hooks:
+            h.remove()
+        self._hooks, self.pruner, self._counted = [], None, None
 
 
 __all__ = ["CausalPruningCallback", "linear_weights"]
