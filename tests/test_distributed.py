@@ -269,3 +269,10 @@ def test_one_rank_killed_fails_the_run_in_one_line_then_resume_gives_the_same_ma
     assert r.returncode == 0, r.stderr[-2000:]
     for k in (1, 2, 3):
         assert _masks(tmp_path / "one", k) == _masks(out, k)
+
+
+def test_nproc_below_one_is_refused_in_one_line(tmp_path, capsys):
+    path = _write(tmp_path)
+    assert main(["run", str(path), "--out", str(tmp_path / "r"), "--nproc", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "causalprune: error: --nproc must be >= 1, got 0"
+    assert not (tmp_path / "r").exists()

@@ -9,6 +9,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 from causalprune import Mask  # noqa: E402
+from causalprune.criteria.causal import CausalSettings  # noqa: E402
 from causalprune.integrations.transformers import CausalPruningCallback, linear_weights  # noqa: E402
 
 transformers.logging.set_verbosity_error()
@@ -88,8 +89,11 @@ def test_a_resumed_trainer_continues_to_the_same_masks(tmp_path):
 
 
 def test_bad_input_is_named(tmp_path):
-    with pytest.raises(ValueError, match="the Trainer callback supports"):
-        CausalPruningCallback(method="snip")
+    for method in ("snip", "synflow"):  # they score batches / an input shape through model(inputs)
+        with pytest.raises(ValueError, match="the Trainer callback supports causal, causal-placebo, energy"):
+            CausalPruningCallback(method=method)
+    with pytest.raises(ValueError, match="delta_loss must be same_batch"):
+        CausalPruningCallback(settings=CausalSettings(delta_loss="probe"))
     part = CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1)
     _train(tmp_path, 2, part)
     (tmp_path / "checkpoint-16" / "causalprune_pruner.pt").unlink()

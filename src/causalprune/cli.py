@@ -59,12 +59,17 @@ def _cmd_list(_: argparse.Namespace) -> int:
     return 0
 
 
-def _launch(nproc: int, argv: list[str]) -> int:
-    """Start `nproc` processes of ``causalprune <argv>`` through torch.distributed.run (torchrun); return its status."""
+def _launch(args: argparse.Namespace) -> int | None:
+    """For ``--nproc N`` (N > 1, not already under torchrun): run ``causalprune <argv>`` as N processes through
+    torch.distributed.run and return its status; None: run in this process."""
     from torch.distributed import run as torchrun
 
-    if nproc < 1:
+    nproc = args.nproc
+    if nproc is not None and nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    if nproc is None or nproc == 1 or platform.launched():
+        return None
+    argv = _without_nproc(args.argv)
     with tempfile.TemporaryDirectory(prefix="causalprune-ranks-") as errors:
         os.environ[RANK_ERRORS_ENV] = errors  # the ranks inherit it (see _error)
         try:
@@ -101,8 +106,9 @@ def _without_nproc(argv: list[str]) -> list[str]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from . import resolve
 
-    if args.nproc is not None and args.nproc > 1 and not platform.launched():
-        return _launch(args.nproc, _without_nproc(args.argv))
+    launched = _launch(args)
+    if launched is not None:
+        return launched
     from .experiment import run_experiment
     from .runfolder import RunFolder, default_run_dir
 
@@ -145,8 +151,9 @@ def _compare(config: str | None, overrides: list[str], methods: str, sparsity: s
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    if args.nproc is not None and args.nproc > 1 and not platform.launched():
-        return _launch(args.nproc, _without_nproc(args.argv))
+    launched = _launch(args)
+    if launched is not None:
+        return launched
     return _compare(args.config, args.set, args.methods, args.sparsity, args.seeds, args.out, args.grid,
                     args.speedup)
 

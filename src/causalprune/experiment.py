@@ -43,7 +43,7 @@ from .metrics import efficiency, measured_efficiency
 from .models import build_model, load_pretrained, pretrained_status
 from .platform import SINGLE, Platform
 from .platform import current as current_platform
-from .pruner import DTYPES, prune_round, rewind, score_round, stage_seed
+from .pruner import prune_round, recorder_options, rewind, score_round, stage_seed
 from .runfolder import (
     RunFolder,
     RunFolderError,
@@ -237,14 +237,12 @@ def _recorder(run: Run, model: nn.Module, net: nn.Module, opt: torch.optim.Optim
         probe_x = probe_x.tensor_split(run.plat.world_size)[run.plat.rank]
         probe_y = probe_y.tensor_split(run.plat.world_size)[run.plat.rank]
     recorder = TrajectoryRecorder(
-        model, loss_fn, opt, mask=None if layout is not None else mask, layout=layout, dtype=DTYPES[c.dtype],
-        delta_loss=c.delta_loss,
+        model, loss_fn, opt, mask=None if layout is not None else mask, layout=layout,
         probe_data=(probe_x.to(run.device), probe_y.to(run.device)),
         probe_reduce=run.plat.all_reduce_sum if shard is not None else None,
-        momentum_features=c.momentum_model and momentum, probe_seed=stage_seed(run.cfg.seed, "probe"),
-        memory_budget=None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
-        capacity=max(recorded, 1), storage_device="cpu" if c.storage == "cpu" else None, train_model=net,
+        momentum_features=c.momentum_model and momentum, capacity=max(recorded, 1), train_model=net,
         loss_reduce=run.plat.all_reduce_sum if run.plat.distributed else None, shard=shard,
+        **recorder_options(c, run.cfg.seed),
     )  # fmt: skip
     return recorder, _spread_recorded_steps(recorder.step, plain_step(net, opt, loss_fn), total, recorded)
 

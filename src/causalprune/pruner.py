@@ -23,6 +23,7 @@ from torch import nn
 from . import criteria
 from .config import PruneConfig
 from .criteria import Criterion, Scored, ScoreInput
+from .criteria.causal import CausalSettings
 from .masks import Mask, MaskHandle, parameter_aliases, prunable_parameters
 from .platform import current as current_platform
 from .selection import schedule as sparsity_schedule
@@ -74,6 +75,13 @@ def prune_round(criterion: Criterion, inp: ScoreInput, target: float, *, scope: 
     if plan is not None:
         return plan.select(scores, tie, target, inp.mask), scored
     return select(scores, target, scope=scope, mask=inp.mask, tie_break=tie), scored
+
+
+def recorder_options(c: CausalSettings, seed: int) -> dict[str, Any]:
+    """The `TrajectoryRecorder` keywords that a method's recording settings `c` give, for a run seeded `seed`."""
+    return {"dtype": DTYPES[c.dtype], "delta_loss": c.delta_loss, "probe_seed": stage_seed(seed, "probe"),
+            "memory_budget": None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
+            "storage_device": "cpu" if c.storage == "cpu" else None}  # fmt: skip
 
 
 def _settings_of(criterion: Criterion, settings: Any) -> Any:
@@ -250,7 +258,7 @@ class CausalPruner:
 
     def after_step(self, loss: torch.Tensor) -> None:
         """Your own step, part 2: call right after ``optimizer.step()`` with the forward's loss."""
-        if self._recorder is not None and self._recorder._pending is not None:
+        if self._recorder is not None:  # (a round that records has one from before_step on)
             self._recorder.after_step(loss)
 
     def end_epoch(self) -> Mask | None:
@@ -359,11 +367,8 @@ class CausalPruner:
             momentum = c.momentum_model and any(g.get("momentum", 0) for g in self._torch_optimizer.param_groups)
             self._recorder = TrajectoryRecorder(
                 self.model, self.loss_fn, self._torch_optimizer, mask=None if layout is not None else self.mask,
-                params=None if layout is not None else list(self.mask), layout=layout, dtype=DTYPES[c.dtype],
-                delta_loss=c.delta_loss, probe_data=self.probe_data,
-                momentum_features=momentum, probe_seed=stage_seed(self.seed, "probe"),
-                memory_budget=None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
-                storage_device="cpu" if c.storage == "cpu" else None, forward=self.forward,
+                params=None if layout is not None else list(self.mask), layout=layout, probe_data=self.probe_data,
+                momentum_features=momentum, forward=self.forward, **recorder_options(c, self.seed),
             )  # fmt: skip
         return self._recorder
 
@@ -400,18 +405,15 @@ class CausalPruner:
             rewind(self.model, self.theta_pre, self.prune.reset_bn)
             self._torch_optimizer.state.clear()  # momentum and moments of the weights before the rewind
         self._set_mask(new_mask)
-        self.round, self.epoch_in_round = k + 1, 0
         self.done = k == len(self.targets)
-        if self.done:
-            self.round = k
+        self.round, self.epoch_in_round = (k if self.done else k + 1), 0
         return new_mask
 
     def _set_mask(self, mask: Mask) -> None:
         if self._handle is not None:
             self._handle.remove()
         self.mask = mask
-        mask.apply_(self.model)
-        self._handle = mask.attach(self.model, self._torch_optimizer)
+        self._handle = mask.attach(self.model, self._torch_optimizer)  # applies it, then after every step
 
     def _close_recorder(self) -> None:
         if self._recorder is not None:
@@ -421,15 +423,14 @@ class CausalPruner:
 
 def _subset(model: nn.Module, params: Sequence[str]) -> Mask:
     """The all-alive mask of the named prunable parameters (canonical names or aliases)."""
-    prunable = prunable_parameters(model)
-    canonical = Mask.ones(model).canonical(model)
-    aliases = {a: c for a, c in parameter_aliases(model).items() if c in prunable}
+    prunable = prunable_parameters(model)  # keyed by canonical names
+    aliases = parameter_aliases(model)
     names = [aliases.get(n, n) for n in params]
-    unknown = [n for n in names if n not in canonical]
+    unknown = [n for n in names if n not in prunable]
     if unknown or not names:
         raise ValueError(f"params {list(params)!r}: not prunable parameter names ({', '.join(unknown) or 'empty'}); "
                          f"prunable: {', '.join(prunable)}")  # fmt: skip
     return Mask({n: torch.ones_like(prunable[n], dtype=torch.bool) for n in dict.fromkeys(names)})
 
 
-__all__ = ["CausalPruner", "prune_round", "rewind", "score_round", "stage_seed"]
+__all__ = ["CausalPruner", "prune_round", "recorder_options", "rewind", "score_round", "stage_seed"]

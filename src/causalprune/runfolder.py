@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -113,6 +114,17 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix[:-1]]
 
 
+def _writes(method: Callable[..., None]) -> Callable[..., None]:
+    """A `RunFolder` method that writes: it does nothing in a folder that is not the writer."""
+
+    @functools.wraps(method)
+    def guarded(self: RunFolder, *args: Any, **kwargs: Any) -> None:
+        if self.writer:
+            method(self, *args, **kwargs)
+
+    return guarded
+
+
 class RunFolder:
     """The files of one run.
 
@@ -187,17 +199,15 @@ class RunFolder:
         path = self.path / "env.json"
         return _load_json(path, None).get("threads") if path.exists() else None
 
+    @_writes
     def write_env(self, env: dict[str, Any]) -> None:
         """Write env.json once (the first start of the run)."""
-        if not self.writer:
-            return
         if not (self.path / "env.json").exists():
             save_json(env, self.path / "env.json")
 
+    @_writes
     def log(self, event: dict[str, Any]) -> None:
         """Append one event to metrics.jsonl, stamped with the time."""
-        if not self.writer:
-            return
         append_jsonl({"time": round(time.time(), 3), **event}, self.path / "metrics.jsonl")
 
     # --- timing -------------------------------------------------------------------------
@@ -206,10 +216,9 @@ class RunFolder:
         path = self.path / "timing.json"
         return _load_json(path, None) if path.exists() else {}
 
+    @_writes
     def save_timing(self, timing: dict[str, float]) -> None:
         """Write timing.json."""
-        if not self.writer:
-            return
         save_json(timing, self.path / "timing.json")
 
     # --- θ_pre ----------------------------------------------------------------------------
@@ -223,10 +232,9 @@ class RunFolder:
         ckpt = self.pre_checkpoint
         return _load_torch(ckpt, device, ckpt.parent) if ckpt.exists() else None
 
+    @_writes
     def save_pre(self, theta: dict[str, torch.Tensor]) -> None:
         """Write θ_pre."""
-        if not self.writer:
-            return
         save_torch(theta, self.pre_checkpoint)
 
     # --- levels ---------------------------------------------------------------------------
@@ -251,10 +259,9 @@ class RunFolder:
                            + ", ".join(f"{n} {tuple(t.shape)}" for n, t in like.items())), d)  # fmt: skip
         return mask, _load_torch(d / "checkpoint.pt", device, d)
 
+    @_writes
     def save_level(self, k: int, scores: dict[str, Any], state: dict[str, torch.Tensor], mask: Mask) -> None:
         """Write round `k`'s scores, model state and mask (the mask last: it marks the round done)."""
-        if not self.writer:
-            return
         d = self.level_dir(k)
         save_torch(scores, d / "scores.pt")
         save_torch(state, d / "checkpoint.pt")
@@ -288,11 +295,10 @@ class RunFolder:
             raise RunFolderError(f"{path} is not a causalprune summary (no 'method'); choose another --out")
         return s
 
+    @_writes
     def save_result(self, state: dict[str, torch.Tensor], mask: Mask, timing: dict[str, float],
                     summary: dict[str, Any]) -> None:  # fmt: skip
         """Write model.pt, mask.pt, timing.json and summary.json (the summary last: it marks the run done)."""
-        if not self.writer:
-            return
         save_torch(state, self.path / "model.pt")
         mask.save(self.path / "mask.pt")
         self.save_timing(timing)

@@ -59,6 +59,11 @@ def linear_weights(model: nn.Module, prune_embeddings: bool = False, prune_head:
     return names
 
 
+def supported_methods() -> list[str]:
+    """The weight-level methods that score from the recorded trajectory or the weights alone (no batches, shapes)."""
+    return [n for n in criteria.names("weight") if criteria.get(n).needs <= {"trajectory"}]
+
+
 def _model_loss(outputs: Any, _: Any) -> torch.Tensor:
     """The loss a Hugging Face model computes from the labels in its batch."""
     if getattr(outputs, "loss", None) is None:
@@ -98,7 +103,6 @@ class CausalPruningCallback(TrainerCallback):
     ``state.log_history``; `pruner.history` has the rounds' details.
     """
 
-    SUPPORTED = ("causal", "causal-placebo", "energy", "magnitude", "random")
 
     def __init__(
         self,
@@ -114,13 +118,14 @@ class CausalPruningCallback(TrainerCallback):
         **pruner_options: Any,
     ) -> None:
         criteria.get(method)  # an unknown name fails here, listing the valid ones
-        if method not in self.SUPPORTED:
+        if method not in supported_methods():
             raise ValueError(f"method {method!r} scores from batches through model(inputs), which a Hugging Face "
-                             f"model does not take; the Trainer callback supports {', '.join(self.SUPPORTED)}")
+                             f"model does not take; the Trainer callback supports {', '.join(supported_methods())}")
         if int(start_epoch) != start_epoch or start_epoch < 0:
             raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch}")
         settings = pruner_options.get("settings")
-        if isinstance(settings, dict) and settings.get("delta_loss", "same_batch") != "same_batch":
+        delta = settings.get("delta_loss") if isinstance(settings, dict) else getattr(settings, "delta_loss", None)
+        if delta not in (None, "same_batch"):
             raise ValueError("the Trainer callback records ΔL on each step's own batch: delta_loss must be same_batch")
         self.options = dict(sparsity=sparsity, method=method, schedule=schedule, n_iter=n_iter,
                             epochs_per_round=epochs_per_round, **pruner_options)  # fmt: skip
@@ -255,4 +260,4 @@ class CausalPruningCallback(TrainerCallback):
         self._hooks, self.pruner, self._counted = [], None, None
 
 
-__all__ = ["CausalPruningCallback", "linear_weights"]
+__all__ = ["CausalPruningCallback", "linear_weights", "supported_methods"]
