@@ -208,3 +208,69 @@ def test_shipped_sweeps_resolve_by_name(tmp_path, monkeypatch):
     assert len(plan_sweep("paper/sweep-fig3-smoke", tmp_path / "out")) > 1
     with pytest.raises(ConfigError, match="sweep file not found: sweep-nope"):
         load_sweep("sweep-nope")
+
+
+DEMO = CONFIG_DIR / "demo.yaml"
+
+
+def test_a_budget_given_by_set_replaces_the_other_budget_of_the_file(tmp_path):
+    notes: list[str] = []
+    cfg = load_config(None, ["prune.granularity=channel", "prune.speedup=2"], notes)
+    assert (cfg.prune.sparsity, cfg.prune.speedup) == (None, 2.0)
+    assert notes == [f"prune.speedup=2 from --set replaces prune.sparsity=0.9 from {DEMO}"]
+    channel = tmp_path / "channel.yaml"
+    channel.write_text("prune:\n  granularity: channel\n  speedup: 3\n")
+    notes.clear()
+    cfg = load_config(channel, ["prune.sparsity=0.25"], notes)
+    assert (cfg.prune.sparsity, cfg.prune.speedup) == (0.25, None)
+    assert notes == [f"prune.sparsity=0.25 from --set replaces prune.speedup=3 from {channel}"]
+    notes.clear()
+    cfg = load_config(None, ["prune.granularity=channel", "prune.speedup=2", "prune.sparsity=null"], notes)
+    assert (cfg.prune.sparsity, cfg.prune.speedup, notes) == (None, 2.0, [])  # cleared by hand: nothing replaced
+
+
+def test_two_budgets_at_one_level_are_refused_saying_how_to_clear_one(tmp_path):
+    both = tmp_path / "both.yaml"
+    both.write_text("prune:\n  granularity: channel\n  sparsity: 0.5\n  speedup: 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(both)
+    assert f"are both set in {both}" in str(e.value) and "--set prune.sparsity=null" in str(e.value)
+    assert load_config(both, ["prune.sparsity=null"]).prune.speedup == 2.0  # the way the message shows
+    with pytest.raises(ConfigError, match=r"prune.sparsity \(0.5\) and prune.speedup \(2\) are both set by --set"):
+        load_config(None, ["prune.granularity=channel", "prune.speedup=2", "prune.sparsity=0.5"])
+
+
+def test_a_sweep_grid_over_speedup_replaces_the_base_configs_sparsity(tmp_path):
+    from causalprune.sweep import plan_sweep
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: s\nset: {prune.granularity: channel}\ngrid:\n  prune.speedup: [2, 3]\n")
+    cells = plan_sweep(sweep, tmp_path / "out")
+    assert [(c.config.prune.sparsity, c.config.prune.speedup) for c in cells] == [(None, 2.0), (None, 3.0)]
+
+
+def test_a_duplicated_yaml_key_is_refused_naming_it_the_file_and_both_lines(tmp_path):
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("name: x\nprune:\n  method: magnitude\n  sparsity: 0.5\n  method: causal\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(dup)
+    message = str(e.value)
+    assert str(dup) in message and "'method'" in message and "lines 3 and 5" in message and "\n" not in message
+    dup.write_text("seed: 1\nname: x\nseed: 2\n")  # at the top level too
+    with pytest.raises(ConfigError, match="'seed' is given twice in one mapping \\(lines 1 and 3\\)"):
+        load_config(dup)
+    from causalprune.config import read_yaml
+
+    merged = tmp_path / "merged.yaml"  # a merge key's keys may be overridden: that is YAML, not a duplicate
+    merged.write_text("a: &base {k: 1, j: 2}\nb:\n  <<: *base\n  k: 3\n")
+    assert read_yaml(merged) == {"a": {"k": 1, "j": 2}, "b": {"k": 3, "j": 2}}
+
+
+def test_a_duplicated_key_in_a_sweep_file_is_refused(tmp_path, capsys):
+    from causalprune.cli import main
+
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("name: s\ngrid:\n  seed: [0, 1]\n  seed: [2]\n")
+    assert main(["sweep", str(sweep), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"sweep file {sweep}: key 'seed' is given twice" in err[0] and "lines 3 and 4" in err[0]

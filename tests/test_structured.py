@@ -155,7 +155,7 @@ def test_export_of_a_channel_run_loads_without_the_package_classes(tmp_path):
     [
         (["prune.speedup=1.0"], "prune.speedup must be > 1"),
         (["prune.speedup=0.5"], "prune.speedup must be > 1"),
-        (["prune.sparsity=0.5"], "prune.sparsity (0.5) and prune.speedup (2.0) are both set"),
+        (["prune.sparsity=0.5", "prune.speedup=3"], "prune.sparsity (0.5) and prune.speedup (3) are both set by --set"),
         (["prune.granularity=weight"], "prune.speedup needs prune.granularity: channel"),
         (["prune.method=snip"], "prune.method snip does not score at prune.granularity channel"),
         (["prune.speedup=100000"], "prune.speedup 100000.0 cannot be reached"),

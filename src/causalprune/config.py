@@ -185,13 +185,15 @@ class PruneConfig:
 
     GRANULARITIES = ("weight", "channel")
     DEFAULT_SPARSITY = 0.9
+    CLEAR_ONE = "clear one: --set prune.sparsity=null or --set prune.speedup=null"
 
     @staticmethod
-    def check_given(given: dict[str, Any]) -> None:
-        """Refuse `prune.sparsity` and `prune.speedup` both given (the keys of a config file's prune section)."""
+    def check_given(given: dict[str, Any], where: str = "", hint: str = CLEAR_ONE) -> None:
+        """Refuse `prune.sparsity` and `prune.speedup` both given (the keys of one prune section; `where`: whose)."""
         if given.get("speedup") is not None and given.get("sparsity") is not None:
             raise ConfigError(f"prune.sparsity ({given['sparsity']}) and prune.speedup ({given['speedup']}) are both "
-                              "set; give one budget: prune.speedup (a MACs reduction) or prune.sparsity")  # fmt: skip
+                              f"set{where}; give one budget: prune.speedup (a MACs reduction) or prune.sparsity "
+                              f"({hint})")  # fmt: skip
 
     def __post_init__(self) -> None:
         check_choice(self.granularity, self.GRANULARITIES, "prune.granularity")
@@ -438,7 +440,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override {text!r} has no key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=StrictLoader) if raw.strip() else ""  # a safe loader
+    except DuplicateKeyError as e:
+        raise ConfigError(f"override {text!r}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {text!r}: value is not valid YAML ({yaml_problem(e)})") from None
     return key.split("."), value
@@ -459,9 +463,51 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return out
 
 
-def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
-    """Build a checked `Config` from nested dicts plus overrides."""
-    return _build(Config, apply_overrides(data or {}, list(overrides or [])), "")
+#: The two budgets of `PruneConfig` (one of them is given): (section, key) pairs.
+BUDGETS = (("prune", "sparsity"), ("prune", "speedup"))
+
+
+def settle_budgets(data: dict[str, Any], overrides: list[str], source: str = "the config",
+                   given_by: str = "--set") -> tuple[dict[str, Any], list[str]]:  # fmt: skip
+    """Return `data` without the budget an override replaces, and a note per replaced budget.
+
+    A budget given by an override (``prune.speedup=2``) replaces the other budget when that
+    one comes from `data` (read from `source`), so a command line can switch a file's
+    ``prune.sparsity`` to a ``prune.speedup``. Two budgets given at the same level — both in
+    `data`, or both by overrides — are a conflict, refused naming where they were given.
+    """
+    given: dict[str, Any] = {}
+    for text in overrides:
+        path, value = parse_override(text)
+        if tuple(path) in BUDGETS:
+            given[path[1]] = value
+    section = data.get("prune") if isinstance(data, dict) else None
+    section = section if isinstance(section, dict) else {}
+    PruneConfig.check_given(given, f" by {given_by}", f"give one of them by {given_by}")
+    if not given:
+        PruneConfig.check_given(section, f" in {source}")
+        return data, []
+    notes = []
+    out = json.loads(json.dumps(data))
+    for key, value in given.items():
+        (other,) = [k for _, k in BUDGETS if k != key]
+        if value is not None and other not in given and section.get(other) is not None:
+            notes.append(f"prune.{key}={value} from {given_by} replaces prune.{other}={section[other]} from {source}")
+            del out["prune"][other]
+    return out, notes
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None, *, source: str = "the config",
+                     given_by: str = "--set", notes: list[str] | None = None) -> Config:  # fmt: skip
+    """Build a checked `Config` from nested dicts plus overrides.
+
+    A budget an override gives replaces the other budget given in `data` (`settle_budgets`);
+    the line saying so is appended to `notes` when given.
+    """
+    data, said = settle_budgets(data or {}, list(overrides or []), source, given_by)
+    if notes is not None:
+        notes.extend(said)
+    return _build(Config, apply_overrides(data, list(overrides or [])), "")
 
 
 #: the configs shipped inside the package (the repository's configs/ links here)
@@ -518,27 +564,56 @@ def yaml_problem(e: yaml.YAMLError) -> str:
     return text
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping gives one key twice (PyYAML would keep the last silently)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {key!r} is given twice in one mapping (lines {first} and {second}); keep one")
+        self.key, self.first, self.second = key, first, second
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses a mapping with a duplicated key (`DuplicateKeyError`, 1-based lines)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # merge keys (<<) may repeat what they merge: the explicit key wins, as YAML says
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise DuplicateKeyError(key, seen[key], line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path, what: str = "config") -> Any:
-    """Read YAML file `path`; raise a one-line `ConfigError` (with line and column for syntax errors)."""
+    """Read YAML file `path`; raise a one-line `ConfigError` (line and column of syntax errors, duplicated keys)."""
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=StrictLoader)  # a safe loader
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read {what} {path}: {e}") from None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{what} {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{what} {path} is not valid YAML: {yaml_problem(e)}") from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                notes: list[str] | None = None) -> Config:  # fmt: skip
     """Load a YAML config (None: the built-in demo config) and apply overrides.
 
-    `path` may be a file or the name of a shipped config (`find_config`).
+    `path` may be a file or the name of a shipped config (`find_config`). A budget an
+    override gives replaces the file's other budget; `notes` (when given) receives the
+    line saying so (`settle_budgets`).
     """
     path = SHIPPED_CONFIGS / "demo.yaml" if path is None else find_config(path)
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must be a mapping of keys to values")
     data.setdefault("name", path.stem)
-    return config_from_dict(data, overrides)
+    return config_from_dict(data, overrides, source=str(path), notes=notes)
 
 
 def dump_config(cfg: Config) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from . import criteria, resolve
-from .config import Config, ConfigError, apply_overrides, check_key, config_from_dict, yaml_problem
+from .config import Config, ConfigError, check_key, config_from_dict, yaml_problem
 
 Grid = list[tuple[str, list[Any]]]
 #: (the cell's (key, value) pairs, its config) → (label, run folder relative to the grid's folder)
@@ -85,7 +85,7 @@ def plan(base: Config | dict[str, Any], grid: Sequence[tuple[str, Sequence[Any]]
             continue
         seen.add(identity)
         overrides = tuple(override(k, v) for k, v in pairs)
-        cfg = resolve.check(config_from_dict(apply_overrides(base_dict, list(overrides))))
+        cfg = resolve.check(config_from_dict(base_dict, list(overrides), source="the base config", given_by="the grid"))
         label, folder = naming(pairs, cfg)
         cells.append(Cell(label, folder, cfg, overrides))
     return cells

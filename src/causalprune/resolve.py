@@ -46,6 +46,10 @@ def check(cfg: Config) -> Config:
     return cfg
 
 
-def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (None: the built-in demo), apply overrides, and resolve it (`check`)."""
-    return check(load_config(path, overrides))
+def load(path: str | Path | None = None, overrides: list[str] | None = None,
+         notes: list[str] | None = None) -> Config:  # fmt: skip
+    """Load a YAML config (None: the built-in demo), apply overrides, and resolve it (`check`).
+
+    `notes` receives a line per budget an override replaced (`config.settle_budgets`).
+    """
+    return check(load_config(path, overrides, notes))
