@@ -21,6 +21,12 @@ grouped layout (``layout=groups.layout(mask)``), each step's (d,) x̃ row is com
 exactly as above and summed over each group by one segment-sum on the parameters'
 device, x̃_{t,g} = Σ_{k∈g} x̃_{t,k}; only the (G,) row is stored, so the store is (G, T):
 T·G·(element size) bytes plus O(d) working buffers.
+
+First-order term (``first_order=True``; docs/method.md, "The first-order (gap) reading"): the
+recorder also stores z_t = g_t · Δθ_t, the loss change predicted to first order, summed over
+every parameter the optimizer trains (weights, biases, normalisation; pruned and not-recorded
+ones included), with g_t the ``.grad`` the optimizer stepped with. It costs one float32 copy of
+the trained parameters (θ^t, taken in `before_step`) and three multi-tensor operations per step.
 """
 
 from __future__ import annotations
@@ -81,6 +87,9 @@ class Trajectory:
         lags: (T, 2) unpenalised loss regressors [L^t, L^{t−1}] of the momentum model, or None.
         shard: in a distributed recording, the columns of X this process holds (X is then
             (T, stop − start)); `full` assembles per-column vectors. None: every column.
+        first_order: (T,) float64 z_t = g_t · Δθ_t, the first-order prediction of ΔL_t over every
+            trained parameter (rows aligned with y), or None when recorded without ``first_order``.
+            Never sharded: every process holds all of it.
     """
 
     X: torch.Tensor
@@ -92,6 +101,7 @@ class Trajectory:
     X_lag: torch.Tensor | None = None
     lags: torch.Tensor | None = None
     shard: ColumnShard | None = None
+    first_order: torch.Tensor | None = None
 
     def full(self, local: torch.Tensor) -> torch.Tensor:
         """Return a per-column vector of every column from this process's piece (itself when not sharded)."""
@@ -281,6 +291,20 @@ class _Store:
             self._tmpdir = None
 
 
+def _trained_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters `optimizer` steps, each tensor once, in its param groups' order."""
+    seen: set[int] = set()
+    out = []
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                out.append(p)
+    if not out:
+        raise ValueError("the optimizer trains no parameter: nothing to record the first-order term over")
+    return out
+
+
 def _norm_modules(model: nn.Module) -> list[nn.Module]:
     return [
         m
@@ -390,6 +414,10 @@ class TrajectoryRecorder:
         forward: ``forward(module, inputs) -> outputs``, how the model is called on a batch's
             inputs (default ``module(inputs)``; a Hugging Face model takes a dict of keyword
             arguments: ``lambda m, batch: m(**batch)``).
+        first_order: also record z_t = g_t · Δθ_t (`Trajectory.first_order`) over every parameter
+            the optimizer trains, with the ``.grad`` the step used: `after_step` must come before
+            the gradients are zeroed. In a distributed run each rank sees the all-reduced gradient
+            and the same step, so z is the same on every rank.
     """
 
     def __init__(
@@ -416,6 +444,7 @@ class TrajectoryRecorder:
         shard: ColumnShard | None = None,
         probe_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
         forward: Callable[[nn.Module, Any], Any] | None = None,
+        first_order: bool = False,
     ) -> None:
         if delta_loss not in DELTA_LOSSES:
             raise ValueError(f"unknown delta_loss {delta_loss!r}; valid: {', '.join(DELTA_LOSSES)}")
@@ -479,6 +508,15 @@ class TrajectoryRecorder:
         self._forward = forward if forward is not None else _call
         self.scale: float | None = None
         self.rows = 0
+        # First-order term: the trained parameters and a float32 snapshot of θ^t (views of one buffer).
+        self._trained: list[torch.Tensor] = []
+        self._snapshot: list[torch.Tensor] = []
+        self._first_order: list[torch.Tensor] = []  # 0-dim float64 z_t per recorded step
+        if first_order:
+            self._trained = _trained_parameters(optimizer)
+            flat = torch.empty(sum(p.numel() for p in self._trained), dtype=torch.float32, device=device)
+            self._snapshot = [v.view(p.shape) for v, p in
+                              zip(flat.split([p.numel() for p in self._trained]), self._trained, strict=True)]
 
     # --- public API -------------------------------------------------------------------
     def step(self, inputs: Any, targets: Any) -> torch.Tensor:
@@ -502,6 +540,9 @@ class TrajectoryRecorder:
                                  f"updates, got {lr} (a warmup that starts at 0? start recording after it)")
             self.scale = lr * lr
         self._gather(self._prev)
+        if self._trained:
+            with torch.no_grad():
+                torch._foreach_copy_(self._snapshot, self._trained)  # θ^t of every trained parameter
         pending: dict[str, Any] = {"inputs": inputs, "targets": targets}
         if self.delta_loss == "same_batch":
             pending["rng"] = _rng_state(self._prev.device)
@@ -532,6 +573,7 @@ class TrajectoryRecorder:
             before = pending["before"]
             after = self._probe_loss()
             self._probe_cache = (self._versions(), after)
+        z = self._first_order_term() if self._trained else None  # before any row is written: it may refuse
         # x̃ = (θ^{t+1} − θ^t)² / η₀², written into column t of the store.
         self._gather(self._cur)
         self._cur.sub_(self._prev).square_().mul_(1.0 / self.scale)  # type: ignore[operator]
@@ -543,6 +585,8 @@ class TrajectoryRecorder:
             self.layout.to_columns(self._cur, out=row)
         else:
             row.copy_(self.layout.to_columns(self._cur, out=self._columns)[a:b], non_blocking=True)
+        if z is not None:
+            self._first_order.append(z)
         self._loss_before.append(before)
         self._loss_after.append(after)
         self.rows += 1
@@ -557,7 +601,8 @@ class TrajectoryRecorder:
         before = torch.stack(self._loss_before).float().cpu()
         after = torch.stack(self._loss_after).float().cpu()
         y = after - before
-        self._check_finite(buf, before, after)
+        z = torch.stack(self._first_order).cpu() if self._first_order else None  # (T,) float64
+        self._check_finite(buf, before, after, z)
         X = buf.T
         X_lag = lags = None
         if self.momentum_features:
@@ -567,6 +612,7 @@ class TrajectoryRecorder:
             y = y[1:]
             lags = torch.stack([before[1:], before[:-1]], dim=1)
             before, after = before[1:], after[1:]
+            z = z[1:] if z is not None else None
         return Trajectory(
             X=X,
             y=y,
@@ -577,6 +623,7 @@ class TrajectoryRecorder:
             X_lag=X_lag,
             lags=lags,
             shard=self.shard,
+            first_order=z,
         )
 
     def nbytes(self) -> int:
@@ -695,8 +742,27 @@ class TrajectoryRecorder:
             return (sums[0] / sums[1]).float()
         return total / count
 
-    def _check_finite(self, buf: torch.Tensor, before: torch.Tensor, after: torch.Tensor) -> None:
-        for name, v in (("loss before", before), ("loss after", after)):
+    def _first_order_term(self) -> torch.Tensor:
+        """Return z_t = Σ_p g_p · (θ_p^{t+1} − θ_p^t) as a 0-dim float64 tensor (no host sync).
+
+        Parameters without a gradient this step were not moved by it and add nothing.
+        """
+        pairs = [(s, p, p.grad) for s, p in zip(self._snapshot, self._trained, strict=True) if p.grad is not None]
+        if not pairs:
+            raise RuntimeError("recording the first-order term needs the step's gradients, but every trained "
+                               "parameter's .grad is None: call after_step before the gradients are zeroed")
+        snap, params, grads = (list(v) for v in zip(*pairs, strict=True))
+        grads = [g.to_dense() if g.is_sparse else g for g in grads]
+        torch._foreach_sub_(snap, params)  # θ^t − θ^{t+1} = −Δθ, in the snapshot's float32
+        torch._foreach_mul_(snap, grads)  # −g ∘ Δθ
+        sums = torch.stack([s.sum(dtype=torch.float64) for s in snap])
+        return -sums.sum()
+
+    def _check_finite(self, buf: torch.Tensor, before: torch.Tensor, after: torch.Tensor,
+                      first_order: torch.Tensor | None = None) -> None:  # fmt: skip
+        for name, v in (("loss before", before), ("loss after", after), ("first-order term", first_order)):
+            if v is None:
+                continue
             if not torch.isfinite(v).all():
                 t = int(torch.nonzero(~torch.isfinite(v))[0])
                 raise ValueError(f"non-finite {name} at recorded step {t}: {float(v[t])}")

@@ -4,6 +4,9 @@
   with ``causal.score: gamma_theta2``), ties at γ = 0 broken by the KKT score.
 * ``causal-placebo``: the same fit with ΔL randomly permuted across steps (same X). If it
   prunes as well as ``causal``, the loss changes are not what ranks the weights.
+* ``causal.first_order`` (docs/method.md, "The first-order (gap) reading"): ``ignore`` fits ΔL as
+  above; ``free`` adds z_t = g_t·Δθ_t as an unpenalised regressor (its coefficient is reported as
+  ``first_order_coef``); ``subtract`` fits ΔL − z. The placebo permutes ΔL and z together.
 * ``energy``: Σ_t x̃_t, how much each weight moved, with no ΔL at all.
 """
 
@@ -20,6 +23,8 @@ from ..config import ConfigError, check_choice, check_positive, register_section
 from ..masks import prunable_parameters
 from ..trajectory import DELTA_LOSSES
 from . import Scored, ScoreInput, register, register_channel
+
+FIRST_ORDER = ("ignore", "free", "subtract")
 
 
 @register_section
@@ -54,6 +59,9 @@ class CausalSettings:
     # the Lasso solves on the shards (every built-in solver); off: every process records and solves all of them,
     # which gives the single process's masks exactly (docs/distributed.md)
     shard_trajectory: bool = False
+    # the first-order term z_t = g_t·Δθ_t (over every trained parameter): ignore | free: an unpenalised
+    # regressor beside x̃ | subtract: the target is ΔL − z (the abstract's "gap"); SPEC §1b
+    first_order: str = "ignore"
 
     def __post_init__(self) -> None:
         check_choice(self.delta_loss, DELTA_LOSSES, "causal.delta_loss")
@@ -72,6 +80,7 @@ class CausalSettings:
                                   "spreads them over the round (set one of them off)")  # fmt: skip
         check_choice(self.storage, ("device", "cpu"), "causal.storage")
         check_choice(self.group_columns, ("sum", "standardize"), "causal.group_columns")
+        check_choice(self.first_order, FIRST_ORDER, "causal.first_order")
         if self.shard_trajectory and self.solver not in ("auto", *lasso.SHARDED_SOLVERS):
             raise ConfigError(f"causal.shard_trajectory needs a solver that runs on column shards "
                               f"({', '.join(lasso.SHARDED_SOLVERS)}), got causal.solver {self.solver}")  # fmt: skip
@@ -85,7 +94,7 @@ class CausalSettings:
 #: The fields that say how a round is recorded (every method that needs a trajectory reads them).
 RECORDING = ("delta_loss", "probe_size", "recorder", "record_lr", "momentum_model", "dtype", "record_steps",
              "memory_budget_gb", "storage", "shard_trajectory")  # fmt: skip
-FIT = ("solver", "alpha_ratio", "score", "tie_break", "group_columns")
+FIT = ("solver", "alpha_ratio", "score", "tie_break", "group_columns", "first_order")
 
 
 def _theta2(inp: ScoreInput) -> dict[str, torch.Tensor]:
@@ -93,16 +102,30 @@ def _theta2(inp: ScoreInput) -> dict[str, torch.Tensor]:
     return {n: params[n].detach().float().cpu() ** 2 for n in inp.mask}
 
 
-def _solve(inp: ScoreInput, placebo: bool) -> tuple[lasso.LassoResult, CausalSettings, float]:
-    """Fit the round's Lasso (ΔL permuted for the placebo); return (fit, settings, start time)."""
+def _solve(inp: ScoreInput, placebo: bool) -> tuple[lasso.LassoResult, CausalSettings, float, dict[str, float]]:
+    """Fit the round's Lasso (ΔL, and z, permuted for the placebo); return (fit, settings, start time, facts)."""
     traj = inp.trajectory
     if traj is None:
         raise ValueError("causal criteria need a recorded trajectory")
     c: CausalSettings = inp.settings if inp.settings is not None else CausalSettings()
     blocks, y, Z = traj.design()
-    if placebo:
+    z = None  # (T,) float64 first-order term, when the fit uses it
+    if c.first_order != "ignore":
+        if traj.first_order is None:
+            raise ValueError(f"causal.first_order={c.first_order} needs the first-order term in the trajectory: "
+                             "record with TrajectoryRecorder(..., first_order=True)")  # fmt: skip
+        z = traj.first_order.to(torch.float64)
+    if placebo:  # one permutation of the steps' targets (and their first-order terms) against X
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(c.placebo_seed + inp.seed))
         y = y[perm]
+        z = z[perm] if z is not None else None
+    facts: dict[str, float] = {}
+    if z is not None:
+        facts["first_order_corr"] = float(torch.corrcoef(torch.stack([y.double(), z]))[0, 1])
+        if c.first_order == "subtract":
+            y = y.double() - z
+        else:  # free: z beside the momentum model's loss lags (if any), last
+            Z = z[:, None] if Z is None else torch.cat([Z.double(), z[:, None]], dim=1)
     t0 = time.perf_counter()
     comm = traj.shard.comm if traj.shard is not None else None  # a column shard of a distributed recording
     if c.group_columns == "standardize" and traj.layout.grouped:
@@ -114,7 +137,9 @@ def _solve(inp: ScoreInput, placebo: bool) -> tuple[lasso.LassoResult, CausalSet
         fit = lasso.solve(blocks, y, alpha_ratio=c.alpha_ratio, solver=c.solver, unpenalized=Z, comm=comm)
     if traj.shard is not None:  # every process scores every weight: assemble the shards' coefficients
         fit = dataclasses.replace(fit, coef=traj.full(fit.coef), kkt=traj.full(fit.kkt))
-    return fit, c, t0
+    if c.first_order == "free":
+        facts["first_order_coef"] = float(fit.unpenalized[-1])
+    return fit, c, t0, facts
 
 
 def _info(inp: ScoreInput, fit: lasso.LassoResult, t0: float) -> dict[str, object]:
@@ -128,7 +153,7 @@ def _info(inp: ScoreInput, fit: lasso.LassoResult, t0: float) -> dict[str, objec
 
 
 def _fit(inp: ScoreInput, placebo: bool) -> Scored:
-    fit, c, t0 = _solve(inp, placebo)
+    fit, c, t0, facts = _solve(inp, placebo)
     traj = inp.trajectory
     assert traj is not None
     scores = traj.scores(fit.coef)
@@ -137,7 +162,7 @@ def _fit(inp: ScoreInput, placebo: bool) -> Scored:
         th2 = _theta2(inp)
         scores = {n: s * th2[n] for n, s in scores.items()}
         tie = {n: s * th2[n] for n, s in tie.items()} if tie is not None else None
-    return Scored(scores, tie, _info(inp, fit, t0))
+    return Scored(scores, tie, {**_info(inp, fit, t0), **facts})
 
 
 def _group_theta2(inp: ScoreInput) -> torch.Tensor:
@@ -160,7 +185,7 @@ def _channels(inp: ScoreInput, per_column: torch.Tensor) -> dict[str, torch.Tens
 
 def _fit_channels(inp: ScoreInput, placebo: bool) -> Scored:
     """Channel level (weight sharing, docs/structured.md): |γ_g| (or |γ_g|·‖θ_g‖²) per group, KKT tie-break."""
-    fit, c, t0 = _solve(inp, placebo)
+    fit, c, t0, facts = _solve(inp, placebo)
     traj = inp.trajectory
     assert traj is not None
     gamma = traj.group_scores(fit.coef)
@@ -169,7 +194,7 @@ def _fit_channels(inp: ScoreInput, placebo: bool) -> Scored:
         th2 = _group_theta2(inp)
         gamma = gamma * th2
         tie = tie * th2 if tie is not None else None
-    info = {**_info(inp, fit, t0), "G": traj.n_columns}
+    info = {**_info(inp, fit, t0), "G": traj.n_columns, **facts}
     return Scored(_channels(inp, gamma), _channels(inp, tie) if tie is not None else None, info)
 
 
