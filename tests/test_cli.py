@@ -160,10 +160,14 @@ def test_dry_run_plans_without_training(tmp_path, capsys):
     assert main(["run", "--dry-run", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "78,336 prunable" in text and "0.4392, 0.7056" in text and not out.exists()
+    # Missing data: the whole plan is still printed, then one line naming what is missing and where; exit 2.
     assert main(["run", "--dry-run", "--set", "data.name=cifar10", "--set", "model.name=resnet20",
-                 "--set", f"data.root={tmp_path / 'none'}"]) == 0  # fmt: skip
-    text = capsys.readouterr().out
-    assert "NOT PRESENT" in text and "268,336 prunable" in text
+                 "--set", f"data.root={tmp_path / 'none'}"]) == 2  # fmt: skip
+    captured = capsys.readouterr()
+    assert "NOT PRESENT" in captured.out and "268,336 prunable" in captured.out and "training: batch" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("causalprune: error: dry run: data set cifar10 not found"), err
+    assert str(tmp_path / "none" / "cifar-10-batches-py") in err[0]
 
 
 def test_shipped_configs_run_by_name_outside_the_repository(tmp_path, monkeypatch, capsys):
@@ -187,3 +191,31 @@ def test_list_names_the_shipped_configs(capsys):
     configs = next(line for line in out.splitlines() if line.startswith("configs:"))
     assert "mlp-digits" in configs and "paper/resnet20-cifar10-oneshot" in configs and ".yaml" not in configs
     assert "sweep-ablation" in out
+
+
+def test_a_budget_given_by_set_replaces_the_demo_files_sparsity_in_one_line(tmp_path, capsys):
+    from causalprune.config import SHIPPED_CONFIGS
+
+    assert main(["run", "--dry-run", "--set", "prune.granularity=channel", "--set", "prune.speedup=2"]) == 0
+    captured = capsys.readouterr()
+    demo = SHIPPED_CONFIGS / "demo.yaml"
+    assert captured.err.strip().splitlines() == [
+        f"causalprune: note: prune.speedup=2 from --set replaces prune.sparsity=0.9 from {demo}"]
+    assert "MACs" in captured.out  # the channel plan of the speed-up
+    assert main(["run", "--dry-run", "--set", "prune.granularity=channel", "--set", "prune.speedup=2",
+                 "--set", "prune.sparsity=0.5"]) == 2  # fmt: skip
+    _one_line_error(capsys, "are both set by --set")
+    both = tmp_path / "both.yaml"
+    both.write_text(yaml.safe_dump({**TINY, "prune": {**TINY["prune"], "granularity": "channel", "speedup": 2}}))
+    assert main(["run", str(both), "--dry-run"]) == 2
+    _one_line_error(capsys, f"are both set in {both}", "--set prune.sparsity=null")
+    assert main(["run", str(both), "--dry-run", "--set", "prune.sparsity=null"]) == 0
+
+
+def test_compare_takes_a_speedup_from_set_over_the_files_sparsity(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", _config(tmp_path), "--out", str(out), "--methods", "magnitude", "--seeds", "0",
+                 "--set", "prune.granularity=channel", "--set", "prune.speedup=2", "--set", "prune.n_iter=1"]) == 0
+    assert "replaces prune.sparsity=0.8" in capsys.readouterr().err
+    summary = next(out.rglob("summary.json")).read_text()
+    assert '"speedup_target": 2.0' in summary

@@ -128,9 +128,14 @@ def test_every_shipped_config_loads(path):
 def test_every_shipped_config_dry_runs(path, capsys):
     from causalprune.cli import main
 
-    assert main(["run", str(path), "--dry-run", "--set", "train.device=cpu"]) == 0
-    plan = capsys.readouterr().out
-    assert "prunable" in plan and ("present" in plan or "NOT PRESENT" in plan)
+    code = main(["run", str(path), "--dry-run", "--set", "train.device=cpu"])
+    captured = capsys.readouterr()
+    assert "prunable" in captured.out and "training: batch" in captured.out  # the whole plan, data or not
+    if "NOT PRESENT" in captured.out:  # data not downloaded here: one line naming it, exit 2
+        err = captured.err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and "not found: expected" in err[0], err
+    else:
+        assert code == 0 and f"data {load_config(path).data.name}: present" in captured.out
 
 
 def test_streamed_data_sets_cannot_live_on_the_device():

@@ -134,9 +134,10 @@ def test_imagenet_run_with_workers_and_dry_run(tmp_path, capsys):
     assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--set", "prune.n_iter=1"]) == 0
     assert (tmp_path / "run" / "summary.json").exists()
     capsys.readouterr()
-    assert main(["run", str(cfg), "--dry-run", "--set", f"data.root={tmp_path / 'none'}"]) == 0
-    out = capsys.readouterr().out
-    assert "NOT PRESENT" in out and "imagenet" in out and "input (3, 32, 32)" in out
+    assert main(["run", str(cfg), "--dry-run", "--set", f"data.root={tmp_path / 'none'}"]) == 2  # data missing
+    captured = capsys.readouterr()
+    assert "NOT PRESENT" in captured.out and "imagenet" in captured.out and "input (3, 32, 32)" in captured.out
+    assert str(tmp_path / "none" / "imagenet") in captured.err
 
 
 def test_crop_flip_matches_per_sample_crops():

@@ -40,6 +40,31 @@ def test_a_second_process_on_the_same_folder_is_refused(tmp_path, capsys):
     assert main(["run", *_config(tmp_path, "prune.method=magnitude"), "--out", str(out)]) == 0  # lock released
 
 
+def test_a_busy_folder_is_refused_before_the_data_is_loaded(tmp_path, capsys, monkeypatch):
+    import causalprune.experiment as experiment
+
+    def loads(*args, **kwargs):
+        raise AssertionError("the data was loaded before the run folder's lock was taken")
+
+    monkeypatch.setattr(experiment, "load_splits", loads)
+    out = tmp_path / "run"
+    with RunFolder(out).lock():  # another process running there
+        assert main(["run", *_config(tmp_path, "prune.method=magnitude"), "--out", str(out)]) == 2
+    _error(capsys, "is in use by another process")
+
+
+def test_bad_input_leaves_no_folder_behind_the_lock(tmp_path, capsys):
+    out = tmp_path / "a" / "b" / "run"  # the lock creates all three; a refused run removes them again
+    assert main(["run", *_config(tmp_path, "causal.probe_size=5000"), "--out", str(out)]) == 2
+    _error(capsys, "probe")
+    assert not (tmp_path / "a").exists()
+    out.mkdir(parents=True)
+    (out / "keep.txt").write_text("mine")  # a folder that was there before is left as it was found
+    assert main(["run", *_config(tmp_path, "causal.probe_size=5000"), "--out", str(out)]) == 2
+    _error(capsys, "probe")
+    assert (out / "keep.txt").read_text() == "mine" and not (out / "config.yaml").exists()
+
+
 def test_a_foreign_folder_with_a_summary_is_refused(tmp_path, capsys):
     out = tmp_path / "foreign"
     out.mkdir()

@@ -8,8 +8,12 @@ import sys
 import tempfile
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__, criteria, lasso, platform, selection, trajectory
+
+if TYPE_CHECKING:
+    from .config import Config
 
 DEMO = {"methods": "causal,magnitude,random", "sparsity": "0.9,0.98", "seeds": "0,1"}
 RANK_ERRORS_ENV = "CAUSALPRUNE_RANK_ERRORS"  # set by --nproc: the folder where ranks leave their error lines
@@ -103,20 +107,33 @@ def _without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _load(config: str | None, overrides: list[str]) -> Config:
+    """Load and resolve a config with its ``--set`` overrides; say which file budget a ``--set`` budget replaced."""
     from . import resolve
 
+    notes: list[str] = []
+    cfg = resolve.load(config, overrides, notes)
+    if platform.current().is_primary:
+        for line in notes:
+            print(f"causalprune: note: {line}", file=sys.stderr)
+    return cfg
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
     launched = _launch(args)
     if launched is not None:
         return launched
     from .experiment import run_experiment
     from .runfolder import RunFolder, default_run_dir
 
-    cfg = resolve.load(args.config, args.set)
+    cfg = _load(args.config, args.set)
     if args.dry_run:
         from .experiment import dry_run
 
-        print(dry_run(cfg))
+        plan = dry_run(cfg)
+        print(plan, flush=True)
+        if plan.missing is not None:
+            raise ValueError(f"dry run: {plan.missing}")
         return 0
     folder = RunFolder(args.out if args.out is not None else default_run_dir(cfg))
     if args.resume and not folder.exists():
@@ -128,11 +145,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _compare(config: str | None, overrides: list[str], methods: str, sparsity: str | None, seeds: str,
              out: str | None, grid: list[str], speedup: str | None = None) -> int:  # fmt: skip
-    from . import resolve
     from .compare import parse_grid, run_grid
     from .config import ConfigError
 
-    cfg = resolve.load(config, overrides)
+    cfg = _load(config, overrides)
     if speedup is not None and sparsity is not None:
         raise ConfigError("give --sparsity or --speedup, not both (one budget per comparison)")
     if speedup is not None and cfg.prune.granularity != "channel":

@@ -394,19 +394,21 @@ def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quie
     folder = RunFolder(out if out is not None else default_run_dir(cfg), writer=plat.is_primary)
     if plat.broadcast_object(folder.finished()):
         return _finished(folder, cfg, quiet)
-    # Everything that can fail on bad input is checked before the run folder is written.
-    device = device_of(cfg)
-    run = Run(cfg, criterion, folder, load_splits(cfg, device), device, Path(pre_cache) if pre_cache else None,
-              plat=plat)
-    model = run.new_model()
-    if cfg.prune.granularity == "channel" and criterion.prunes:
-        run.channels = ChannelPlan.build(model, cfg.prune, tuple(run.data.input_shape))
-        if not criterion.needs:  # scores from the model alone: a method that cannot score this model fails now
-            score_round(criterion, _score_input(run, model, run.channels.initial_mask(), None, "check", 0.0),
-                        channels=True)  # fmt: skip
-    with folder.lock():  # one process per run folder (a distributed run's primary holds it)
-        if plat.broadcast_object(folder.finished()):  # another process finished it while this one loaded the data
+    # One process per run folder (a distributed run's primary holds the lock): taken first, so a
+    # busy folder is refused at once. Everything that can fail on bad input is checked before the
+    # run folder is written (a folder the lock created is removed again when nothing was written).
+    with folder.lock():
+        if plat.broadcast_object(folder.finished()):  # another process finished it before this one took the lock
             return _finished(folder, cfg, quiet)
+        device = device_of(cfg)
+        run = Run(cfg, criterion, folder, load_splits(cfg, device), device, Path(pre_cache) if pre_cache else None,
+                  plat=plat)
+        model = run.new_model()
+        if cfg.prune.granularity == "channel" and criterion.prunes:
+            run.channels = ChannelPlan.build(model, cfg.prune, tuple(run.data.input_shape))
+            if not criterion.needs:  # scores from the model alone: a method that cannot score this model fails now
+                score_round(criterion, _score_input(run, model, run.channels.initial_mask(), None, "check", 0.0),
+                            channels=True)  # fmt: skip
         folder.claim(cfg)
         started = folder.started_threads()
         if started is not None and started != torch.get_num_threads():
@@ -552,20 +554,35 @@ def _versus_dense(dense: dict[str, float], slim: dict[str, float]) -> dict[str, 
     }  # fmt: skip
 
 
-def dry_run(cfg: Config) -> str:
+@dataclass(frozen=True)
+class DryRun:
+    """A dry run's plan: its text (``str()`` gives it) and what keeps the run from starting, if anything."""
+
+    text: str
+    missing: str | None = None  # why the data cannot be loaded (what is missing, where it was looked for)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def dry_run(cfg: Config) -> DryRun:
     """Resolve the config, build the model, check whether the data is present; train nothing.
 
-    Returns the plan as text. A missing data set is reported, not raised.
+    Returns the plan. A data set that cannot be loaded is reported in the plan and in
+    `DryRun.missing` (the CLI then exits with status 2), not raised, so the rest of the
+    plan is still shown.
     """
     cfg = resolve.check(cfg)
     criterion = criteria.get(cfg.prune.method)
     device = device_of(cfg)
     lines = [f"config {cfg.name} (seed {cfg.seed}), device {device}"]
+    missing = None
     try:
         data = load_splits(cfg, download=False)
         sizes = "/".join(str(len(getattr(data, s)[1])) for s in ("train", "val", "probe", "test"))
         lines.append(f"data {cfg.data.name}: present (train/val/probe/test {sizes} samples)")
     except ValueError as e:
+        missing = str(e)
         lines.append(f"data {cfg.data.name}: NOT PRESENT — {e}")
     shape, classes = shape_of(cfg.data.name, cfg.data.image_size)
     model = build_model(cfg.model, shape, classes)
@@ -597,8 +614,8 @@ def dry_run(cfg: Config) -> str:
     lines.append(f"training: batch {t.batch_size}, {t.optimizer} lr {t.lr} ({t.lr_schedule}), weight decay "
                  f"{t.weight_decay}; post-training {post.optimizer} lr {post.lr}, weight decay {post.weight_decay}"
                  + (f"; {', '.join(fast)}" if fast else ""))  # fmt: skip
-    return "\n".join(lines)
+    return DryRun("\n".join(lines), missing)
 
 
-__all__ = ["Run", "RunFolderError", "default_run_dir", "dry_run", "final_stage", "level_stage", "load_splits",
-           "pre_stage", "run_experiment", "stage_seed"]  # fmt: skip
+__all__ = ["DryRun", "Run", "RunFolderError", "default_run_dir", "dry_run", "final_stage", "level_stage",
+           "load_splits", "pre_stage", "run_experiment", "stage_seed"]  # fmt: skip

@@ -145,21 +145,26 @@ class RunFolder:
     def lock(self) -> Iterator[None]:
         """Hold the folder's exclusive lock (creating the folder); refuse if another process holds it.
 
-        Also checks that the folder is writable, before any training.
+        Also checks that the folder is writable, before any training. Folders it created are
+        removed again when it is released with nothing but the lock file in them (the run
+        refused its input before writing anything).
         """
         if not self.writer:
             yield
             return
         if self.path.exists() and not self.path.is_dir():
             raise RunFolderError(f"{self.path} is a file, not a folder; choose another --out")
+        created = [p for p in (self.path, *self.path.parents) if not p.exists()]  # innermost first
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
             raise RunFolderError(f"cannot write to {self.path} ({e.strerror}); choose another --out") from None
+        locked = False
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                 raise RunFolderError(f"{self.path} is in use by another process (pid {holder}); wait for it to "
@@ -170,7 +175,17 @@ class RunFolder:
                 raise RunFolderError(f"cannot write to {self.path} (not writable); choose another --out")
             yield
         finally:
+            if locked and created:
+                self._remove_unused(created)
             os.close(fd)  # releases the lock
+
+    def _remove_unused(self, created: list[Path]) -> None:
+        """Remove the lock file and the `created` folders (innermost first) if the run wrote nothing there."""
+        with contextlib.suppress(OSError):
+            if [p.name for p in self.path.iterdir()] == [".lock"]:
+                (self.path / ".lock").unlink()
+                for folder in created:
+                    folder.rmdir()  # stops at the first folder that holds something else
 
     def claim(self, cfg: Config) -> None:
         """Refuse a folder whose config.yaml differs from `cfg`; write it if the folder is new."""
