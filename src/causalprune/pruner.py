@@ -81,7 +81,8 @@ def recorder_options(c: CausalSettings, seed: int) -> dict[str, Any]:
     """The `TrajectoryRecorder` keywords that a method's recording settings `c` give, for a run seeded `seed`."""
     return {"dtype": DTYPES[c.dtype], "delta_loss": c.delta_loss, "probe_seed": stage_seed(seed, "probe"),
             "memory_budget": None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
-            "storage_device": "cpu" if c.storage == "cpu" else None}  # fmt: skip
+            "storage_device": "cpu" if c.storage == "cpu" else None,
+            "first_order": c.first_order != "ignore"}  # fmt: skip
 
 
 def _settings_of(criterion: Criterion, settings: Any) -> Any:
