@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,17 @@ import yaml
 
 from causalprune import Mask
 from causalprune.cli import main
+from causalprune.launch import (
+    CRASH,
+    INPUT,
+    LOST,
+    RANK_ERRORS_ENV,
+    RankRecord,
+    Verdict,
+    leave_record,
+    read_records,
+    verdict,
+)
 from causalprune.platform import DistributedError, current, shutdown
 
 from .conftest import TINY
@@ -28,9 +40,24 @@ def _write(tmp_path, cfg=CFG):
     return path
 
 
-def _run(args, timeout=240):
+def _run(args, timeout=240, env=None):
     return subprocess.run([sys.executable, "-m", "causalprune", *args], capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
+                          timeout=timeout, env=None if env is None else {**os.environ, **env})  # fmt: skip
+
+
+def _failing_on_rank_1(tmp_path, error):
+    """An environment whose rank 1 (only) raises `error` (Python source) in place of its command, after joining
+    the process group: rank 0 meanwhile waits in the run's first collective and sees its peer vanish."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1' and os.environ.get('WORLD_SIZE'):\n"
+        "    import causalprune.cli as cli\n"
+        "    def _fail(args):\n"
+        f"        raise {error}\n"
+        "    cli._cmd_run = _fail\n")  # fmt: skip
+    return {"PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
 
 
 def _masks(folder, k):
@@ -54,13 +81,36 @@ def test_two_processes_give_the_single_process_masks_and_network(tmp_path):
     assert not any(k.startswith("module.") for k in state)
 
 
-def test_a_batch_that_does_not_divide_fails_on_every_rank_and_writes_nothing(tmp_path):
-    path = _write(tmp_path, {**CFG, "train": {**CFG["train"], "batch_size": 63}})
-    r = _run(["run", str(path), "--out", str(tmp_path / "run"), "--nproc", "2"])
-    errors = [line for line in r.stderr.splitlines() if line.startswith("causalprune: error:")]
-    assert r.returncode == 2 and len(errors) == 1, r.stderr[-2000:]  # every rank refused it alike: one line
-    assert "[rank 0] train.batch_size 63 does not divide among 2 processes" in errors[0]
-    assert not (tmp_path / "run").exists()
+def test_a_batch_that_does_not_divide_is_one_line_and_status_2_on_every_try(tmp_path):
+    path = _write(tmp_path, {**CFG, "train": {**CFG["train"], "batch_size": 64}})
+    for _ in range(5):  # the ranks refuse it at once and race to exit: the outcome must not depend on who wins
+        r = _run(["run", str(path), "--out", str(tmp_path / "run"), "--nproc", "3"])
+        assert (r.returncode, r.stderr.splitlines()) == (2, [
+            "causalprune: error: train.batch_size 64 does not divide among 3 processes: the global batch is split "
+            "evenly (choose a multiple of the process count)"]), r.stderr[-3000:]  # fmt: skip
+        assert not (tmp_path / "run").exists()
+
+
+def test_bad_input_on_one_rank_while_its_peer_sees_it_vanish_is_status_2(tmp_path):
+    path = _write(tmp_path)
+    env = _failing_on_rank_1(tmp_path, "ValueError('prune.sparsity must be in [0, 1), got 7 (config key x)')")
+    for _ in range(2):
+        r = _run(["run", str(path), "--out", str(tmp_path / "run"), "--nproc", "2"], env=env)
+        assert (r.returncode, r.stderr.splitlines()) == (2, [
+            "causalprune: error: prune.sparsity must be in [0, 1), got 7 (config key x)"]), r.stderr[-3000:]
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_rank_that_crashes_is_named_with_the_log_that_holds_its_traceback(tmp_path):
+    path = _write(tmp_path)
+    r = _run(["run", str(path), "--out", str(tmp_path / "run"), "--nproc", "2"],
+             env=_failing_on_rank_1(tmp_path, "RuntimeError('a bug on rank 1')"))  # fmt: skip
+    log = tmp_path / "run" / "logs" / "rank_1.log"
+    assert (r.returncode, r.stderr.splitlines()) == (1, [
+        f"causalprune: error: the 2-process run failed: rank 1 raised RuntimeError: a bug on rank 1 (traceback in "
+        f"{log}); the others were stopped"]), r.stderr[-3000:]  # fmt: skip
+    text = log.read_text()
+    assert "Traceback (most recent call last)" in text and "RuntimeError: a bug on rank 1" in text
 
 
 def test_a_round_mask_of_another_model_is_refused_in_one_line_and_nothing_changes(tmp_path):
@@ -262,9 +312,13 @@ def test_one_rank_killed_fails_the_run_in_one_line_then_resume_gives_the_same_ma
     _, err = proc.communicate(timeout=120)
     if (out / "summary.json").exists():
         pytest.skip("the run finished before the rank was killed")
-    assert proc.returncode != 0
-    lines = [line for line in err.splitlines() if line.startswith("causalprune: error:")]
-    assert len(lines) == 1 and "exited with code -9" in lines[0] and "re-run the same command" in lines[0], err[-2000:]
+    assert proc.returncode == 1
+    logs = out / "logs"
+    assert err.splitlines()[-1] == (  # the last line says it all; the ranks' tracebacks are in their logs
+        f"causalprune: error: the 2-process run failed: rank 1 was killed by SIGKILL (exit code -9); the others "
+        f"were stopped; rank logs: {logs}/rank_<r>.log; re-run the same command to resume"), err[-3000:]  # fmt: skip
+    assert "Traceback" not in err and "[rank0]" not in err and sorted(p.name for p in logs.iterdir()) == [
+        "rank_0.log", "rank_1.log"]  # fmt: skip
     r = _run(["run", str(path), "--out", str(out), "--nproc", "2"])
     assert r.returncode == 0, r.stderr[-2000:]
     for k in (1, 2, 3):
@@ -276,3 +330,52 @@ def test_nproc_below_one_is_refused_in_one_line(tmp_path, capsys):
     assert main(["run", str(path), "--out", str(tmp_path / "r"), "--nproc", "0"]) == 2
     assert capsys.readouterr().err.strip() == "causalprune: error: --nproc must be >= 1, got 0"
     assert not (tmp_path / "r").exists()
+
+
+LOST_LINE = RankRecord(LOST, "another process of the run failed or was lost (RuntimeError); re-run the same command")
+
+
+@pytest.mark.parametrize(("records", "exitcodes"), [
+    ({2: RankRecord(INPUT, "bad"), 0: LOST_LINE, 1: LOST_LINE}, {0: 1, 1: 1, 2: 2}),  # the others' gloo errors first
+    ({1: RankRecord(INPUT, "bad")}, {0: -15, 1: 2, 2: -15}),  # torchrun stopped the others before they wrote
+    ({r: RankRecord(INPUT, "bad") for r in range(3)}, {0: 2, 1: 2, 2: 2}),  # every rank refused it
+])  # fmt: skip
+def test_bad_input_decides_the_outcome_whatever_order_the_ranks_ended_in(records, exitcodes):
+    assert verdict(3, records, exitcodes, None) == Verdict(2, "bad")
+
+
+def test_ranks_that_refuse_different_input_are_one_line_naming_the_first():
+    records = {1: RankRecord(INPUT, "b"), 2: RankRecord(INPUT, "a"), 0: LOST_LINE}
+    assert verdict(3, records, {0: 1, 1: 2, 2: 2}, None) == Verdict(2, "[rank 1] b")
+
+
+def test_a_killed_rank_is_named_and_the_ranks_stopped_after_it_are_not():
+    logs = Path("r/logs")
+    tail = "; the others were stopped; rank logs: r/logs/rank_<r>.log; re-run the same command to resume"
+    assert verdict(3, {0: LOST_LINE}, {0: 1, 1: -9, 2: -15}, logs) == Verdict(
+        1, "the 3-process run failed: rank 1 was killed by SIGKILL (exit code -9)" + tail)
+    assert verdict(2, {}, {0: -15, 1: -15}, logs) == Verdict(  # only stopped ranks: they are all there is
+        1, "the 2-process run failed: rank 0 was killed by SIGTERM (exit code -15), rank 1 was killed by SIGTERM "
+           "(exit code -15)" + tail)  # fmt: skip
+
+
+def test_a_rank_that_exits_without_a_word_is_named_without_advice_to_re_run():
+    assert verdict(2, {}, {0: -15, 1: 1}, Path("r/logs")) == Verdict(
+        1, "the 2-process run failed: rank 1 exited with code 1; the others were stopped; rank logs: "
+           "r/logs/rank_<r>.log")  # fmt: skip
+    assert verdict(2, {}, {}, None) == Verdict(0, "")
+
+
+def test_a_rank_leaves_its_record_atomically_and_only_under_nproc(tmp_path, monkeypatch):
+    assert not leave_record(INPUT, "x")  # one process: nothing to leave, the caller prints
+    monkeypatch.setenv(RANK_ERRORS_ENV, str(tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert leave_record(CRASH, "RuntimeError: boom")
+    (tmp_path / "rank_0.json").write_text('{"kind": "inp')  # a record cut short
+    records = read_records(tmp_path)
+    assert sorted(records) == [0, 1] and records[1] == RankRecord(CRASH, "RuntimeError: boom")
+    assert records[0].kind == CRASH and records[0].message.startswith("its error record rank_0.json is unreadable (")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank_0.json", "rank_1.json"]
+    with pytest.raises(ValueError, match="kind must be one of input, crash, lost, got 'oops'"):
+        leave_record("oops", "x")

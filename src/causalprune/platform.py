@@ -27,8 +27,25 @@ LOST_RANK_ERRORS: tuple[type[BaseException], ...] = (dist.DistError,) if hasattr
     else (RuntimeError,)
 
 
+#: How gloo and nccl word a vanished peer when they raise a plain RuntimeError (lower case).
+LOST_PEER_WORDS = ("connection closed by peer", "connection reset by peer", "broken pipe", "remote worker crash",
+                   "communicator was aborted", "timed out")  # fmt: skip
+
+
 class DistributedError(RuntimeError):
     """The ranks of a distributed run disagree, or one of them failed."""
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Return whether `error` is how a collective fails when another rank of the run is gone.
+
+    gloo raises a plain RuntimeError from inside backward (DDP's all-reduce), so the words count too.
+    """
+    if isinstance(error, DistributedError):  # the ranks disagree: every rank raises it, nobody is lost
+        return False
+    if isinstance(error, LOST_RANK_ERRORS) and LOST_RANK_ERRORS != (RuntimeError,):
+        return True
+    return isinstance(error, RuntimeError) and any(w in str(error).lower() for w in LOST_PEER_WORDS)
 
 
 @dataclass(frozen=True)
@@ -207,5 +224,5 @@ def shutdown(wait: bool = False) -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["LOST_RANK_ERRORS", "SINGLE", "TIMEOUT_S", "DistributedError", "Platform", "current", "init_from_env",
-           "launched", "shutdown"]  # fmt: skip
+__all__ = ["LOST_PEER_WORDS", "LOST_RANK_ERRORS", "SINGLE", "TIMEOUT_S", "DistributedError", "Platform", "current",
+           "init_from_env", "launched", "lost_peer", "shutdown"]  # fmt: skip
