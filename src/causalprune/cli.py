@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +14,6 @@ if TYPE_CHECKING:
     from .config import Config
 
 DEMO = {"methods": "causal,magnitude,random", "sparsity": "0.9,0.98", "seeds": "0,1"}
-RANK_ERRORS_ENV = "CAUSALPRUNE_RANK_ERRORS"  # set by --nproc: the folder where ranks leave their error lines
 
 
 def _floats(text: str, what: str) -> list[float]:
@@ -64,35 +61,22 @@ def _cmd_list(_: argparse.Namespace) -> int:
 
 
 def _launch(args: argparse.Namespace) -> int | None:
-    """For ``--nproc N`` (N > 1, not already under torchrun): run ``causalprune <argv>`` as N processes through
-    torch.distributed.run and return its status; None: run in this process."""
-    from torch.distributed import run as torchrun
+    """For ``--nproc N`` (N > 1, not already under torchrun): run the command as N processes and return its exit
+    status, having said in one line why it failed (`launch.launch`); None: run in this process."""
+    from . import launch
 
-    nproc = args.nproc
-    if nproc is not None and nproc < 1:
-        raise ValueError(f"--nproc must be >= 1, got {nproc}")
-    if nproc is None or nproc == 1 or platform.launched():
-        return None
-    argv = _without_nproc(args.argv)
-    with tempfile.TemporaryDirectory(prefix="causalprune-ranks-") as errors:
-        os.environ[RANK_ERRORS_ENV] = errors  # the ranks inherit it (see _error)
-        try:
-            torchrun.main(["--standalone", f"--nproc-per-node={nproc}", "-m", "causalprune", *argv])
-        except Exception as e:  # torchrun raises ChildFailedError naming the failed rank(s) after they printed why
-            failures = getattr(e, "failures", {}) or {}
-            said = {int(f.stem[4:]): f.read_text() for f in Path(errors).glob("rank*.txt")}
-            for r in sorted(said):  # rank 0 printed its own; the others only where they differ from it
-                if r and said[r] != said.get(0):
-                    print(f"causalprune: error: [rank {r}] {said[r]}", file=sys.stderr)
-            which = ", ".join(f"rank {r} exited with code {f.exitcode}" for r, f in sorted(failures.items()))
-            if 0 in said and getattr(failures.get(0), "exitcode", None) == 2:
-                return 2  # rank 0 refused the input and said why; the others stopped with it
-            print(f"causalprune: error: the {nproc}-process run failed ({which or type(e).__name__}); the others "
-                  "were stopped; re-run the same command to resume", file=sys.stderr)  # fmt: skip
-            return 1
-        finally:
-            os.environ.pop(RANK_ERRORS_ENV, None)
-    return 0
+    return launch.launch(args.nproc, _without_nproc(args.argv), lambda: _run_home(args))
+
+
+def _run_home(args: argparse.Namespace) -> Path | None:
+    """Return the folder a ``run`` or ``compare`` writes (after a failure its ``logs/`` gets the rank logs)."""
+    if args.out is not None:
+        return Path(args.out)
+    from . import resolve
+    from .runfolder import default_run_dir
+
+    cfg = resolve.load(args.config, args.set)
+    return Path("runs") / f"compare-{cfg.name}-{cfg.digest()}" if args.func is _cmd_compare else default_run_dir(cfg)
 
 
 def _without_nproc(argv: list[str]) -> list[str]:
@@ -352,8 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `causalprune` command line; return the exit status."""
-    from .runfolder import RunFolderError
-    from .train import TrainingDiverged
+    from . import launch
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -362,63 +345,72 @@ def main(argv: list[str] | None = None) -> int:
     warnings.showwarning = _warning_line
     finished = False
     try:
-        if platform.launched():  # one of torchrun's processes: join the run's process group
+        if platform.launched():  # one of torchrun's processes: its log (under --nproc), then the process group
+            launch.capture_output()
             platform.init_from_env()
         code = int(args.func(args))
         finished = True
         return code
-    except (ValueError, RunFolderError, TrainingDiverged, platform.DistributedError) as e:
-        _error(str(e))
-        return 2
-    except OSError as e:  # missing files, permissions, a full disk: one line naming the file
-        where = f": {e.filename}" if getattr(e, "filename", None) else ""
-        _error(f"{e.strerror or e}{where}")
-        return 2
-    except torch_distributed_errors() as e:  # a lost rank: the others fail at their next collective
-        _error(f"another process of the run failed or was lost ({type(e).__name__}); re-run the same command "
-               "to resume")  # fmt: skip
-        return 1
     except KeyboardInterrupt:
-        print("causalprune: interrupted; re-run the same command to resume", file=sys.stderr)
+        if launch.rank_folder() is None:  # under --nproc the launcher says it
+            print("causalprune: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
+    except Exception as e:
+        failed = _failed(e)
+        if failed is None:
+            raise
+        return failed
     finally:
         warnings.showwarning = shown
         platform.shutdown(wait=finished)  # after an error a rank may be gone: do not wait for the others
 
 
-def _error(message: str) -> None:
+def _failed(error: Exception) -> int | None:
+    """Say in one line why the command failed and return its exit status; None: a bug, for a traceback.
+
+    Bad input (exit status 2) comes first, unless a collective failed because another rank is gone
+    (exit status 1: the run resumes). Under ``--nproc`` any other exception is a rank's crash: its
+    traceback goes to the rank's log and the launcher names it.
+    """
+    from . import launch
+    from .runfolder import RunFolderError
+    from .train import TrainingDiverged
+
+    if platform.launched() and platform.lost_peer(error):  # a lost rank: the others fail at their next collective
+        _error(f"another process of the run failed or was lost ({type(error).__name__}); re-run the same command "
+               "to resume", launch.LOST, error)  # fmt: skip
+        return 1
+    if isinstance(error, ValueError | RunFolderError | TrainingDiverged | platform.DistributedError):
+        _error(str(error))
+        return 2
+    if isinstance(error, OSError):  # missing files, permissions, a full disk: one line naming the file
+        where = f": {error.filename}" if getattr(error, "filename", None) else ""
+        _error(f"{error.strerror or error}{where}")
+        return 2
+    if launch.leave_record(launch.CRASH, f"{type(error).__name__}: {error}", error):
+        return 1
+    return None
+
+
+def _error(message: str, kind: str = "input", error: BaseException | None = None) -> None:
     """Print ``causalprune: error: <message>`` as one line on stderr, ``[rank r]`` first in a distributed run.
 
-    Under torchrun every rank prints its own line. Under ``--nproc`` (`RANK_ERRORS_ENV` set)
-    every rank also leaves the line in a file and only rank 0 prints; the launcher adds the
-    other ranks' lines that differ from rank 0's (bad input refused alike everywhere: one line).
+    Under torchrun every rank prints its own line. Under ``--nproc`` no rank prints: each leaves
+    its line, classified as `kind` (``launch.INPUT``, ``CRASH`` or ``LOST``), for the launcher,
+    which prints one line for the whole run (`launch.verdict`).
     """
-    rank = _rank_number()
-    folder = os.environ.get(RANK_ERRORS_ENV)
-    if rank is not None and folder:
-        Path(folder, f"rank{rank}.txt").write_text(message)
-        if rank != 0:
-            return
-    print(f"causalprune: error: {_rank()}{message}", file=sys.stderr)
+    from . import launch
 
-
-def _rank_number() -> int | None:
-    """This process's rank in a distributed run (from torchrun's environment before the group is joined), or None."""
-    plat = platform.current()
-    if plat.distributed:
-        return plat.rank
-    return int(os.environ.get("RANK", "0")) if platform.launched() else None
+    if not launch.leave_record(kind, message, error):
+        print(f"causalprune: error: {_rank()}{message}", file=sys.stderr)
 
 
 def _rank() -> str:
     """``[rank r] `` in a distributed run (every rank prints its own errors), else nothing."""
-    rank = _rank_number()
+    from . import launch
+
+    rank = launch.rank_number()
     return f"[rank {rank}] " if rank is not None else ""
-
-
-def torch_distributed_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions a collective raises when another rank is gone (none outside a distributed run)."""
-    return platform.LOST_RANK_ERRORS if platform.current().distributed else ()
 
 
 def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
