@@ -53,8 +53,6 @@ def test_rounds_reach_the_schedule_and_keep_pruned_weights_zero():
         opt.step()
     for name, m in pruner.mask.items():
         assert (dict(model.named_parameters())[name][~m] == 0).all()
-    with pytest.raises(RuntimeError, match="after the final round"):
-        pruner.step(*batches[0])
     pruner.make_permanent()
     assert abs(Mask.from_model(model).sparsity() - 0.8) < 1e-3
 
@@ -231,3 +229,98 @@ def test_params_restrict_what_is_pruned_and_what_the_optimizer_must_hold():
     assert (model[2].weight != 0).all()  # not selected: never pruned
     with pytest.raises(ValueError, match="not prunable parameter names"):
         CausalPruner(model, opt, nn.CrossEntropyLoss(), params=["0.bias"])
+
+
+def test_after_the_last_round_the_same_calls_post_train_under_the_mask():
+    """One loop for rounds and post-training: step / before_step / after_step / end_epoch after `done` take plain
+    steps under the mask, record nothing and prune nothing; a plain SGD step (the oracle) gives the same weights."""
+    batches = _data()[:4]
+    model, opt = _setup()
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.5, n_iter=1, method="magnitude")
+    for _ in range(3):  # 1 round, then 2 epochs of post-training in the same loop
+        for x, y in batches:
+            pruner.step(x, y)
+        pruner.end_epoch()
+    assert pruner.done and len(pruner.history) == 1
+    oracle = {k: v.clone() for k, v in model.state_dict().items()}
+    twin, twin_opt = _setup()
+    twin.load_state_dict(oracle)
+    x, y = batches[0]
+    pruner.before_step(x, y)
+    opt.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    pruner.after_step(loss)
+    pruner.step(x, y)
+    for _ in range(2):  # the oracle: two plain SGD steps, then the mask
+        twin_opt.zero_grad()
+        nn.functional.cross_entropy(twin(x), y).backward()
+        twin_opt.step()
+        pruner.mask.apply_(twin)
+    torch.testing.assert_close(model.state_dict(), twin.state_dict())
+    assert all((dict(model.named_parameters())[n][~m] == 0).all() for n, m in pruner.mask.items())
+    assert pruner.end_epoch() is None and len(pruner.history) == 1 and pruner._recorder is None
+
+
+def _state_mid_round(save_recording, steps=4):
+    """A causal pruner (2 rounds) stopped after `steps` recorded steps of round 1: (state, weights, optimizer)."""
+    model, opt = _setup()
+    extra = {"save_recording": True} if save_recording else {}
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.6, n_iter=2, **extra)
+    for x, y in _data()[:steps]:
+        pruner.step(x, y)
+    return pruner.state_dict(), {k: v.clone() for k, v in model.state_dict().items()}, opt.state_dict()
+
+
+def _resume(state, weights, opt_state, steps=4):
+    model, opt = _setup(seed=1)
+    model.load_state_dict(weights)
+    opt.load_state_dict(opt_state)
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.6, n_iter=2)
+    pruner.load_state_dict(state, source="ckpt-4")
+    batches = _data()
+    for x, y in batches[steps:]:
+        pruner.step(x, y)
+    pruner.end_epoch()
+    _train(pruner, batches)
+    return pruner
+
+
+def test_a_mid_round_state_with_its_recording_resumes_to_the_same_masks():
+    model, opt = _setup()
+    whole = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.6, n_iter=2)
+    _train(whole, _data())
+    state, weights, opt_state = _state_mid_round(save_recording=True)
+    assert state["steps_in_round"] == 4
+    assert state["recording"]["X"].shape == (64 * 32 + 32 * 10, 4)  # (d, T) float32: T × d × 4 bytes
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing lost: no warning
+        resumed = _resume(state, weights, opt_state)
+    assert [h["T"] for h in resumed.history] == [10, 10]
+    assert resumed.mask == whole.mask
+
+
+def test_a_mid_round_state_without_its_recording_warns_naming_the_lost_steps():
+    """The round's steps are counted in the state: a resume that lost them says so (before, a mid-epoch state had
+    epoch_in_round 0 and resumed silently with other masks)."""
+    state, weights, opt_state = _state_mid_round(save_recording=False)
+    assert state.get("steps_in_round") == 4 and state["epoch_in_round"] == 0 and state["recording"] is None
+    with pytest.warns(UserWarning, match=r"ckpt-4: resumed in round 1 after 4 recorded step\(s\), of which it holds 0"):
+        resumed = _resume(state, weights, opt_state)
+    assert [h["T"] for h in resumed.history] == [6, 10]  # round 1 scored from the 6 steps that remained
+
+
+def test_a_round_that_ends_with_every_recorded_step_lost_is_refused_in_one_line():
+    state, weights, _ = _state_mid_round(save_recording=False, steps=10)
+    model, opt = _setup()
+    model.load_state_dict(weights)
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.6, n_iter=2)
+    with pytest.warns(UserWarning, match="of which it holds 0"):
+        pruner.load_state_dict(state)
+    with pytest.raises(ValueError, match=r"round 1 ended with no recorded step \(10 recorded step\(s\) were lost"):
+        pruner.end_epoch()
+    with pytest.raises(ValueError, match="the pruner state is not a complete CausalPruner state: no mask"):
+        pruner.load_state_dict({k: v for k, v in state.items() if k != "mask"})

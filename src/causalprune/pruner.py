@@ -12,9 +12,10 @@ calls them from a user's loop — plain PyTorch, Lightning or the Hugging Face T
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -115,13 +116,14 @@ class CausalPruner:
     method scores the model (the causal methods from the round's recorded trajectory),
     the round's cumulative target of the `schedule` is pruned, the mask is applied and
     kept enforced after every optimizer step, and (with `rewind`) the surviving weights
-    go back to θ_pre. After `n_iter` rounds `done` is True; train on (the mask stays
-    enforced), then `make_permanent`.
+    go back to θ_pre. After `n_iter` rounds `done` is True; the same calls then take plain
+    training steps with the mask enforced (post-training, nothing recorded; `end_epoch`
+    only counts), so one loop serves both; `make_permanent` ends the enforcement.
 
     Example::
 
         pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.9, n_iter=5)
-        while not pruner.done:
+        for epoch in range(8):  # 5 rounds, then 3 epochs of post-training
             for x, y in loader:
                 pruner.step(x, y)
             pruner.end_epoch()
@@ -157,12 +159,18 @@ class CausalPruner:
         round_to: channel granularity: every layer keeps a multiple of this many channels.
         params: names of the prunable parameters to prune (default: all of
             `masks.prunable_parameters`); the others are neither recorded nor pruned.
+        save_recording: `state_dict` also holds the round's recording so far (T × d ×
+            4 bytes in float32 storage), so that a state saved in the middle of a recorded
+            round resumes to the masks of the uninterrupted run; without it such a resume
+            warns, naming the recorded steps it lost.
 
     Attributes:
         mask: the current `Mask` (all alive before the first round ends).
         history: one dict per finished round: ``round``, ``target``, ``sparsity`` and the
             method's facts (for causal: solver, alpha, nnz, T, ...).
         round: the round in progress (1-based); `done` once every round has ended.
+        steps_in_round: the steps the round in progress has recorded (0 for methods that
+            record nothing).
     """
 
     def __init__(
@@ -191,6 +199,7 @@ class CausalPruner:
         max_layer_ratio: float = 1.0,
         round_to: int = 1,
         params: Sequence[str] | None = None,
+        save_recording: bool = False,
     ) -> None:
         self.criterion = criteria.get(method)
         if not self.criterion.prunes:
@@ -214,6 +223,7 @@ class CausalPruner:
         self.forward = forward
         self.probe_data, self.score_data, self.seed = probe_data, score_data, seed
         self.example_inputs = example_inputs
+        self.save_recording = bool(save_recording)
         self.theta_pre = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self.plan: ChannelPlan | None = None
         self._handle: MaskHandle | None = None
@@ -232,15 +242,21 @@ class CausalPruner:
         self.done = False
         self._recent: deque[tuple[Any, Any]] = deque(maxlen=score_batches)
         self._recorder: TrajectoryRecorder | None = None
+        self._restore: dict[str, Any] | None = None  # a loaded recording, put into the round's recorder
+        self._lost = 0  # recorded steps of the round in progress that a loaded state did not hold
         if self._handle is None:  # (a channel plan attached its mask already)
             self._handle = self.mask.attach(model, self._torch_optimizer)
 
     # --- the loop's calls ---------------------------------------------------------------
     def step(self, inputs: Any, targets: Any) -> torch.Tensor:
-        """Take one training step on (inputs, targets) — recorded when the round records; return the loss."""
-        self._check_running("step")
-        self._seen(inputs, targets)
-        recorder = self._round_recorder()
+        """Take one training step on (inputs, targets) — recorded when the round records; return the loss.
+
+        After the last round (`done`) it is a plain step under the mask (post-training).
+        """
+        recorder = None
+        if not self.done:
+            self._seen(inputs, targets)
+            recorder = self._round_recorder()
         if recorder is not None:
             return recorder.step(inputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
@@ -250,21 +266,26 @@ class CausalPruner:
         return loss.detach()
 
     def before_step(self, inputs: Any, targets: Any) -> None:
-        """Your own step, part 1: call right before the training forward on (inputs, targets)."""
-        self._check_running("before_step")
+        """Your own step, part 1: call right before the training forward on (inputs, targets); after `done`, nothing."""
+        if self.done:
+            return
         self._seen(inputs, targets)
         recorder = self._round_recorder()
         if recorder is not None:
             recorder.before_step(inputs, targets)
 
     def after_step(self, loss: torch.Tensor) -> None:
-        """Your own step, part 2: call right after ``optimizer.step()`` with the forward's loss."""
+        """Your own step, part 2: call right after ``optimizer.step()`` with the loss; after `done`, nothing."""
         if self._recorder is not None:  # (a round that records has one from before_step on)
             self._recorder.after_step(loss)
 
     def end_epoch(self) -> Mask | None:
-        """Count an epoch; at the end of a round score, prune and rewind. Return the new mask, or None."""
-        self._check_running("end_epoch")
+        """Count an epoch; at the end of a round score, prune and rewind. Return the new mask, or None.
+
+        After the last round (`done`) it returns None: the epochs of post-training prune nothing.
+        """
+        if self.done:
+            return None
         self.epoch_in_round += 1
         if self.epoch_in_round < self.prune.n_prune:
             return None
@@ -292,17 +313,41 @@ class CausalPruner:
         return self.plan.slim(self.model, self.mask)
 
     # --- checkpoints ----------------------------------------------------------------------
+    @property
+    def steps_in_round(self) -> int:
+        """The steps the round in progress has recorded (those of a loaded recording included)."""
+        if self._recorder is not None:
+            return self._recorder.rows
+        return int(self._restore["rows"]) if self._restore is not None else 0
+
     def state_dict(self) -> dict[str, Any]:
-        """The pruner's state at a round boundary or mid-round (a round's recording is not saved)."""
+        """The pruner's state, at a round boundary or mid-round; with `save_recording`, the round's recording too."""
+        recording = None
+        if self.save_recording and self._recorder is not None and self._recorder.rows:
+            recording = _recording_state(self._recorder)
+        elif self.save_recording and self._restore is not None:  # loaded, no step taken since
+            recording = self._restore
         return {"format": "causalprune.CausalPruner/1", "method": self.criterion.name, "round": self.round,
                 "epoch_in_round": self.epoch_in_round, "done": self.done, "targets": list(self.targets),
                 "mask": {n: t.clone() for n, t in self.mask.items()}, "theta_pre": self.theta_pre,
-                "history": list(self.history), "n_iter": self.prune.n_iter}  # fmt: skip
+                "history": list(self.history), "n_iter": self.prune.n_iter, "steps_in_round": self.steps_in_round,
+                "recording": recording}  # fmt: skip
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from `state_dict()`'s output: the same method and rounds, on the same model."""
-        if state.get("format") != "causalprune.CausalPruner/1":
-            raise ValueError("not a CausalPruner state (no 'format': 'causalprune.CausalPruner/1')")
+    def load_state_dict(self, state: Mapping[str, Any], source: str | None = None) -> None:
+        """Continue from `state_dict()`'s output: the same method and rounds, on the same model.
+
+        A state saved in the middle of a recorded round without its recording (no
+        `save_recording`) resumes with a warning naming `source` (the checkpoint, for the
+        message) and the recorded steps it lost: the round is then scored from the steps
+        that remain.
+        """
+        where = source or "the pruner state"
+        if not isinstance(state, Mapping) or state.get("format") != "causalprune.CausalPruner/1":
+            raise ValueError(f"{where} is not a CausalPruner state (no 'format': 'causalprune.CausalPruner/1')")
+        missing = [k for k in ("method", "n_iter", "mask", "theta_pre", "round", "epoch_in_round", "done", "targets",
+                               "history") if k not in state]  # fmt: skip
+        if missing:
+            raise ValueError(f"{where} is not a complete CausalPruner state: no {', '.join(missing)}")
         for key, mine in (("method", self.criterion.name), ("n_iter", self.prune.n_iter)):
             if state[key] != mine:
                 raise ValueError(f"the saved pruner has {key} {state[key]!r}, this one {mine!r}")
@@ -314,9 +359,23 @@ class CausalPruner:
         self.round, self.epoch_in_round, self.done = int(state["round"]), int(state["epoch_in_round"]), state["done"]
         self.targets, self.history = list(state["targets"]), list(state["history"])
         self._close_recorder()
-        if self.epoch_in_round and self.criterion.records and not self.done:
-            warnings.warn(f"resumed in the middle of round {self.round}: its recording restarts with the steps "
-                          "that remain (the round's earlier steps were not saved)", stacklevel=2)  # fmt: skip
+        recording = state.get("recording")
+        self._restore = dict(recording) if recording is not None and not self.done else None
+        held = int(recording["rows"]) if self._restore is not None else 0
+        recorded = state.get("steps_in_round")  # (states saved before it was counted: whole epochs only)
+        self._lost = 0
+        if self.done or not self.criterion.records:
+            return
+        if recorded is None and self.epoch_in_round:
+            self._lost = -1
+            warnings.warn(f"{where}: resumed in the middle of round {self.round} after {self.epoch_in_round} "
+                          "epoch(s) whose recorded steps it does not hold; the round is scored from the steps that "
+                          "remain", stacklevel=2)  # fmt: skip
+        elif recorded is not None and int(recorded) > held:
+            self._lost = int(recorded) - held
+            warnings.warn(f"{where}: resumed in round {self.round} after {int(recorded)} recorded step(s), of which "
+                          f"it holds {held}; the round is scored without the {self._lost} lost step(s) "
+                          "(save_recording=True keeps them in the state)", stacklevel=2)  # fmt: skip
 
     # --- internals ------------------------------------------------------------------------
     @property
@@ -335,11 +394,6 @@ class CausalPruner:
             raise ValueError(f"the optimizer does not hold the model's parameter(s) {', '.join(missing[:5])}"
                              f"{' …' if len(missing) > 5 else ''}: build the pruner with the optimizer that "
                              "trains this model")  # fmt: skip
-
-    def _check_running(self, call: str) -> None:
-        if self.done:
-            raise RuntimeError(f"{call}() after the final round ({self.prune.n_iter} rounds are done): train on "
-                               "with your own step (the mask stays enforced) or call make_permanent()")  # fmt: skip
 
     def _call(self, inputs: Any) -> Any:
         return self.forward(self.model, inputs) if self.forward is not None else self.model(inputs)
@@ -371,6 +425,9 @@ class CausalPruner:
                 params=None if layout is not None else list(self.mask), layout=layout, probe_data=self.probe_data,
                 momentum_features=momentum, forward=self.forward, **recorder_options(c, self.seed),
             )  # fmt: skip
+            if self._restore is not None:
+                restore, self._restore = self._restore, None
+                _restore_recording(self._recorder, restore)
         return self._recorder
 
     def _end_round(self) -> Mask:
@@ -379,7 +436,14 @@ class CausalPruner:
             raise ValueError("a channel-level round ended before any batch was seen: give example_inputs=... or call "
                              "step() / before_step() before end_epoch()")  # fmt: skip
         target = self.targets[k - 1]
+        if self.criterion.records and self._recorder is None and self._restore is not None:
+            self._round_recorder()  # a loaded recording and no step since: score from it
         recorder = self._recorder
+        if self.criterion.records and (recorder is None or recorder.rows == 0):
+            lost = f" ({self._lost} recorded step(s) were lost with a resume)" if self._lost > 0 else ""
+            raise ValueError(f"round {k} ended with no recorded step{lost}: {self.criterion.name!r} scores from the "
+                             "round's recorded steps; resume from a checkpoint saved with save_recording=True, or "
+                             "from an earlier one")  # fmt: skip
         shape = getattr(self.example_inputs, "shape", None)
         inp = ScoreInput(
             self.model, self.mask, settings=self.settings, seed=stage_seed(self.seed, f"level_{k}/score"),
@@ -407,7 +471,7 @@ class CausalPruner:
             self._torch_optimizer.state.clear()  # momentum and moments of the weights before the rewind
         self._set_mask(new_mask)
         self.done = k == len(self.targets)
-        self.round, self.epoch_in_round = (k if self.done else k + 1), 0
+        self.round, self.epoch_in_round, self._lost = (k if self.done else k + 1), 0, 0
         return new_mask
 
     def _set_mask(self, mask: Mask) -> None:
@@ -420,6 +484,52 @@ class CausalPruner:
         if self._recorder is not None:
             self._recorder.close()
             self._recorder = None
+        self._restore = None
+
+
+def _recording_state(recorder: TrajectoryRecorder) -> dict[str, Any]:
+    """The rows `recorder` holds, on the CPU in their storage dtype: what `_restore_recording` continues from."""
+    rows = recorder.rows
+    X = recorder._store.consolidate(rows).to("cpu", copy=True)  # (n_columns, T) in the storage dtype
+    z = recorder._first_order  # the first-order term z_t, when recorded
+    return {"rows": rows, "X": X, "scale": recorder.scale,
+            "loss_before": torch.stack(recorder._loss_before).detach().cpu(),
+            "loss_after": torch.stack(recorder._loss_after).detach().cpu(),
+            "first_order": torch.stack(z).detach().cpu() if z else None}  # fmt: skip
+
+
+def _restore_recording(recorder: TrajectoryRecorder, state: Mapping[str, Any]) -> None:
+    """Put a saved recording's rows into a fresh `recorder` of the same layout: later steps follow them."""
+    X = state["X"]  # (n_columns, T)
+    if recorder.rows or X.shape[0] != recorder._store.d or X.dtype != recorder.dtype:
+        raise ValueError(f"the saved recording ({X.shape[0]} columns of {X.dtype}) does not fit this round's "
+                         f"recorder ({recorder._store.d} columns of {recorder.dtype})")  # fmt: skip
+    for t in range(int(state["rows"])):
+        recorder._store.next_row().copy_(X[:, t])
+    device = recorder._prev.device
+    recorder._loss_before = list(state["loss_before"].to(device).unbind())
+    recorder._loss_after = list(state["loss_after"].to(device).unbind())
+    if state.get("first_order") is not None:
+        recorder._first_order = list(state["first_order"].to(device).unbind())
+    recorder.scale = state["scale"]
+    recorder.rows = int(state["rows"])
+
+
+def check_options(options: Mapping[str, Any], who: str, taken: Collection[str] = ()) -> None:
+    """Refuse, in one line, `options` for `CausalPruner` that it does not take or that `who` sets itself (`taken`).
+
+    The integrations pass their ``**pruner_options`` through; a name they already give
+    (``forward``, the model, the loss) would otherwise surface as Python's "got multiple
+    values for keyword argument".
+    """
+    params = inspect.signature(CausalPruner.__init__).parameters
+    valid = sorted(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in taken)
+    clash = [n for n in options if n in taken or n in ("model", "optimizer", "loss_fn")]
+    if clash:
+        raise ValueError(f"{who} sets {', '.join(clash)} itself; other CausalPruner options: {', '.join(valid)}")
+    unknown = [n for n in options if n not in valid]
+    if unknown:
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {who}; valid: {', '.join(valid)}")
 
 
 def _subset(model: nn.Module, params: Sequence[str]) -> Mask:
@@ -434,4 +544,4 @@ def _subset(model: nn.Module, params: Sequence[str]) -> Mask:
     return Mask({n: torch.ones_like(prunable[n], dtype=torch.bool) for n in dict.fromkeys(names)})
 
 
-__all__ = ["CausalPruner", "prune_round", "recorder_options", "rewind", "score_round", "stage_seed"]
+__all__ = ["CausalPruner", "check_options", "prune_round", "recorder_options", "rewind", "score_round", "stage_seed"]
