@@ -112,7 +112,7 @@ def test_export_onnx(finished_run, tmp_path):
 def test_export_onnx_without_onnx_is_one_line(finished_run, tmp_path, capsys):
     assert main(["export", str(finished_run), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "causalprune: error: format onnx needs the onnx package: pip install onnx"
+    assert err.startswith("causalprune: error: format onnx needs the onnx extra: pip install 'causalprune[onnx]'")
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -38,16 +38,55 @@ def test_iterative_recipe_reaches_the_sparsity_with_rewinding():
     assert torch.equal(model.get_parameter("1.weight").detach()[alive], theta_pre["1.weight"][alive])  # rewound
 
 
-def test_loading_a_finished_run_recipe(tmp_path, monkeypatch):
-    run = tmp_path / "runs" / "demo" / "causal" / "p0.9" / "seed_0"
-    run_experiment(config_from_dict(TINY, ["prune.method=magnitude"]), run, quiet=True)
+RECIPE_RUN = "runs/demo/causal/p0.9/seed_0"
+
+
+def _load_recipe(run, tmp_path, monkeypatch, capsys) -> dict:
+    """Run the README's loading recipe on the finished run folder `run` (its path put in the recipe)."""
     monkeypatch.chdir(tmp_path)
+    block = _block("A finished run's model, back in Python")
+    assert RECIPE_RUN in block
     ns: dict = {}
-    exec(_block("A finished run's model, back in Python"), ns)
+    exec(block.replace(RECIPE_RUN, str(run)), ns)
+    ns["printed"] = capsys.readouterr().out
+    return ns
+
+
+def test_loading_recipe_gives_a_weight_runs_model_and_mask(tmp_path, monkeypatch, capsys):
+    from causalprune import Mask
+
+    run = tmp_path / "runs" / "w" / "seed_0"
+    run_experiment(config_from_dict(TINY, ["prune.method=magnitude"]), run, quiet=True)
+    ns = _load_recipe(run, tmp_path, monkeypatch, capsys)
+    model, mask = ns["model"], ns["mask"]
     saved = torch.load(run / "model.pt", weights_only=True)
-    assert all(torch.equal(v, saved[k]) for k, v in ns["model"].state_dict().items())
-    mask = ns["mask"]
-    assert all((ns["model"].get_parameter(n).detach()[~m] == 0).all() for n, m in mask.items())
+    assert model.state_dict().keys() == saved.keys()
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    assert mask == Mask.load(run / "mask.pt") and not model.training
+    assert all((model.get_parameter(n).detach()[~m] == 0).all() for n, m in mask.items())
+    assert f"sparsity {mask.sparsity():.3f}" in ns["printed"] and abs(mask.sparsity() - 0.8) < 1e-3
+
+
+def test_loading_recipe_gives_a_channel_runs_slim_model(tmp_path, monkeypatch, capsys):
+    from causalprune import prunable_parameters
+    from causalprune.models import build_model
+
+    from .test_structured import CHANNEL
+
+    cfg = config_from_dict(CHANNEL, ["prune.method=magnitude"])
+    run = tmp_path / "runs" / "c" / "seed_0"
+    summary = run_experiment(cfg, run, quiet=True)
+    ns = _load_recipe(run, tmp_path, monkeypatch, capsys)
+    model, mask = ns["model"], ns["mask"]
+    saved = torch.load(run / "model.pt", weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())  # the slim network, loaded
+    dense = build_model(cfg.model, (64,), 10)
+    n_slim = sum(p.numel() for p in model.parameters())
+    assert n_slim < sum(p.numel() for p in dense.parameters())
+    assert f"{n_slim} parameters" in ns["printed"]
+    assert set(mask) == set(prunable_parameters(model)) and all(m.all() for m in mask.values())  # nothing masked
+    assert model(torch.zeros(3, 64)).shape == (3, 10)
+    assert summary["channels"]["pruned"] > 0
 
 
 def test_channel_recipe_slims_a_users_model_to_half_its_macs():

@@ -209,7 +209,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     for r in results:
         eig = r.get("hessian", {}).get("top_eigenvalues")
         rel = r.get("flatness", {}).get("relative_loss")
-        print(f"{r['method']:>12s} sparsity {r['sparsity']:<5g} seed {r['seed']}: "
+        budget = f"speed-up {r['budget']}" if r.get("speedup_target") is not None else f"sparsity {r['budget']}"
+        print(f"{r['method']:>12s} {budget:<14s} seed {r['seed']}: "
               f"top eigenvalue {eig[0] if eig else float('nan'):.4g}, "
               f"relative loss at largest σ {rel[-1] if rel else float('nan'):.4g}")  # fmt: skip
     print(f"wrote per-run results and figures under {args.out}")
@@ -230,9 +231,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
     r = export_run(args.run_dir, args.format, args.out)
-    print(f"wrote {r['file']} and {r['file']}.json (input shape {tuple(r['input_shape'])})")
+    files = ", ".join(f"{p} ({f['bytes']} bytes)" for p, f in zip(r["paths"], r["files"], strict=True))
+    print(f"wrote {files} and the sidecar {r['file']}.json (input shape {tuple(r['input_shape'])})")
     if "check" in r:
         print(f"onnx: {r['check']}")
+    if "note" in r:
+        print(f"note: {r['note']}")
     return 0
 
 
@@ -320,12 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder")
     p.add_argument("--format", required=True, metavar="pt2|onnx|state_dict|safetensors|sparse",
                    help="pt2: torch.export program (torch.export.load(f).module()); onnx: torch.onnx.export "
-                        "(needs onnx); state_dict: torch.save of the dense state dict (zeros where pruned); "
-                        "safetensors: the same as .safetensors; sparse: 2-D weights as torch.sparse_csr "
-                        "(causalprune.formats.load_sparse reads it)")  # fmt: skip
+                        "(needs the onnx extra: pip install 'causalprune[onnx]'); state_dict: torch.save of the "
+                        "dense state dict (zeros where pruned); safetensors: the same as .safetensors; sparse: 2-D "
+                        "weights as torch.sparse_csr (causalprune.formats.load_sparse reads it)")  # fmt: skip
     p.add_argument("--out", default=None,
-                   help="output file (default RUN_DIR/model.pt2, model.onnx, state_dict.pt, model.safetensors or "
-                        "sparse_csr.pt); a sidecar FILE.json gets its size, the input shape and the run's "
+                   help="output file, ending in the format's suffix (.pt2, .onnx, .pt/.pth, .safetensors, .pt/.pth; "
+                        "default RUN_DIR/model.pt2, model.onnx, state_dict.pt, model.safetensors or sparse_csr.pt); "
+                        "a sidecar FILE.json lists every file written with its size, the input shape and the run's "
                         "efficiency")  # fmt: skip
     p.set_defaults(func=_cmd_export)
 

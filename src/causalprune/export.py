@@ -1,36 +1,47 @@
 """`causalprune export`: a finished run's model as a file that loads without this package.
 
-Formats (`FORMATS`):
+Formats (`FORMATS`), each with the file name suffix it writes (`SUFFIXES`; another suffix
+in ``out`` is refused, naming the expected one):
 
-* ``pt2``: `torch.export.export` of the model in eval mode, saved with `torch.export.save`;
-  load it with ``torch.export.load(path).module()``. The batch dimension is dynamic where
-  the model allows it (``"dynamic_batch"`` in the sidecar), else fixed to 2.
-* ``onnx``: `torch.onnx.export` (needs the ``onnx`` package; the file is checked against
-  the model with ``onnxruntime`` when that is installed, otherwise the check is skipped with
-  a note).
-* ``state_dict``: the model's state dict (`torch.save`; tensors only, so
+* ``pt2`` (``.pt2``): `torch.export.export` of the model in eval mode, saved with
+  `torch.export.save`; load it with ``torch.export.load(path).module()``. The batch
+  dimension is dynamic where the model allows it (``"dynamic_batch"`` in the sidecar), else
+  fixed to 2.
+* ``onnx`` (``.onnx``): `torch.onnx.export` (its dynamo exporter: needs the ``onnx`` extra,
+  ``pip install 'causalprune[onnx]'`` — onnx, onnxscript, onnxruntime). One self-contained
+  file while the weights take under `ONNX_EXTERNAL_BYTES`; a larger model's weights go to a
+  second file ``<file>.data`` beside it (ONNX's protobuf limit is 2 GiB). The file is run
+  with ``onnxruntime`` and compared with the model (when onnxruntime is missing the check is
+  skipped, with a note).
+* ``state_dict`` (``.pt`` / ``.pth``): the model's state dict (`torch.save`; tensors only, so
   ``torch.load(path, weights_only=True)`` reads it), pruned weights stored as zeros.
-* ``safetensors``: the same dense weights as a ``.safetensors`` file (needs ``safetensors``).
-* ``sparse``: the 2-D weights as ``torch.sparse_csr`` tensors with int32 indices, the rest
-  dense (`causalprune.formats.load_sparse` gives back a dense state dict); smaller than
-  ``state_dict`` above about 50 % sparsity.
+* ``safetensors`` (``.safetensors``): the same dense weights (needs ``safetensors``).
+* ``sparse`` (``.pt`` / ``.pth``): the 2-D weights as ``torch.sparse_csr`` tensors with int32
+  indices, the rest dense (`causalprune.formats.load_sparse` gives back a dense state dict);
+  smaller than ``state_dict`` above about 50 % sparsity. A slim channel network has no zeros
+  to compress, so its sparse file is larger than the dense one: the sidecar's ``note`` says so.
 
-Every format also writes a JSON sidecar ``<file>.json``: the format, the file's size on disk
-(``bytes``; for ``sparse`` also the dense file's, ``dense_bytes``), one sample's input shape,
-the number of outputs, the model config, the run's method, sparsity and seed, and the
-summary's ``efficiency`` entry (as the run recorded it).
+Every format also writes a JSON sidecar ``<file>.json``: the format, ``files`` (every file
+the export wrote besides the sidecar, ``{"name", "bytes"}``, names relative to the sidecar's
+folder), ``bytes`` (their total on disk; for ``sparse`` also the dense file's,
+``dense_bytes``), one sample's input shape, the number of outputs, the exported network's
+``model`` config (for a channel run ``widths`` are the slim widths and ``dense_widths`` the
+config's), ``layer_widths`` (output channels of every prunable layer), the run's method,
+sparsity, seed and the summary's ``efficiency`` entry (as the run recorded it).
 
-The model is rebuilt from the run folder (``config.yaml`` + ``model.pt``; for a channel run
-the dense model is first slimmed to the groups ``mask.pt`` keeps) and the example input
-from `causalprune.data.shape_of`; no data is loaded.
+The model is rebuilt from the run folder by `load_run` (``config.yaml`` + ``model.pt``;
+for a channel run the dense model is first slimmed to the groups ``mask.pt`` keeps) and the
+example input from `causalprune.data.shape_of`; no data is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import io
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -38,34 +49,84 @@ from . import resolve
 from .data import shape_of
 from .formats import save_dense, save_sparse
 from .io import save_json
+from .masks import Mask, prunable_parameters
 from .models import build_model
 from .runfolder import RunFolder
 from .structured import slim_to_mask
 
 FORMATS = ("pt2", "onnx", "state_dict", "safetensors", "sparse")
-SUFFIX = {"pt2": ".pt2", "onnx": ".onnx", "state_dict": ".pt", "safetensors": ".safetensors", "sparse": ".pt"}
+SUFFIXES = {"pt2": (".pt2",), "onnx": (".onnx",), "state_dict": (".pt", ".pth"), "safetensors": (".safetensors",),
+            "sparse": (".pt", ".pth")}  # fmt: skip
+SUFFIX = {fmt: s[0] for fmt, s in SUFFIXES.items()}
 DEFAULT_NAME = {"pt2": "model.pt2", "onnx": "model.onnx", "state_dict": "state_dict.pt",
                 "safetensors": "model.safetensors", "sparse": "sparse_csr.pt"}  # fmt: skip
 EXAMPLE_BATCH = 2  # a batch of 1 would be specialised by torch.export
+ONNX_MODULES = ("onnx", "onnxscript")  # torch.onnx.export's dynamo exporter needs both; onnxruntime checks the file
+ONNX_EXTERNAL_BYTES = 1 << 30  # bytes of weights from which an ONNX export keeps them in <file>.data (limit 2 GiB)
 
 
-def load_finished_model(run_dir: str | Path) -> tuple[torch.nn.Module, tuple[int, ...], dict[str, Any], Any]:
-    """Return (the finished run's trained model in eval mode, one sample's input shape, summary, config)."""
+class LoadedRun(NamedTuple):
+    """A finished run's model and its mask, as `load_run` returns them: ``model, mask = load_run(run)``."""
+
+    model: torch.nn.Module
+    """The trained network in eval mode, weights loaded: the slim network for a channel run."""
+    mask: Mask
+    """`model`'s mask, keyed by its canonical parameter names (all True for a channel run's slim network)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Finished:
+    model: torch.nn.Module
+    mask: Mask
+    input_shape: tuple[int, ...]
+    summary: dict[str, Any]
+    cfg: Any
+    dense_layer_widths: dict[str, int]  # output channels per prunable layer of the network as configured
+
+
+def layer_widths(model: torch.nn.Module) -> dict[str, int]:
+    """Return the output channels (features) of every prunable layer of `model`, keyed by weight name."""
+    return {name: int(p.shape[0]) for name, p in prunable_parameters(model).items()}
+
+
+def _load(run_dir: str | Path) -> _Finished:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no such run folder: {run_dir}")
-    for f in ("config.yaml", "model.pt", "summary.json"):
+    for f in ("config.yaml", "model.pt", "mask.pt", "summary.json"):
         if not (run_dir / f).exists():
             raise FileNotFoundError(f"{run_dir} is not a finished run folder (no {f})")
     cfg = resolve.load(run_dir / "config.yaml")
     input_shape, outputs = shape_of(cfg.data.name, cfg.data.image_size)
     model = build_model(cfg.model, input_shape, outputs)
+    dense_widths = layer_widths(model)
     folder = RunFolder(run_dir)
-    prepare = (lambda m, mask: slim_to_mask(m, mask, tuple(input_shape))) if cfg.prune.granularity == "channel" \
+    channel = cfg.prune.granularity == "channel"
+    prepare = (lambda m, mask: slim_to_mask(m, mask, tuple(input_shape))) if channel \
         else None  # a channel run's model.pt holds the slim network
-    folder.load_result(model, prepare)  # names a damaged model.pt / mask.pt
-    summary = folder.summary()
-    return model.eval(), tuple(input_shape), summary, cfg
+    mask = folder.load_result(model, prepare)  # names a damaged model.pt / mask.pt
+    mask = Mask.ones(model) if channel else mask.canonical(model)  # nothing of a slim network is masked
+    return _Finished(model.eval(), mask, tuple(input_shape), folder.summary(), cfg, dense_widths)
+
+
+def load_run(run_dir: str | Path) -> LoadedRun:
+    """Load a finished run's trained model and its mask from its folder.
+
+    The model is rebuilt from ``config.yaml`` (no data is loaded) and ``model.pt`` is loaded
+    into it; for a channel run (``prune.granularity: channel``) the built network is first
+    slimmed to the channel groups ``mask.pt`` keeps, so the model returned is the slim one
+    and its mask keeps everything. The model is in eval mode (call ``model.train()`` to
+    fine-tune it, e.g. after ``mask.attach(model, optimizer)``). A missing folder or file and
+    a damaged ``model.pt`` / ``mask.pt`` raise an error naming it.
+    """
+    f = _load(run_dir)
+    return LoadedRun(f.model, f.mask)
+
+
+def load_finished_model(run_dir: str | Path) -> tuple[torch.nn.Module, tuple[int, ...], dict[str, Any], Any]:
+    """Return (the finished run's trained model in eval mode, one sample's input shape, summary, config)."""
+    f = _load(run_dir)
+    return f.model, f.input_shape, f.summary, f.cfg
 
 
 def _example(input_shape: tuple[int, ...]) -> torch.Tensor:
@@ -85,54 +146,87 @@ def _export_pt2(model: torch.nn.Module, example: torch.Tensor, out: Path) -> boo
     return dynamic
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path) -> tuple[bool, str]:
-    """Write an ONNX file; return (dynamic batch, a note on the onnxruntime check)."""
-    if importlib.util.find_spec("onnx") is None:
-        raise ValueError("format onnx needs the onnx package: pip install onnx")
+def _check_onnx_modules() -> None:
+    """Refuse format onnx, naming every missing module, unless its exporter's modules are installed."""
+    missing = [m for m in ONNX_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"format onnx needs the onnx extra: pip install 'causalprune[onnx]' "
+                         f"(missing module{'s' if len(missing) > 1 else ''}: {', '.join(missing)})")  # fmt: skip
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path) -> tuple[bool, list[Path], str]:
+    """Write an ONNX file; return (dynamic batch, the files written, a note on the onnxruntime check)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (example,), str(out), input_names=["input"], output_names=["output"],
-                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})  # fmt: skip
+    weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    external = weight_bytes >= ONNX_EXTERNAL_BYTES
+    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"], "dynamo": True,
+                              "external_data": external}  # fmt: skip
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
+        try:
+            torch.onnx.export(model, (example,), str(out), dynamic_shapes=({0: torch.export.Dim("batch")},), **kwargs)
+            dynamic = True
+        except Exception:  # a model whose batch size cannot vary: export it for the example's batch size
+            torch.onnx.export(model, (example,), str(out), **kwargs)
+            dynamic = False
+    files = [out, out.with_name(out.name + ".data")] if external else [out]
     if importlib.util.find_spec("onnxruntime") is None:
-        return True, "not checked: onnxruntime is not installed (pip install onnxruntime)"
+        return dynamic, files, "not checked: onnxruntime is not installed (pip install 'causalprune[onnx]')"
     import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    x = torch.randn(EXAMPLE_BATCH + 1, *example.shape[1:], generator=torch.Generator().manual_seed(1))
+    batch = EXAMPLE_BATCH + 1 if dynamic else EXAMPLE_BATCH  # a batch size the export did not see, where it may vary
+    x = torch.randn(batch, *example.shape[1:], generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         want = model(x).numpy()
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     diff = float(np.abs(got - want).max())
     if diff > 1e-4:
         raise ValueError(f"the ONNX file {out} disagrees with the model (max abs difference {diff:.3g})")
-    return True, f"checked with onnxruntime: max abs difference {diff:.3g}"
+    return dynamic, files, f"checked with onnxruntime (batch {batch}): max abs difference {diff:.3g}"
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> dict[str, Any]:
-    """Export a finished run's model in format `fmt` to `out` (default: RUN_DIR/model.pt2, model.onnx or
-    state_dict.pt) and write the sidecar ``<out>.json``; return the sidecar's content (plus ``"file"``)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if fmt == "onnx" and importlib.util.find_spec("onnx") is None:  # before any work
-        raise ValueError("format onnx needs the onnx package: pip install onnx")
-    if fmt == "safetensors" and importlib.util.find_spec("safetensors") is None:
-        raise ValueError("format safetensors needs the safetensors package: pip install safetensors")
-    model, input_shape, summary, cfg = load_finished_model(run_dir)
+def _out_path(run_dir: str | Path, fmt: str, out: str | Path | None) -> Path:
+    """The export's file: `out`, or the format's default name in the run folder; refuse a suffix of another format."""
     path = Path(out) if out is not None else Path(run_dir) / DEFAULT_NAME[fmt]
     if path.is_dir():
         raise ValueError(f"--out {path} is a folder; give a file name, e.g. {path / DEFAULT_NAME[fmt]}")
-    if fmt == "safetensors" and path.suffix != ".safetensors":
-        raise ValueError(f"--out {path}: a safetensors file must end in .safetensors")
+    expected = SUFFIXES[fmt]
+    if path.suffix not in expected:
+        raise ValueError(f"--out {path}: format {fmt} writes a {' or '.join(expected)} file; give a name ending in "
+                         f"{expected[0]}, e.g. {path.with_suffix(expected[0])}")  # fmt: skip
+    return path
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> dict[str, Any]:
+    """Export a finished run's model in format `fmt` to `out` and write the sidecar ``<out>.json``.
+
+    `out` defaults to the format's file in the run folder (`DEFAULT_NAME`) and must end in
+    the format's suffix (`SUFFIXES`). Returns the sidecar's content plus ``"file"`` (the
+    exported file's path) and ``"paths"`` (every file written besides the sidecar).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx":  # before any work
+        _check_onnx_modules()
+    if fmt == "safetensors" and importlib.util.find_spec("safetensors") is None:
+        raise ValueError("format safetensors needs the safetensors package: pip install safetensors")
+    path = _out_path(run_dir, fmt, out)
+    run = _load(run_dir)
+    model, input_shape, summary, cfg = run.model, run.input_shape, run.summary, run.cfg
+    channel = cfg.prune.granularity == "channel"
     example = _example(input_shape)
     note = ""
+    check = ""
     sizes: dict[str, int] = {}
+    files = [path]
     with torch.no_grad():
         if fmt == "pt2":
             dynamic = _export_pt2(model, example, path)
         elif fmt == "onnx":
-            dynamic, note = _export_onnx(model, example, path)
+            dynamic, files, check = _export_onnx(model, example, path)
         elif fmt == "sparse":
-            sizes["bytes"] = save_sparse(model, path)
+            save_sparse(model, path)
             dense = path.with_name(f".{path.name}.dense")  # measured, then removed
             sizes["dense_bytes"] = save_dense(model, dense)
             dense.unlink()
@@ -140,17 +234,29 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
         else:  # state_dict / safetensors: the dense weights, zeros where pruned
             save_dense(model, path)
             dynamic = True
-    sizes.setdefault("bytes", path.stat().st_size)
+    listed = [{"name": f.name, "bytes": f.stat().st_size} for f in files]
+    total = sum(f["bytes"] for f in listed)
+    if fmt == "sparse" and total >= sizes["dense_bytes"]:
+        why = ("a slim channel network has no zeros to compress" if channel
+               else "too few zeros: a CSR entry takes 8 bytes against 4 dense")  # fmt: skip
+        note = (f"the sparse file ({total} bytes) is not smaller than the dense weights ({sizes['dense_bytes']} "
+                f"bytes): {why}; use --format safetensors or state_dict")  # fmt: skip
     _, outputs = shape_of(cfg.data.name, cfg.data.image_size)
+    widths = layer_widths(model)
+    model_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg.model).items()}
     sidecar: dict[str, Any] = {
         "format": fmt,
+        "files": listed,
+        "bytes": total,
         **sizes,
         "input_shape": list(input_shape),
         "outputs": outputs,
         "dynamic_batch": dynamic,
         "example_batch": EXAMPLE_BATCH,
-        "model": dataclasses.asdict(cfg.model),
+        "model": model_cfg,
+        "layer_widths": widths,
         "data": cfg.data.name,
+        "granularity": cfg.prune.granularity,
         "method": summary.get("method"),
         "sparsity": summary.get("sparsity_actual", summary.get("sparsity_target")),
         "seed": summary.get("seed"),
@@ -158,7 +264,31 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
         "torch": torch.__version__,
         "run": str(run_dir),
     }
+    if channel:
+        sidecar["speedup_target"] = summary.get("speedup_target")
+        sidecar["model"] = {**model_cfg, **_slim_widths(model_cfg, run.dense_layer_widths, widths)}
+    if check:
+        sidecar["check"] = check
     if note:
-        sidecar["check"] = note
+        sidecar["note"] = note
     save_json(sidecar, path.with_name(path.name + ".json"))
-    return {**sidecar, "file": str(path)}
+    return {**sidecar, "file": str(path), "paths": [str(f) for f in files]}
+
+
+def _slim_widths(model_cfg: dict[str, Any], dense: dict[str, int], slim: dict[str, int]) -> dict[str, Any]:
+    """The config's ``widths`` as the slim network has them, where they are its hidden layers' output channels.
+
+    ``model.widths`` are the hidden widths of ``mlp`` and the conv channels of ``cnn1d`` /
+    ``cnn2d``: the prunable layers' output channels but the last layer's. Where the dense
+    network's layers show exactly the config's widths, they are replaced by the slim ones
+    (``dense_widths`` keeps the config's); otherwise ``layer_widths`` alone describes it.
+    """
+    widths = list(model_cfg.get("widths") or ())
+    hidden = list(dense.values())[:-1]
+    if not widths or hidden != widths or list(dense) != list(slim):
+        return {}
+    return {"widths": list(slim.values())[:-1], "dense_widths": widths}
+
+
+__all__ = ["DEFAULT_NAME", "FORMATS", "SUFFIXES", "LoadedRun", "export_run", "layer_widths", "load_finished_model",
+           "load_run"]  # fmt: skip

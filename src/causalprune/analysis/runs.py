@@ -7,12 +7,18 @@ weights, Hutchinson trace), ``flatness.json`` (eq. 16–17), ``landscape.npz`` +
 --out): eigenvalue vs sparsity per method (paper Fig. 2a), flatness curves (Fig. 4), and
 overlaid histograms of the remaining weights (Fig. 2b), plus ``analysis.json`` with every
 run's numbers.
+
+A run is labelled by its budget (`report.budget_text`): its sparsity (``0.9``), or for a
+channel run with a ``prune.speedup`` target its MACs reduction (``2× MACs``). The eigenvalue
+figure's x-axis is the runs' shared budget kind (sparsity, or MACs reduction); runs of
+mixed kinds are placed at their measured sparsity (zeros / prunable weights).
 """
 
 from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,7 @@ from ..experiment import load_splits
 from ..io import save_json
 from ..masks import Mask, prunable_parameters
 from ..models import build_model
+from ..report import budget_text
 from ..runfolder import RunFolder
 from ..structured import slim_to_mask
 from ..train import loss_function
@@ -66,8 +73,10 @@ def analyze_run(run_dir: Path, out: Path, hessian: bool, flat: bool, land: bool,
     loss_fn = loss_function(data.task)
     summary = RunFolder(run_dir).summary()  # a damaged or foreign summary is named, not a traceback
     result: dict[str, Any] = {"run": str(run_dir), "results": str(out), "method": summary["method"],
-                              "seed": summary["seed"],
-                              "sparsity": summary["sparsity_target"]}  # fmt: skip
+                              "seed": summary["seed"], "sparsity": summary["sparsity_target"],
+                              "sparsity_actual": summary.get("sparsity_actual"),
+                              "speedup_target": summary.get("speedup_target"),
+                              "budget": budget_text(summary)}  # fmt: skip
     alive_mask = mask  # all ones for a run that did not prune
     if hessian:
         eig = top_eigenvalues(model, loss_fn, batches, k=k, mask=alive_mask, max_iter=200, tol=1e-4)
@@ -86,6 +95,20 @@ def analyze_run(run_dir: Path, out: Path, hessian: bool, flat: bool, land: bool,
     return result
 
 
+def budget_axis(results: list[dict[str, Any]]) -> tuple[Callable[[dict[str, Any]], float], str]:
+    """Return (result → x position, axis label) for plotting `results` of `analyze_run` against their budget.
+
+    Runs that all have a sparsity budget sit at it (``sparsity``); runs that all have a
+    ``prune.speedup`` target at it (``MACs reduction (×)``); a mix at the measured sparsity.
+    """
+    speedups = {r.get("speedup_target") is not None for r in results}
+    if speedups == {True}:
+        return (lambda r: float(r["speedup_target"])), "MACs reduction (×)"
+    if speedups == {False}:
+        return (lambda r: float(r["sparsity"])), "sparsity"
+    return (lambda r: float(r["sparsity_actual"])), "measured sparsity (zeros / prunable weights)"
+
+
 def compare_figures(results: list[dict[str, Any]], out: Path) -> None:
     """Eigenvalue vs sparsity (Fig. 2a), flatness curves (Fig. 4), weight histograms (Fig. 2b)."""
     import matplotlib
@@ -98,11 +121,12 @@ def compare_figures(results: list[dict[str, Any]], out: Path) -> None:
     for r in results:
         by_method[r["method"]].append(r)
     if any("hessian" in r for r in results):
+        where, xlabel = budget_axis(results)
         fig, ax = plt.subplots(figsize=(5, 4))
         for m, rs in sorted(by_method.items()):
-            pts = sorted((r["sparsity"], r["hessian"]["top_eigenvalues"][0]) for r in rs if "hessian" in r)
+            pts = sorted((where(r), r["hessian"]["top_eigenvalues"][0]) for r in rs if "hessian" in r)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
-        ax.set_xlabel("sparsity")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("top Hessian eigenvalue")
         ax.legend()
         fig.tight_layout()
@@ -113,7 +137,7 @@ def compare_figures(results: list[dict[str, Any]], out: Path) -> None:
         for r in results:
             if "flatness" in r:
                 f = r["flatness"]
-                lab = f"{r['method']} {r['sparsity']:g} s{r['seed']}"
+                lab = f"{r['method']} {r['budget']} s{r['seed']}"
                 axes[0].plot(f["sigma"], f["relative_loss"], "o-", label=lab)
                 axes[1].plot(f["sigma"], f["max_loss"], "o-", label=lab)
         for ax, t in zip(axes, ("relative loss (eq. 16)", "maximum loss (eq. 17)"), strict=True):
@@ -130,7 +154,7 @@ def compare_figures(results: list[dict[str, Any]], out: Path) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for r, p in weights:
             ax.hist(np.load(p), bins=80, histtype="step", density=True,
-                    label=f"{r['method']} {r['sparsity']:g} s{r['seed']}")  # fmt: skip
+                    label=f"{r['method']} {r['budget']} s{r['seed']}")  # fmt: skip
         ax.set_xlabel("remaining weight value")
         ax.set_ylabel("density")
         ax.legend(fontsize=7)
