@@ -226,6 +226,15 @@ def test_free_and_subtract_need_the_recorded_term_and_bad_values_are_named():
         CausalSettings(first_order="both")
 
 
+def test_a_bad_value_on_the_command_line_is_one_line_and_exit_2(capsys):
+    from causalprune.cli import main
+
+    assert main(["run", "--set", "causal.first_order=both", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "causal.first_order" in err and "both" in err
+    assert "ignore, free, subtract" in err
+
+
 def test_channel_level_free_fit_reports_z_coefficient_and_permutes_it_with_the_placebo():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3))
