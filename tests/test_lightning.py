@@ -136,3 +136,52 @@ def test_bf16_mixed_precision_records_the_loss_change_under_the_same_autocast(tm
     # lr 1e-6: the weights move far below bf16's resolution, so the same autocast gives the same loss (the
     # loss computed outside the autocast gave |ΔL| up to 9e-3 here)
     assert recorded["y"].abs().max() < 1e-4, recorded["y"]
+
+
+def test_sparsity_and_rewind_are_aliases_and_clashes_are_one_line():
+    """`sparsity` (the pruner's word) raised a raw TypeError: dict() got multiple values for keyword argument."""
+    assert CausalPruning(sparsity=0.7).options["sparsity"] == 0.7
+    assert CausalPruning(rewind=False).options["rewind"] is False
+    assert CausalPruning().options["sparsity"] == 0.9 and CausalPruning().options["rewind"] is True
+    with pytest.raises(ValueError, match="give amount or sparsity .its CausalPruner alias., not both: got amount=0.5"):
+        CausalPruning(amount=0.5, sparsity=0.7)
+    with pytest.raises(ValueError, match="CausalPruning sets forward itself"):
+        CausalPruning(forward=lambda m, x: m(x))
+    with pytest.raises(ValueError, match="unknown option.s. sparsty for CausalPruning; valid: .*save_recording"):
+        CausalPruning(sparsty=0.7)
+
+
+def test_resuming_a_finished_fit_keeps_the_pruner(tmp_path):
+    """The fit loop is done at once (nothing trains, on_train_start never runs): before, callback.pruner was None."""
+    _, first, _ = _fit(tmp_path, max_epochs=5, name="whole")
+    again = CausalPruning(amount=0.8, n_iter=3, start_epoch=1)
+    _fit(tmp_path, max_epochs=5, ckpt_path=tmp_path / "whole" / "ckpt" / "last.ckpt", callback=again, name="whole")
+    assert again.pruner is not None and again.pruner.done and again.pruner.mask == first.pruner.mask
+    assert again.pruner.history == first.pruner.history
+
+
+def _fit_steps(tmp_path, name, max_epochs, ckpt_path=None, **options):
+    """Step checkpoints every 8 steps = each epoch's last batch (8 batches), saved before the epoch ends."""
+    pl.seed_everything(0, verbose=False)
+    module = Digits()
+    callback = CausalPruning(amount=0.8, n_iter=3, start_epoch=1, **options)
+    checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / name, every_n_train_steps=8, save_top_k=-1,
+                                               filename="{step}")  # fmt: skip
+    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, callbacks=[callback,
+        checkpoints], enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, _loader(), ckpt_path=ckpt_path)
+    return module, callback
+
+
+def test_a_step_checkpoint_on_an_epochs_last_batch_ends_that_round_on_resume(tmp_path):
+    """Saved after the last batch of round 1's epoch, before the epoch ended; Lightning resumes at the next epoch
+    without that epoch's end, so before the rounds shifted by one epoch (only 2 of 3 rounds in the fit)."""
+    whole, full = _fit_steps(tmp_path, "whole", 5, save_recording=True)
+    resumed, again = _fit_steps(tmp_path, "whole", 5, ckpt_path=tmp_path / "whole" / "step=16.ckpt",
+                                save_recording=True)  # fmt: skip
+    assert [h["round"] for h in again.pruner.history] == [1, 2, 3]
+    assert again.pruner.mask == full.pruner.mask
+    torch.testing.assert_close(resumed.state_dict(), whole.state_dict())
+    _fit_steps(tmp_path, "plain", 2)  # without the recording the round cannot end: refused in one line
+    with pytest.raises(ValueError, match=r"round 1 ended with no recorded step \(8 recorded step\(s\) were lost"):
+        _fit_steps(tmp_path, "plain", 5, ckpt_path=tmp_path / "plain" / "step=16.ckpt")

@@ -21,7 +21,7 @@ try:
 except ImportError as e:  # pragma: no cover - the extra is missing
     raise ImportError("causalprune.integrations.lightning needs Lightning: pip install 'causalprune[lightning]'") from e
 
-from ..pruner import CausalPruner
+from ..pruner import CausalPruner, check_options
 
 
 def _xy(batch: Any) -> tuple[Any, Any]:
@@ -33,7 +33,8 @@ class CausalPruning(pl.Callback):
     """Prune a LightningModule with Algorithm 1 while the `Trainer` fits it.
 
     Args:
-        amount: final sparsity (fraction of prunable weights, or of channel groups).
+        amount: final sparsity (fraction of prunable weights, or of channel groups); 0.9 unless
+            given here or as ``sparsity`` (the `CausalPruner` word, an alias; not both).
         method: any registered method (`causalprune.criteria.names()`), ``causal`` by default.
         schedule: cumulative targets per round: ``cubic`` | ``geometric`` | ``linear``.
         n_iter: pruning rounds.
@@ -45,18 +46,24 @@ class CausalPruning(pl.Callback):
         batch_to_xy: ``(batch) -> (inputs, targets)``; default ``batch[0], batch[1]``.
         make_pruning_permanent: at the end of training (once every round is done) stop
             re-masking; the pruned weights stay zero.
-        use_lottery_ticket_hypothesis: rewind the surviving weights to θ_pre after each round.
+        use_lottery_ticket_hypothesis: rewind the surviving weights to θ_pre after each round
+            (default True; ``rewind`` is its `CausalPruner` alias, not both).
         verbose: 0 silent, 1 one line per round.
-        **pruner_options: passed to `CausalPruner` (``settings``, ``granularity``, ``scope``, ...).
+        **pruner_options: passed to `CausalPruner` (``settings``, ``granularity``, ``scope``,
+            ``save_recording``, ...); an unknown name is refused in one line.
 
     Logged (through the module's logger) at each round's end: ``causal_pruning/sparsity``,
-    ``causal_pruning/round``. Checkpoints carry the pruner's state (`state_dict`), so a fit
-    resumed from a checkpoint saved between rounds continues to the same masks.
+    ``causal_pruning/round``. Checkpoints carry the pruner's state (`state_dict`): a fit resumed
+    from a checkpoint saved between rounds continues to the same masks; one saved in the
+    middle of a recorded round does so with ``save_recording=True`` (and a dataloader Lightning
+    can resume mid-epoch), and warns naming the lost steps without it. A step checkpoint
+    saved after an epoch's last batch, before the epoch ends (``every_n_train_steps``), ends
+    that epoch's round when the fit resumes.
     """
 
     def __init__(
         self,
-        amount: float = 0.9,
+        amount: float | None = None,
         method: str = "causal",
         schedule: str = "cubic",
         n_iter: int = 5,
@@ -65,19 +72,23 @@ class CausalPruning(pl.Callback):
         loss_fn: Callable[[Any, Any], torch.Tensor] | None = None,
         batch_to_xy: Callable[[Any], tuple[Any, Any]] = _xy,
         make_pruning_permanent: bool = True,
-        use_lottery_ticket_hypothesis: bool = True,
+        use_lottery_ticket_hypothesis: bool | None = None,
         verbose: int = 0,
         **pruner_options: Any,
     ) -> None:
         if int(start_epoch) != start_epoch or start_epoch < 0:
             raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch}")
+        amount = _alias(pruner_options, "amount", amount, "sparsity", 0.9)
+        rewind = _alias(pruner_options, "use_lottery_ticket_hypothesis", use_lottery_ticket_hypothesis, "rewind", True)
+        check_options(pruner_options, "CausalPruning", taken=("forward",))
         self.options = dict(sparsity=amount, method=method, schedule=schedule, n_iter=n_iter,
-                            epochs_per_round=epochs_per_round, rewind=use_lottery_ticket_hypothesis, **pruner_options)
+                            epochs_per_round=epochs_per_round, rewind=rewind, **pruner_options)
         self.start_epoch = int(start_epoch)
         self.loss_fn, self.batch_to_xy = loss_fn, batch_to_xy
         self.make_pruning_permanent, self.verbose = make_pruning_permanent, verbose
         self.pruner: CausalPruner | None = None
         self._saved: dict[str, Any] | None = None
+        self._pending: int | None = None  # an epoch whose last batch is done and whose end is not counted yet
 
     # --- the pruner -------------------------------------------------------------------------
     def _start(self, trainer: pl.Trainer, module: pl.LightningModule) -> CausalPruner:
@@ -114,15 +125,31 @@ class CausalPruning(pl.Callback):
         return self.pruner is not None and not self.pruner.done
 
     # --- Lightning hooks ---------------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Continue the pruner a checkpoint saved (also when the checkpoint's fit is finished and nothing trains)."""
+        self._resume(trainer, pl_module)
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Continue the pruner a checkpoint saved; refuse a checkpoint from mid-pruning without its state."""
-        if self._saved is not None and self._saved.get("pruner") is not None:
-            self.pruner = self._start(trainer, pl_module)
-            self.pruner.load_state_dict(self._saved["pruner"])
-        elif trainer.current_epoch > self.start_epoch:
+        """Refuse a checkpoint from mid-pruning without the pruner's state; end an epoch the checkpoint left open.
+
+        A checkpoint saved after an epoch's last batch but before the epoch ended (a step
+        checkpoint there) resumes at the next epoch without that epoch's end: its round ends here.
+        """
+        self._resume(trainer, pl_module)
+        pending = self._saved.get("epoch_end_pending") if self._saved is not None else None
+        self._saved = None
+        if self.pruner is None and trainer.current_epoch > self.start_epoch:
             raise ValueError(f"the fit resumes at epoch {trainer.current_epoch}, after pruning started (start_epoch "
                              f"{self.start_epoch}), from a checkpoint without CausalPruning's state: resume from a "
                              "checkpoint saved with this callback, or start the fit again")  # fmt: skip
+        if pending is not None and trainer.current_epoch > pending:
+            self._end_epoch(pl_module)
+
+    def _resume(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.pruner is None and self._saved is not None and self._saved.get("pruner") is not None:
+            self.pruner = self._start(trainer, pl_module)
+            where = f"the checkpoint {trainer.ckpt_path}" if trainer.ckpt_path else None
+            self.pruner.load_state_dict(self._saved["pruner"], source=where)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Take θ_pre and start the rounds at `start_epoch`."""
@@ -147,11 +174,16 @@ class CausalPruning(pl.Callback):
                 raise ValueError("training_step returned no loss (the step was skipped?): CausalPruning records "
                                  "each step with the loss of loss_fn(module(inputs), targets) training_step returns")
             self.pruner.after_step(loss)
+            if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # a step checkpoint may follow
+                self._pending = trainer.current_epoch
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """End the round when its epochs are done: score, prune, rewind; log the sparsity."""
-        if not self._active:
-            return
+        self._pending = None
+        if self._active:
+            self._end_epoch(pl_module)
+
+    def _end_epoch(self, pl_module: pl.LightningModule) -> None:
         assert self.pruner is not None
         if self.pruner.end_epoch() is None:
             return
@@ -166,14 +198,30 @@ class CausalPruning(pl.Callback):
         if self.make_pruning_permanent and self.pruner is not None and self.pruner.done:
             self.pruner.make_permanent()
 
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Make the pruning permanent after a fit that had nothing left to train (a finished checkpoint's)."""
+        self.on_train_end(trainer, pl_module)
+
     # --- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The pruner's state (None before the first round started)."""
-        return {"pruner": self.pruner.state_dict() if self.pruner is not None else None}
+        """The pruner's state (None before the first round started) and an epoch left open by a step checkpoint."""
+        return {"pruner": self.pruner.state_dict() if self.pruner is not None else None,
+                "epoch_end_pending": self._pending if self._active else None}  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep a checkpoint's pruner state; the pruner is rebuilt on it when the fit starts."""
         self._saved = dict(state_dict)
+
+
+def _alias(options: dict[str, Any], name: str, value: Any, alias: str, default: Any) -> Any:
+    """`value` of the argument `name`, or of its alias popped from `options` (both given: refused), or `default`."""
+    if alias not in options:
+        return default if value is None else value
+    other = options.pop(alias)
+    if value is not None:
+        raise ValueError(f"give {name} or {alias} (its CausalPruner alias), not both: got {name}={value!r} and "
+                         f"{alias}={other!r}")  # fmt: skip
+    return other
 
 
 __all__ = ["CausalPruning"]
