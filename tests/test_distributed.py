@@ -379,3 +379,14 @@ def test_a_rank_leaves_its_record_atomically_and_only_under_nproc(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rank_0.json", "rank_1.json"]
     with pytest.raises(ValueError, match="kind must be one of input, crash, lost, got 'oops'"):
         leave_record("oops", "x")
+
+
+@pytest.mark.parametrize(("rank", "console"), [("0", "from python\n"), ("1", "")])
+def test_a_rank_under_nproc_logs_its_stderr_and_only_rank_0_keeps_the_console(rank, console, tmp_path):
+    code = ("import os, sys\nfrom causalprune.launch import capture_output\nprint(capture_output())\n"
+            "print('from python', file=sys.stderr)\nos.write(2, b'from C\\n')\n")  # fmt: skip
+    env = {**os.environ, RANK_ERRORS_ENV: str(tmp_path), "WORLD_SIZE": "2", "RANK": rank}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    log = tmp_path / f"rank_{rank}.log"
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"{log}\n", console)
+    assert sorted(log.read_text().splitlines()) == ["from C", "from python"]
