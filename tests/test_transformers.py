@@ -143,3 +143,56 @@ def test_a_tied_head_is_pruned_when_either_of_its_roles_is():
     assert "transformer.wte.weight" in linear_weights(model, prune_head=True)
     assert "transformer.wte.weight" in linear_weights(model, prune_embeddings=True)
     assert set(plain) < set(linear_weights(model, prune_head=True))
+
+
+def test_a_mid_epoch_checkpoint_after_pruning_started_without_the_state_is_refused(tmp_path):
+    """checkpoint-12 lies in the middle of epoch 1, the first pruned epoch (start_epoch 1): before, int(1.5) <= 1
+    passed it as "before pruning started" and the rounds began one epoch late."""
+    _train(tmp_path, 2, CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1), save_steps=4)
+    (tmp_path / "checkpoint-12" / "causalprune_pruner.pt").unlink()
+    with pytest.raises(ValueError, match=r"resumed at step 12 \(epoch 1.50\), after pruning started at epoch 1"):
+        _train(tmp_path, 3, CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1),
+               resume=str(tmp_path / "checkpoint-12"), save_steps=4)  # fmt: skip
+
+
+def test_a_damaged_pruner_file_is_named_in_one_line(tmp_path):
+    _train(tmp_path, 2, CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1))
+    path = tmp_path / "checkpoint-16" / "causalprune_pruner.pt"
+    path.write_bytes(path.read_bytes()[:100])  # truncated, as a disk full or a kill mid-copy leaves it
+    with pytest.raises(ValueError, match=rf"^{path} is damaged \(\w+: [^\n]*\): resume from another checkpoint"):
+        _train(tmp_path, 4, CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1), resume=str(path.parent))
+
+
+def test_the_pruner_state_is_in_the_checkpoint_before_older_ones_are_rotated_away(tmp_path, monkeypatch):
+    """A Trainer that dies while it rotates checkpoints (save_total_limit=1: checkpoint-8 is deleted as
+    checkpoint-16 is complete) must leave checkpoint-16 with the pruner's state: before, the callback wrote it in
+    on_save, after the rotation, so nothing was left to resume from."""
+    import transformers.trainer as trainer_module
+
+    rotate = trainer_module.rotate_checkpoints
+
+    def dies_after_rotating(*args, **kwargs):
+        rotate(*args, **kwargs)
+        if (tmp_path / "checkpoint-16").exists():
+            raise KeyboardInterrupt  # the process dies here
+
+    monkeypatch.setattr(trainer_module, "rotate_checkpoints", dies_after_rotating)
+    model = _model()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=8, learning_rate=1e-3, report_to=[],
+        use_cpu=True, logging_strategy="no", seed=0, disable_tqdm=True, save_strategy="steps", save_steps=8,
+        save_total_limit=1)  # fmt: skip
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=Tokens(),
+                                   callbacks=[CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1)])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-16"]
+    state = torch.load(tmp_path / "checkpoint-16" / "causalprune_pruner.pt", weights_only=False)["pruner"]
+    assert state["round"] == 2 and len(state["history"]) == 1  # round 1 ended at the epoch's last step
+
+
+def test_unknown_or_clashing_options_are_one_line():
+    with pytest.raises(ValueError, match="CausalPruningCallback sets forward itself"):
+        CausalPruningCallback(forward=lambda m, b: m(**b))
+    with pytest.raises(ValueError, match="unknown option.s. amount for CausalPruningCallback; valid: "):
+        CausalPruningCallback(amount=0.7)

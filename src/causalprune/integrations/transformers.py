@@ -8,12 +8,19 @@ loss is the model's own ``outputs.loss``: the callback captures each training st
 and loss with forward hooks, snapshots θ^t before the forward and records the step right
 after ``optimizer.step()``. Rounds end at epoch ends; the pruner's state is saved in every
 checkpoint folder (``causalprune_pruner.pt``) so that ``trainer.train(resume_from_checkpoint=…)``
-continues to the same masks.
+continues to the same masks. The file is written while the Trainer writes the checkpoint —
+from `state()`, the `ExportableState` hook `Trainer._save_checkpoint` calls after the model,
+optimizer and RNG files and before ``trainer_state.json`` and the rotation of older
+checkpoints — so a process killed at any moment leaves a usable newest checkpoint or the
+previous one in place (``on_save`` runs only after the rotation).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +30,7 @@ from torch import nn
 try:
     from transformers import TrainerCallback
     from transformers.pytorch_utils import Conv1D
+    from transformers.trainer_callback import ExportableState
 except ImportError as e:  # pragma: no cover - the extra is missing
     raise ImportError("causalprune.integrations.transformers needs transformers: "
                       "pip install 'causalprune[transformers]'") from e  # fmt: skip
@@ -30,7 +38,7 @@ except ImportError as e:  # pragma: no cover - the extra is missing
 from .. import criteria
 from ..io import save_torch
 from ..masks import prunable_parameters, register_prunable_layer
-from ..pruner import CausalPruner
+from ..pruner import CausalPruner, check_options
 
 register_prunable_layer(Conv1D)  # GPT-2's Linear: its weight is (in, out), pruned entry by entry alike
 
@@ -81,7 +89,7 @@ def _whole(epoch: float) -> bool:
     return abs(epoch - round(epoch)) < 1e-6
 
 
-class CausalPruningCallback(TrainerCallback):
+class CausalPruningCallback(TrainerCallback, ExportableState):
     """Prune a `transformers` model with Algorithm 1 while `Trainer.train` runs.
 
     Args:
@@ -97,12 +105,12 @@ class CausalPruningCallback(TrainerCallback):
             prune_head)`).
         prune_embeddings: also prune the embeddings.
         prune_head: also prune the output head.
-        **pruner_options: passed to `CausalPruner` (``settings``, ``scope``, ``rewind``, ...).
+        **pruner_options: passed to `CausalPruner` (``settings``, ``scope``, ``rewind``,
+            ``save_recording``, ...); an unknown name is refused in one line.
 
     After each round ``causal_pruning/sparsity`` and ``causal_pruning/round`` are added to
     ``state.log_history``; `pruner.history` has the rounds' details.
     """
-
 
     def __init__(
         self,
@@ -127,8 +135,12 @@ class CausalPruningCallback(TrainerCallback):
         delta = settings.get("delta_loss") if isinstance(settings, dict) else getattr(settings, "delta_loss", None)
         if delta not in (None, "same_batch"):
             raise ValueError("the Trainer callback records ΔL on each step's own batch: delta_loss must be same_batch")
+        check_options(pruner_options, "CausalPruningCallback", taken=("forward", "params"))
         self.options = dict(sparsity=sparsity, method=method, schedule=schedule, n_iter=n_iter,
                             epochs_per_round=epochs_per_round, **pruner_options)  # fmt: skip
+        # the constructor's arguments, for `state()` (restore_callback_states_from_checkpoint rebuilds from them)
+        self._args = dict(self.options, start_epoch=start_epoch, params=params, prune_embeddings=prune_embeddings,
+                          prune_head=prune_head)  # fmt: skip
         self.start_epoch = int(start_epoch)
         self.params, self.prune_embeddings, self.prune_head = params, prune_embeddings, prune_head
         self.pruner: CausalPruner | None = None
@@ -137,6 +149,7 @@ class CausalPruningCallback(TrainerCallback):
         self._capture = False  # the forward running now is that step's: keep its loss
         self._loss: torch.Tensor | None = None
         self._counted: int | None = None  # the last epoch counted (its last step, or its end)
+        self._training: tuple[Any, Any] | None = None  # (args, state) of the Trainer while train() runs
 
     # --- the pruner ---------------------------------------------------------------------------
     def _start(self, args: Any, model: nn.Module, optimizer: Any) -> CausalPruner:
@@ -184,20 +197,26 @@ class CausalPruningCallback(TrainerCallback):
         """
         if self.pruner is not None:  # the callback of an earlier train(): start over
             self._stop()
+        self._training = (args, state)
         if state.global_step == 0:
             return
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
         path = os.path.join(folder, STATE_FILE)
-        saved = torch.load(path, weights_only=False) if os.path.isfile(path) else None
-        if saved is None and int(state.epoch or 0) <= self.start_epoch:
-            return  # resumed before pruning started
+        saved = _load_state(path) if os.path.isfile(path) else None
+        if saved is None and float(state.epoch or 0) <= self.start_epoch + 1e-6:
+            return  # resumed before pruning started (or exactly where it starts)
         if saved is None:
             raise ValueError(f"the Trainer resumed at step {state.global_step} (epoch {state.epoch:.2f}), after "
-                             f"pruning started, from a checkpoint without the pruner's state ({path} is missing): "
-                             "resume from a checkpoint saved with CausalPruningCallback, or start training again")
+                             f"pruning started at epoch {self.start_epoch}, from a checkpoint without the pruner's "
+                             f"state ({path} is missing): resume from a checkpoint saved with CausalPruningCallback, "
+                             "or start training again")  # fmt: skip
         if saved.get("pruner") is not None:
             self.pruner = self._start(args, model, optimizer)
-            self.pruner.load_state_dict(saved["pruner"])
+            with warnings.catch_warnings(record=True) as caught:  # re-issued here, pointing at the caller's code
+                warnings.simplefilter("always")
+                self.pruner.load_state_dict(saved["pruner"], source=f"{folder} (step {state.global_step})")
+            for w in caught:
+                warnings.warn(str(w.message), w.category, stacklevel=2)
 
     def on_epoch_begin(self, args: Any, state: Any, control: Any, model: nn.Module | None = None,
                        optimizer: Any = None, **kwargs: Any) -> None:  # fmt: skip
@@ -236,15 +255,27 @@ class CausalPruningCallback(TrainerCallback):
                                       "causal_pruning/round": int(last["round"]), "epoch": state.epoch,
                                       "step": state.global_step})  # fmt: skip
 
-    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        """Save the pruner's state next to the checkpoint the Trainer just wrote."""
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if os.path.isdir(folder) and state.is_world_process_zero:
-            save_torch({"pruner": self.pruner.state_dict() if self.pruner is not None else None},
-                       os.path.join(folder, STATE_FILE))  # fmt: skip
+    def state(self) -> dict[str, Any]:
+        """Write the pruner's state into the checkpoint being saved; return the callback's arguments for JSON.
+
+        `Trainer._save_checkpoint` calls it after writing the model, optimizer and RNG files of
+        ``checkpoint-<step>`` and before ``trainer_state.json`` and the rotation of older
+        checkpoints, so the newest checkpoint holds ``causalprune_pruner.pt`` before any older one
+        is deleted. (The Trainer also calls it when it builds its state at the start of
+        `train()`; nothing is written then.) The returned ``args`` are the constructor's
+        arguments JSON can hold, for ``restore_callback_states_from_checkpoint``.
+        """
+        if self._training is not None:
+            args, state = self._training
+            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isdir(folder) and state.is_world_process_zero:
+                save_torch({"pruner": self.pruner.state_dict() if self.pruner is not None else None},
+                           os.path.join(folder, STATE_FILE))  # fmt: skip
+        return {"args": _jsonable(self._args), "attributes": {}}
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Once every round is done, stop re-masking (the pruned weights stay zero) and remove the hooks."""
+        self._training = None
         if self.pruner is not None and self.pruner.done:
             self.pruner.make_permanent()
             for h in self._hooks:
@@ -258,6 +289,34 @@ class CausalPruningCallback(TrainerCallback):
         for h in self._hooks:
             h.remove()
         self._hooks, self.pruner, self._counted = [], None, None
+
+
+def _load_state(path: str) -> dict[str, Any]:
+    """The pruner state file of a checkpoint; a damaged one is named in one line."""
+    try:
+        saved = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as e:  # a truncated or foreign file: pickle, zip and torch errors alike
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(f"{path} is damaged ({type(e).__name__}: {first}): resume from another checkpoint, or "
+                         "start training again") from e  # fmt: skip
+    if not isinstance(saved, dict) or "pruner" not in saved:
+        raise ValueError(f"{path} is damaged (not a CausalPruningCallback state): resume from another checkpoint, "
+                         "or start training again")  # fmt: skip
+    return saved
+
+
+def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments JSON can hold (a settings dataclass as its fields); the others are left out."""
+    out = {}
+    for k, v in args.items():
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            v = dataclasses.asdict(v)
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError):
+            continue
+        out[k] = v
+    return out
 
 
 __all__ = ["CausalPruningCallback", "linear_weights", "supported_methods"]
