@@ -359,6 +359,25 @@ def test_a_killed_rank_is_named_and_the_ranks_stopped_after_it_are_not():
            "(exit code -15)" + tail)  # fmt: skip
 
 
+def test_a_killed_rank_comes_before_the_errors_its_peers_raised_when_it_vanished():
+    records = {0: RankRecord(CRASH, "RuntimeError: words no list knows"), 2: LOST_LINE}
+    assert verdict(3, records, {0: 1, 1: -9, 2: 1}, None) == Verdict(
+        1, "the 3-process run failed: rank 1 was killed by SIGKILL (exit code -9); the others were stopped; re-run "
+           "the same command to resume")  # fmt: skip
+    assert verdict(3, records, {0: 1, 1: -15, 2: 1}, None) == Verdict(  # stopped by torchrun: rank 0 raised first
+        1, "the 3-process run failed: rank 0 raised RuntimeError: words no list knows; the others were stopped")
+
+
+def test_the_run_folder_of_a_run_without_out_is_its_default(tmp_path):
+    from causalprune.cli import _run_home, build_parser
+    from causalprune.config import load_config
+    from causalprune.runfolder import default_run_dir
+
+    path = _write(tmp_path)
+    assert _run_home(build_parser().parse_args(["run", str(path)])) == default_run_dir(load_config(path))
+    assert _run_home(build_parser().parse_args(["run", str(path), "--out", "x"])) == Path("x")
+
+
 def test_a_rank_that_exits_without_a_word_is_named_without_advice_to_re_run():
     assert verdict(2, {}, {0: -15, 1: 1}, Path("r/logs")) == Verdict(
         1, "the 2-process run failed: rank 1 exited with code 1; the others were stopped; rank logs: "

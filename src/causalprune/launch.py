@@ -167,13 +167,14 @@ def verdict(nproc: int, records: dict[int, RankRecord], exitcodes: dict[int, int
     if not records and not exitcodes:
         return Verdict(0, "")
     head = f"the {nproc}-process run failed"
+    silent = {r: c for r, c in exitcodes.items() if r not in records}  # died without a word: killed, or stopped
+    killed = {r: c for r, c in silent.items() if c < 0 and c != -signal.SIGTERM}  # SIGTERM: torchrun stopping it
     crashed = sorted(r for r, rec in records.items() if rec.kind == CRASH)
-    if crashed:
+    if crashed and not killed:  # (a rank killed first makes its peers raise whatever their backend says)
         first = crashed[0]
         where = f" (traceback in {logs / f'rank_{first}.log'})" if logs is not None else ""
         return Verdict(1, f"{head}: rank {first} raised {records[first].message}{where}; the others were stopped")
-    silent = {r: c for r, c in exitcodes.items() if r not in records}  # died without a word: killed, or stopped
-    causes = {r: c for r, c in silent.items() if c != -signal.SIGTERM} or silent  # SIGTERM: torchrun stopping it
+    causes = killed or {r: c for r, c in silent.items() if c != -signal.SIGTERM} or silent
     if not causes:  # only ranks that saw a peer vanish reported: the lost one left no exit code
         causes = {r: exitcodes.get(r, 1) for r in records}
     said = ", ".join(f"rank {r} {_ended(c)}" for r, c in sorted(causes.items()))
@@ -244,10 +245,12 @@ def _keep_logs(scratch: Path, home: Callable[[], Path | None]) -> Path:
                 warnings.catch_warnings():  # fmt: skip
             warnings.simplefilter("ignore")
             folder = home()
-    except Exception:  # any reason not to know the run folder: keep the logs elsewhere
-        folder = None
-    dest = folder / "logs" if folder is not None else Path(tempfile.mkdtemp(prefix="causalprune-logs-"))
-    dest.mkdir(parents=True, exist_ok=True)
+        if folder is None:
+            raise FileNotFoundError("no run folder")
+        dest = folder / "logs"
+        dest.mkdir(parents=True, exist_ok=True)
+    except Exception:  # any reason not to know or write the run folder: keep the logs elsewhere
+        dest = Path(tempfile.mkdtemp(prefix="causalprune-logs-"))
     for log in sorted(scratch.glob("rank_*.log")):
         shutil.move(log, dest / log.name)
     return dest
