@@ -175,8 +175,10 @@ def test_shipped_configs_run_by_name_outside_the_repository(tmp_path, monkeypatc
     assert main(["run", "mlp-digits", "--dry-run"]) == 0
     assert "prunable" in capsys.readouterr().out
     assert main(["run", "configs/mlp-digits.yaml", "--dry-run"]) == 0
-    assert main(["run", "paper/resnet20-cifar10-oneshot", "--dry-run", "--set", "train.device=cpu"]) == 0
     capsys.readouterr()
+    assert main(["run", "paper/resnet20-cifar10-oneshot", "--dry-run", "--set", "train.device=cpu"]) == 2  # no data
+    captured = capsys.readouterr()
+    assert "resnet20" in captured.out and "data set cifar10 not found" in captured.err
     assert main(["run", "mlp-digit", "--dry-run"]) == 2
     _one_line_error(capsys, "config file not found: mlp-digit", "causalprune list")
     assert main(["compare", "mlp-digits", "--out", str(tmp_path / "cmp"), "--methods", "magnitude", "--sparsity",
