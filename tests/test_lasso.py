@@ -1,5 +1,6 @@
 """Lasso solvers against independent oracles (scikit-learn, numpy pinv)."""
 
+import math
 import warnings
 
 import numpy as np
@@ -306,3 +307,19 @@ def test_non_converged_solve_is_one_warning_line_under_the_cli_and_a_level_event
     events = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     level = next(e for e in events if e["event"] == "level")
     assert level["solver"] == "fista" and level["converged"] is False
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_chunked_selection_matches_a_full_sort_with_ties_by_position(monkeypatch, largest):
+    """`_select` reads a vector in chunks; its choice is the full stable sort's, ties to the lower index."""
+    g = torch.Generator().manual_seed(0)
+    key = torch.randint(-6, 7, (1000,), generator=g).float()  # many ties, across every chunk boundary
+    key[[5, 700]] = math.inf
+    key[[6, 701]] = -math.inf
+    monkeypatch.setattr(lasso, "CHUNK", 64)
+    for absolute in (False, True):
+        ranked = key.abs() if absolute else key
+        order = torch.sort(-ranked if largest else ranked, stable=True).indices  # ties: lower index first
+        for k in (1, 3, 50, 64, 129, 400, 1000, 1200):
+            got = lasso._select(key, k, largest=largest, absolute=absolute)
+            assert torch.equal(got, order[:k].sort().values), (absolute, k)

@@ -17,7 +17,10 @@ taken in float32 chunks on X's device, and the columns that are recomputed exact
 float64 (on the host) are gathered in blocks of at most `Design.block_columns` columns
 (≈ 64 MiB of float64), so beyond X a solve holds a few (d,) vectors (sgd: also one
 minibatch of rows; cd: its working set's columns and Gram matrix), also for dense
-solutions (``minnorm``), never a copy of X.
+solutions (``minnorm``), never a copy of X. The (d,) vectors are float32 (Xᵀr, column
+norms, priorities) except the float64 coefficients, and d-length work (screening, top-k
+selections, norms of the reductions) runs in chunks of `CHUNK` entries: cd holds about
+22 bytes per column beyond X at its peak (docs/benchmarks.md).
 
 Solvers, each registered under its name with `register_solver` and called as
 ``fn(D, alpha, tol, max_iter, **options) -> SolverOutput`` (its keyword-only parameters are
@@ -46,7 +49,7 @@ import inspect
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,7 +103,8 @@ class SolverOutput:
         objective: P(γ) in scikit-learn's scaling (`Design.evaluate`).
         gap: duality gap at γ, same units (``nan`` when α = 0).
         n_iter: iterations the solver ran (its own unit: outer iterations, iterations, epochs).
-        corr: (p,) float64 (PX)ᵀr, exact in float64 on the support and the largest entries.
+        corr: (p,) float32 (PX)ᵀr: a float32 pass over X, recomputed exactly in float64 (then
+            rounded to float32) on the support and the largest entries.
         residual: (T,) float64 r = Py − PXγ.
         converged: whether the solver's stopping rule was met.
     """
@@ -275,16 +279,31 @@ class Design:
         """Return aᵀb for two (p,) coefficient-space vectors, summed over the shards of a sharded design."""
         return float(self.comm.sum_(torch.dot(a, b).reshape(1).to(torch.float64))[0])
 
-    def sq_norms(self) -> torch.Tensor:
-        """Return ‖P x_j‖² for every column as a (p,) float64 CPU tensor."""
-        out = torch.empty(self.p, dtype=torch.float64)
+    def norms(self) -> torch.Tensor:
+        """Return ‖P x_j‖ for every column as a (p,) float32 CPU tensor.
+
+        Beyond the result this holds one float32 (p,) vector per unpenalised regressor pass
+        (with Z) and `CHUNK`-sized float64 temporaries: ‖Px‖² = ‖x‖² − Σ_k (q_kᵀx)² is formed
+        chunk by chunk in float64 from float32 terms, as precise as the float32 pass allows.
+        """
+        out = torch.empty(self.p, dtype=torch.float32)
         for b, part in zip(self.blocks, self.segments.split(out), strict=True):
             # A norm reduction reads X once, accumulates in float32 and allocates no temporary.
-            part.copy_(torch.linalg.vector_norm(b, dim=0, dtype=torch.float32))
-        out.square_()
-        for k in range(self.Q.shape[1]):  # ‖Px‖² = ‖x‖² − Σ_k (q_kᵀx)²
-            out -= self.rmatvec(self.Q[:, k]).to("cpu", torch.float64) ** 2
-        return out.clamp_(min=0.0)
+            if b.device.type == "cpu":
+                torch.linalg.vector_norm(b, dim=0, dtype=torch.float32, out=part)
+            else:
+                part.copy_(torch.linalg.vector_norm(b, dim=0, dtype=torch.float32))
+        if self.Q.shape[1]:
+            along = torch.zeros(self.p, dtype=torch.float32)  # Σ_k (q_kᵀx)², float32
+            for k in range(self.Q.shape[1]):
+                t = self.rmatvec(self.Q[:, k]).to("cpu")
+                along.addcmul_(t, t)
+                del t
+            for a in range(0, self.p, CHUNK):
+                e = min(a + CHUNK, self.p)
+                sq = out[a:e].double().square_().sub_(along[a:e].double()).clamp_(min=0.0)
+                out[a:e] = sq.sqrt_()
+        return out
 
     def gram(self) -> torch.Tensor:
         """Return (PX)(PX)ᵀ as a (T, T) float64 CPU tensor."""
@@ -324,13 +343,12 @@ class Design:
     def smallest(self, key: torch.Tensor, k: int) -> torch.Tensor:
         """Return the sorted local indices of this shard's entries among the k smallest of `key` over every shard.
 
-        `key` is (p,) float64 CPU, one value per column held here. Ties are ordered by global
-        column position (shard order, then index), so every process agrees on the selection.
+        `key` is (p,) float CPU, one value per column held here (no NaN). Ties are ordered by
+        global column position (shard order, then index), so every process agrees on the selection.
         """
-        local = torch.topk(key, min(k, self.p), largest=False).indices
+        local = _select(key, k, largest=False)  # position order inside the shard
         if not self.sharded:
-            return local.sort().values
-        local = local.sort().values  # position order inside the shard
+            return local
         pieces = self.comm.gather((key[local], local))  # [(values, indices)] in shard order
         values = torch.cat([v for v, _ in pieces])
         owner = torch.cat([torch.full((len(i),), r, dtype=torch.long) for r, (_, i) in enumerate(pieces)])
@@ -359,6 +377,14 @@ class Design:
         whatever len(idx) is; without Z each entry is the same float64 product as with one
         gather (with Z, the projection of a block may round differently in the last bit).
         """
+        n = self.p if idx is None else len(idx)
+        out = torch.empty(n, dtype=torch.float64)
+        for a, e, values in self._exact_blocks(idx, r):
+            out[a:e] = values
+        return out
+
+    def _exact_blocks(self, idx: torch.Tensor | None, r: torch.Tensor) -> Iterator[tuple[int, int, torch.Tensor]]:
+        """Yield (a, e, (PX)[:, idx[a:e]]ᵀ r as float64) for consecutive blocks of `block_columns` columns."""
         # Consecutive columns from `start` (every column of a dense fit): copy block after block, no gather.
         start: int | None = 0
         if idx is None:
@@ -367,14 +393,13 @@ class Design:
             idx = idx.to("cpu", torch.long)
             n = len(idx)
             start = int(idx[0]) if n and _is_run(idx) else None
-        out = torch.empty(n, dtype=torch.float64)
         step = self.block_columns
         for a in range(0, n, step):
             e = min(a + step, n)
             cols = self._column_range(start + a, start + e) if start is not None else self.columns(idx[a:e])
-            out[a:e] = cols.T @ r
+            values = cols.T @ r
             del cols  # before the next block is allocated
-        return out
+            yield a, e, values
 
     def raw_fit(self, coef: torch.Tensor) -> torch.Tensor:
         """Return Xγ without the projection as a (T,) float64 CPU tensor, from the non-zeros of `coef`.
@@ -406,9 +431,15 @@ class Design:
             self._xty = self.rmatvec(self.y)
         return self._xty
 
+    def _take_xty(self) -> torch.Tensor:
+        """Return `xty()` and drop the cached copy: the caller owns (and may overwrite) the tensor."""
+        out = self.xty()
+        self._xty = None
+        return out
+
     def alpha_max(self) -> float:
         """Return ‖(PX)ᵀPy‖_∞ / T, the smallest α whose solution is all zero."""
-        return self.comm.max(float(self.xty().abs().max())) / self.T
+        return self.comm.max(float(torch.linalg.vector_norm(self.xty(), math.inf))) / self.T
 
     def residual(self, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Return (r = Py − PXγ, support indices, support columns or None), r float64.
@@ -428,12 +459,15 @@ class Design:
 
         Xᵀr is a float32 pass over X, then recomputed exactly in float64 on the support and
         the 2·|support| + 64 largest entries — every column for a dense solution, in blocks
-        (`exact_rmatvec`), so no more than `block_columns` columns are held in float64.
+        (`exact_rmatvec`), so no more than `block_columns` columns are held in float64. It is
+        returned as a (p,) float32 CPU vector (the exact entries rounded); the dual point's
+        scale ‖Xᵀr‖∞ is taken before that rounding, from the float64 values.
         """
         residual, nz, cols = self.residual(coef)
-        local = self.xty() if len(nz) == 0 and not self.sharded else self.rmatvec(residual)
-        corr = local.to("cpu", torch.float64)
-        finite = bool(torch.isfinite(corr).all())
+        local = self._take_xty() if len(nz) == 0 and not self.sharded else self.rmatvec(residual)
+        corr = local.to("cpu", torch.float32)  # (p,) float32: overwritten below, never a cached tensor
+        del local
+        finite = math.isfinite(float(torch.linalg.vector_norm(corr, math.inf)))  # NaN and ±inf propagate
         if self.sharded and self.comm.max(0.0 if finite else 1.0) > 0:  # every shard raises together
             raise ValueError("X contains NaN or Inf" + ("" if finite else f" (shard {self.comm.rank})"))
         if not finite:
@@ -442,21 +476,34 @@ class Design:
         # Recompute exactly (float64) where it decides the dual point: the support and the
         # largest |x_jᵀr|, whose float32 rounding would otherwise inflate ‖Xᵀr‖∞.
         k = min(self.p, 2 * len(nz) + 64)
-        top = torch.topk(corr.abs(), k).indices if k < self.p else None  # None: all (a dense fit)
+        top = _select(corr, k, largest=True, absolute=True) if k < self.p else None  # None: all (a dense fit)
+        exact_max = 0.0  # max |x_jᵀr| over the entries recomputed in float64
         if cols is not None and len(nz):
-            corr[nz] = cols.T @ residual
+            values = cols.T @ residual
+            corr[nz] = 0.0  # out of the float32 maximum below; written back rounded
             top = torch.arange(self.p) if top is None else top  # p ≤ 2·EXACT_SUPPORT + 64 here
             top = top[~torch.isin(top, nz)]
         if top is None:
-            corr = self.exact_rmatvec(None, residual)
+            for a, e, values_ae in self._exact_blocks(None, residual):
+                corr[a:e] = values_ae
+                exact_max = max(exact_max, float(values_ae.abs().max()))
+            rest_max = 0.0
         else:
-            corr[top] = self.exact_rmatvec(top, residual)
+            top_values = self.exact_rmatvec(top, residual)
+            corr[top] = 0.0
+            rest_max = float(torch.linalg.vector_norm(corr, math.inf))  # the float32 pass elsewhere
+            corr[top] = top_values.float()
+            if len(top):
+                exact_max = float(top_values.abs().max())
+        if cols is not None and len(nz):
+            corr[nz] = values.float()
+            exact_max = max(exact_max, float(values.abs().max()))
         T = self.T
         rr = float(residual @ residual)
-        l1 = float(self.comm.sum_(coef.abs().sum().reshape(1).to(torch.float64))[0])
+        l1 = float(self.comm.sum_(torch.linalg.vector_norm(coef, 1).reshape(1).to(torch.float64))[0])
         primal = 0.5 * rr / T + alpha * l1
         if alpha > 0:
-            scale = max(T * alpha, self.comm.max(float(corr.abs().max())))
+            scale = max(T * alpha, self.comm.max(max(exact_max, rest_max)))
             s = T * alpha / scale
             # Dual of the scaled problem at θ = s·r: (‖y‖² − ‖y − θ‖²) / 2T.
             diff = self.y - s * residual
@@ -477,13 +524,57 @@ def _is_run(idx: torch.Tensor) -> bool:
     return int(idx[-1]) - int(idx[0]) == len(idx) - 1 and bool((idx.diff() == 1).all())
 
 
+CHUNK = 1 << 18  # entries of a (p,) vector that the d-length loops (screening, selection, norms) take at once
+SCREEN_MARGIN = 1e-6  # cd screens a column when |x_jᵀθ| + radius·‖x_j‖ < 1 − this (float32 Xᵀr and norms)
+_F32_MAX = float(torch.finfo(torch.float32).max)  # finite priorities stay below +inf (screened)
+
+
+def _select(key: torch.Tensor, k: int, *, largest: bool, absolute: bool = False) -> torch.Tensor:
+    """Return the sorted indices of the k largest (or smallest) entries of the (n,) `key`; ties go to lower indices.
+
+    `absolute` ranks |key|. `key` holds no NaN. A full `torch.topk` holds 16 bytes per entry
+    (value, int64 index) at once; this takes `key` in chunks of max(`CHUNK`, 2k) entries and
+    keeps each chunk's best k. Every entry strictly better than the k-th best value is among
+    them; entries equal to it are re-read only from a chunk whose best k ended on that value
+    (it may have cut some), so ties are resolved by position whatever the chunking.
+    """
+    n = key.numel()
+    k = min(k, n)
+    if k <= 0:
+        return torch.zeros(0, dtype=torch.long)
+    step = max(CHUNK, 2 * k)
+
+    def chunk(a: int) -> torch.Tensor:
+        c = key[a : a + step]
+        return c.abs() if absolute else c
+
+    values: list[torch.Tensor] = []
+    indices: list[torch.Tensor] = []
+    last: list[torch.Tensor] = []  # each chunk's k-th best value (its worst kept)
+    for a in range(0, n, step):
+        c = chunk(a)
+        v, i = torch.topk(c, min(k, len(c)), largest=largest, sorted=False)
+        values.append(v)
+        indices.append(i + a)
+        last.append(v.max() if not largest else v.min())
+    vals, idx = torch.cat(values), torch.cat(indices)
+    kth = torch.topk(vals, k, largest=largest, sorted=True).values[-1]
+    chosen = idx[vals > kth if largest else vals < kth]
+    ties = [idx[vals == kth]]
+    for j, a in enumerate(range(0, n, step)):
+        if len(values[j]) == k and bool(last[j] == kth):  # this chunk may hold more entries equal to kth
+            ties.append(torch.nonzero(chunk(a) == kth).squeeze(1) + a)
+    tied = torch.unique(torch.cat(ties))  # sorted, each index once
+    return torch.cat([chosen, tied[: k - len(chosen)]]).sort().values
+
+
 def _soft(x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.clamp(x.abs() - t, min=0.0)
 
 
 def _kkt(corr: torch.Tensor, T: int, alpha: float, comm: Comm = LOCAL) -> torch.Tensor:
-    denom = max(T * alpha, comm.max(float(corr.abs().max())), 1e-300)
-    return (corr.abs() / denom).float()
+    denom = max(T * alpha, comm.max(float(torch.linalg.vector_norm(corr, math.inf))), 1e-300)
+    return torch.abs(corr).div_(denom).float()  # one (p,) temporary
 
 
 # --- the solver registry -------------------------------------------------------------
@@ -558,7 +649,9 @@ def _solve_cd(
     T, p = D.T, D.p_total
     comm = D.comm
     coef = torch.zeros(D.p, dtype=torch.float64)  # this shard's coefficients
-    norms = D.sq_norms().sqrt()
+    # The (p,) bookkeeping beyond coef: norms and priorities float32, screened bool (≈ 9 bytes
+    # a column; with coef, Xᵀr and the chunked temporaries ≈ 22 at the peak).
+    norms = D.norms()  # (p,) float32 ‖P x_j‖
     screened = norms == 0  # all-zero columns never enter
     lam = T * alpha
     inner_epochs = 100
@@ -574,22 +667,38 @@ def _solve_cd(
         gaps.append(gap)
         if len(gaps) > 4 and gap > 0.5 * gaps[-5]:
             break  # stalled at the precision float32 X allows: report converged=False
-        # Gap-safe sphere test (Ndiaye et al. 2017) at θ = r / max(λ, ‖Xᵀr‖∞).
-        scale = max(lam, comm.max(float(corr[~screened].abs().max()) if (~screened).any() else 0.0))
+        # Gap-safe sphere test (Ndiaye et al. 2017) at θ = r / max(λ, ‖Xᵀr‖∞), the maximum over
+        # the columns not yet screened. Chunk by chunk, in float64 (corr and norms are float32).
+        free_max = 0.0
+        for a in range(0, D.p, CHUNK):
+            free_max = max(free_max, float(corr[a : a + CHUNK].abs().masked_fill_(screened[a : a + CHUNK], 0.0).max()))
+        scale = max(lam, comm.max(free_max))
         radius = math.sqrt(2.0 * T * gap) / lam
-        screened |= (corr.abs() / scale + radius * norms) < 1.0
-        support = coef != 0
-        if (support & screened).any():  # provably zero at the optimum
-            coef[support & screened] = 0.0
-            support = coef != 0
-        # Working set: the support plus the columns closest to violating |x_jᵀθ| ≤ 1.
-        prio = (1.0 - corr.abs() / scale) / norms.clamp(min=1e-300)
-        prio[screened] = math.inf
-        prio[support] = -math.inf
+        prio = torch.empty(D.p, dtype=torch.float32)
+        n_free = n_support = 0
+        for a in range(0, D.p, CHUNK):
+            e = min(a + CHUNK, D.p)
+            c = corr[a:e].double().abs_().div_(scale)  # |x_jᵀθ|
+            nrm = norms[a:e].double()
+            scr = screened[a:e]  # a view: updated in place
+            # The margin covers the float32 rounding of Xᵀr and of the norms.
+            scr |= c + radius * nrm < 1.0 - SCREEN_MARGIN
+            sup = coef[a:e] != 0
+            dead = sup & scr
+            if dead.any():  # provably zero at the optimum
+                coef[a:e].masked_fill_(dead, 0.0)
+                sup &= ~scr
+            # Working set: the support plus the columns closest to violating |x_jᵀθ| ≤ 1.
+            key = c.neg_().add_(1.0).div_(nrm.clamp_(min=1e-300)).clamp_(max=_F32_MAX)
+            prio[a:e] = key.masked_fill_(scr, math.inf).masked_fill_(sup, -math.inf)
+            n_free += len(scr) - int(torch.count_nonzero(scr))
+            n_support += int(torch.count_nonzero(sup))
+        del corr
         n_candidates, n_support = (int(v) for v in comm.sum_(torch.tensor(
-            [float((~screened).sum()), float(support.sum())], dtype=torch.float64)))  # fmt: skip
+            [float(n_free), float(n_support)], dtype=torch.float64)))  # fmt: skip
         ws_size = min(max(ws_size, 2 * n_support), n_candidates)
         W = D.smallest(prio, ws_size)  # this shard's part of the working set, sorted
+        del prio
         Xw_all, own = D.shared_columns(W)  # (T, w) float64: the working set only, every shard's
         Xw = np.asfortranarray(Xw_all.numpy(force=True))
         coef_w = comm.gather(coef[W])
