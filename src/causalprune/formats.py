@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -53,9 +54,12 @@ def save_dense(model: nn.Module, path: str | os.PathLike[str]) -> int:
 
 def _csr(weight: torch.Tensor) -> torch.Tensor:
     """A 2-D tensor as a CSR tensor with int32 row pointers and column indices."""
-    csr = weight.to_sparse_csr()
+    with warnings.catch_warnings():  # torch's "CSR support is in beta" notice, once per process, is not ours to show
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        csr = weight.to_sparse_csr()
+    # indices built by to_sparse_csr are valid: skip torch's invariant checks explicitly (it warns when left implicit)
     return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
-                                   csr.values(), size=weight.shape)  # fmt: skip
+                                   csr.values(), size=weight.shape, check_invariants=False)  # fmt: skip
 
 
 def sparse_state(model: nn.Module) -> dict[str, torch.Tensor]:
