@@ -187,10 +187,33 @@ def test_feature_sign_polish_is_exact(seed):
     ref, sk_coef = _sklearn_objective(X, y, alpha)
     rough = np.where(np.abs(sk_coef) > 0, sk_coef * 0.5, 0.0)  # right support, wrong values
     rough[np.argmin(np.abs(Xn.T @ yn))] = 1e-3  # plus a wrong entry
-    out = _polish(Xn.T @ Xn, Xn.T @ yn, rough, 30 * alpha)
-    assert out is not None
-    r = yn - Xn @ out
-    assert 0.5 * r @ r / 30 + alpha * np.abs(out).sum() <= ref * (1 + 1e-9)
+    for G, columns in ((Xn.T @ Xn, None), (None, np.asfortranarray(Xn))):  # the Gram, or applied through X
+        out = _polish(G, Xn.T @ yn, rough, 30 * alpha, X=columns)
+        assert out is not None
+        r = yn - Xn @ out
+        assert 0.5 * r @ r / 30 + alpha * np.abs(out).sum() <= ref * (1 + 1e-9)
+
+
+def test_cd_reads_a_large_working_set_through_its_columns_not_its_gram(monkeypatch):
+    """A working set wider than T (and than GRAM_BYTES) is solved on its (T × w) columns: no w × w Gram."""
+    import sklearn.linear_model
+
+    X, y = _trajectory_like(30, 900, seed=11)
+    alpha = 0.01 * float((X.T @ y).abs().max()) / 30
+    ref, _ = _sklearn_objective(X, y, alpha)
+    calls = []  # (w, precompute given as a matrix)
+    enet_path = sklearn.linear_model.enet_path
+
+    def spy(Xw, yv, **kw):
+        calls.append((Xw.shape[1], isinstance(kw["precompute"], np.ndarray)))
+        return enet_path(Xw, yv, **kw)
+
+    monkeypatch.setattr(sklearn.linear_model, "enet_path", spy)
+    monkeypatch.setattr(lasso, "GRAM_BYTES", 8 * 100 * 100, raising=False)  # a Gram of up to 100 × 100 columns
+    res = _solve_checked(X, y, alpha=alpha, solver="cd", tol=1e-8, working_set=200)
+    assert calls and calls[0][0] == 200
+    assert all(gram == (w <= 100) for w, gram in calls), calls
+    assert res.converged and res.objective <= ref * (1 + 1e-6)
 
 
 def test_unconverged_cd_and_fista_warn():

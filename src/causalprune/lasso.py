@@ -527,6 +527,7 @@ def _is_run(idx: torch.Tensor) -> bool:
 CHUNK = 1 << 18  # entries of a (p,) vector that the d-length loops (screening, selection, norms) take at once
 SCREEN_MARGIN = 1e-6  # cd screens a column when |x_jᵀθ| + radius·‖x_j‖ < 1 − this (float32 Xᵀr and norms)
 _F32_MAX = float(torch.finfo(torch.float32).max)  # finite priorities stay below +inf (screened)
+GRAM_BYTES = 16 << 20  # cd forms a working set's Gram up to this size (or while it is no larger than the columns)
 
 
 def _select(key: torch.Tensor, k: int, *, largest: bool, absolute: bool = False) -> torch.Tensor:
@@ -701,8 +702,12 @@ def _solve_cd(
         del prio
         Xw_all, own = D.shared_columns(W)  # (T, w) float64: the working set only, every shard's
         Xw = np.asfortranarray(Xw_all.numpy(force=True))
+        del Xw_all
         coef_w = comm.gather(coef[W])
-        G = np.ascontiguousarray(Xw.T @ Xw)
+        # The subproblem reads the working set's Gram (w × w) while it is small or no larger than
+        # its columns (T × w); a working set grown past that is read through its columns.
+        w = Xw.shape[1]
+        G = np.ascontiguousarray(Xw.T @ Xw) if 8 * w * w <= max(8 * T * w, GRAM_BYTES) else None
         yv = D.y.numpy()
         q = Xw.T @ yv
         # The subproblem is small and cheap next to a pass over X, so solve it to the final
@@ -715,12 +720,12 @@ def _solve_cd(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _, coefs, _ = enet_path(
-                Xw, yv, l1_ratio=1.0, alphas=[alpha], precompute=G, Xy=q,
+                Xw, yv, l1_ratio=1.0, alphas=[alpha], precompute=False if G is None else G, Xy=q,
                 coef_init=torch.cat(coef_w).numpy(), tol=max(inner_tol, 1e-13), max_iter=inner_epochs,
                 check_input=False,
             )  # fmt: skip
         sub = coefs[:, 0]
-        polished = _polish(G, q, sub, T * alpha)
+        polished = _polish(G, q, sub, T * alpha, X=Xw)
         solution = comm.broadcast(polished if polished is not None else sub)  # every process: the primary's
         coef[W] = torch.from_numpy(solution[own])
         inner_epochs = min(inner_epochs * 4, 100_000)
@@ -731,7 +736,10 @@ def _solve_cd(
     return SolverOutput(coef, obj, gap, it, corr, residual, converged)
 
 
-def _polish(G: np.ndarray, q: np.ndarray, coef: np.ndarray, lam: float, max_steps: int = 500) -> np.ndarray | None:
+def _polish(
+    G: np.ndarray | None, q: np.ndarray, coef: np.ndarray, lam: float, max_steps: int = 500, *,
+    X: np.ndarray | None = None,
+) -> np.ndarray | None:  # fmt: skip
     """Return the exact minimiser of ½γᵀGγ − qᵀγ + λ‖γ‖₁ starting from `coef`, or None.
 
     Feature-sign search (Lee et al. 2007): solve the equality-constrained problem on the
@@ -739,16 +747,33 @@ def _polish(G: np.ndarray, q: np.ndarray, coef: np.ndarray, lam: float, max_step
     a coefficient changes sign, drop coefficients that reach zero, and add the most
     violating zero coefficient when the support is optimal. The objective decreases at every
     step, so it terminates; it returns None if `max_steps` is reached or a system is singular.
+    With `G` None, G = XᵀX is applied through the columns `X` and never formed.
     """
     x = coef.copy()
+    if G is None:
+        if X is None:
+            raise ValueError("_polish needs the Gram G or the columns X")
+
+        def gram_times(v: np.ndarray) -> np.ndarray:
+            return X.T @ (X @ v)
+
+        def gram_block(A: np.ndarray) -> np.ndarray:
+            return X[:, A].T @ X[:, A]
+    else:
+
+        def gram_times(v: np.ndarray) -> np.ndarray:
+            return G @ v
+
+        def gram_block(A: np.ndarray) -> np.ndarray:
+            return G[np.ix_(A, A)]
 
     def objective(v: np.ndarray) -> float:
-        return float(0.5 * v @ G @ v - q @ v + lam * np.abs(v).sum())
+        return float(0.5 * v @ gram_times(v) - q @ v + lam * np.abs(v).sum())
 
     theta = np.sign(x)
     slack = 1e-10 * max(lam, 1e-300) + 1e-12 * np.abs(q).max()  # rounding allowance
     for _ in range(max_steps):
-        grad = G @ x - q
+        grad = gram_times(x) - q
         A = np.flatnonzero(theta)
         # Optimality on the support: grad_i + λθ_i = 0; off the support: |grad_i| ≤ λ.
         if len(A) == 0 or np.abs(grad[A] + lam * theta[A]).max() <= slack:
@@ -761,7 +786,7 @@ def _polish(G: np.ndarray, q: np.ndarray, coef: np.ndarray, lam: float, max_step
             theta[j] = -np.sign(grad[j])
             A = np.flatnonzero(theta)
         try:
-            x_new_A = np.linalg.solve(G[np.ix_(A, A)], q[A] - lam * theta[A])
+            x_new_A = np.linalg.solve(gram_block(A), q[A] - lam * theta[A])
         except np.linalg.LinAlgError:
             return None
         x_new = np.zeros_like(x)
