@@ -312,3 +312,33 @@ def test_under_ddp_every_rank_records_the_global_batchs_first_order_term(tmp_pat
         opt.step()
     torch.testing.assert_close(torch.tensor(z0, dtype=torch.float64), torch.tensor(expected, dtype=torch.float64),
                                rtol=1e-5, atol=0)  # fmt: skip
+
+
+def test_the_lightning_callback_reads_the_gradients_before_they_are_zeroed():
+    """Lightning zeroes gradients before the next batch's backward, so `on_train_batch_end` still sees them."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from causalprune.integrations.lightning import CausalPruning
+
+    class Net(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+        def forward(self, x):
+            return self.net(x)
+
+        def training_step(self, batch, batch_idx):
+            return LOSS(self(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    pl.seed_everything(0, verbose=False)
+    callback = CausalPruning(amount=0.5, n_iter=1, loss_fn=LOSS, settings={"first_order": "free"})
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)  # fmt: skip
+    xs, ys = zip(*_batches(20), strict=True)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.cat(xs), torch.cat(ys)), batch_size=16)
+    trainer.fit(Net(), loader)
+    (h,) = callback.pruner.history
+    assert h["T"] == 20 and abs(h["first_order_coef"] - 1) < 0.1
