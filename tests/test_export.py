@@ -140,3 +140,15 @@ def test_load_run_is_the_packages_and_matches_the_exported_model(channel_run):
         for f in ("config.yaml", "model.pt", "summary.json"):
             (channel_run.parent / "empty" / f).write_bytes((channel_run / f).read_bytes())
         load_run(channel_run.parent / "empty")
+
+
+def test_make_setup_installs_the_onnx_extra_so_the_onnxruntime_check_runs_in_ci():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).parents[1]
+    extra = tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["onnx"]
+    assert sorted(re.split(r"[<>=!~ ]", req)[0] for req in extra) == ["onnx", "onnxruntime", "onnxscript"]
+    setup = re.search(r"pip install -q -e '\.\[([a-z,]+)\]'", (root / "Makefile").read_text())
+    assert "onnx" in setup.group(1).split(",")

@@ -40,8 +40,12 @@ from .hessian import top_eigenvalues, trace
 from .landscape import landscape
 
 
-def load_run(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
-    """Rebuild a finished run's config, trained model, mask and data splits."""
+def load_run_and_data(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
+    """Rebuild a finished run's config, trained model, mask and data splits.
+
+    The model and mask are those `causalprune.load_run` gives (the slim network and an
+    all-True mask for a channel run); this loader also reads the run's data.
+    """
     run_dir = Path(run_dir)
     for f in ("config.yaml", "model.pt", "mask.pt", "summary.json"):
         if not (run_dir / f).exists():
@@ -65,7 +69,7 @@ def run_name(run_dir: Path) -> str:
 def analyze_run(run_dir: Path, out: Path, hessian: bool, flat: bool, land: bool, histogram: bool,
                 samples: int = 512, k: int = 3, draws: int = 100) -> dict[str, Any]:  # fmt: skip
     """Run the selected analyses on one run folder, writing under `out`; return its numbers."""
-    _, model, mask, data = load_run(run_dir)
+    _, model, mask, data = load_run_and_data(run_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     x, y = data.train
