@@ -16,13 +16,10 @@ for _ in range(3):  # train to θ_pre, the rewind point
     for xb, yb in train:
         opt.zero_grad(), loss_fn(model(xb), yb).backward(), opt.step()
 pruner = CausalPruner(model, opt, loss_fn, sparsity=0.9, n_iter=4, epochs_per_round=1)
-while not pruner.done:  # each round: train (recorded), fit the Lasso, prune, rewind
+for _ in range(4 + 5):  # 4 rounds (train recorded, fit the Lasso, prune, rewind), then 5 of post-training
     for xb, yb in train:
-        pruner.step(xb, yb)
+        pruner.step(xb, yb)  # after the last round: a plain step, the mask enforced
     pruner.end_epoch()
-for _ in range(5):  # post-training: the mask stays enforced
-    for xb, yb in train:
-        opt.zero_grad(), loss_fn(model(xb), yb).backward(), opt.step()
 pruner.make_permanent()
 accuracy = (model(test[0]).argmax(1) == test[1]).float().mean().item()
 print(f"sparsity {pruner.mask.sparsity():.3f}, test accuracy {accuracy:.3f}, rounds {len(pruner.history)}")
