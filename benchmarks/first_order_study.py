@@ -53,6 +53,13 @@ def _label(method: str) -> str:
     return method.rstrip("_").replace("_first_order=", "[first_order=") + ("]" if "first_order" in method else "")
 
 
+def _budget(folder: str) -> str:
+    """``p0.9`` → ``90 %`` (sparsity), ``s2x`` → ``2×`` (fewer MACs)."""
+    if folder.startswith("p"):
+        return f"{100 * float(folder[1:]):g} %"
+    return folder[1:].replace("x", "×") if folder.startswith("s") else folder
+
+
 def table(root: Path) -> str:
     """Return the study's markdown table for the compare folder `root`."""
     methods = [m for m in ORDER if (root / m).is_dir()]
@@ -70,7 +77,7 @@ def table(root: Path) -> str:
             corr = [c for c in (_round_mean(r, "first_order_corr") for r in runs.values()) if c is not None]
             coef = [c for c in (_round_mean(r, "first_order_coef") for r in runs.values()) if c is not None]
             magnitude = _paired(runs, _runs(root, "magnitude", budget), "test_accuracy") if m != "magnitude" else "—"
-            lines.append(f"| {_label(m)} | {budget} | {len(runs)} | {_mean_std(final)} | {magnitude} | "
+            lines.append(f"| {_label(m)} | {_budget(budget)} | {len(runs)} | {_mean_std(final)} | {magnitude} | "
                          f"{_paired(runs, placebo, 'test_accuracy')} | {_mean_std(before)} | "
                          f"{_paired(runs, placebo, 'test_accuracy_before_post')} | {_mean_std(corr, 3)} | "
                          f"{_mean_std(coef, 4)} |")  # fmt: skip
