@@ -47,21 +47,26 @@ def _available_bytes() -> int:
         return 0
 
 
+def _measure(solver: str, T: int, d: int) -> dict:
+    """Run one solve of a (T, d) trajectory in a fresh process; return its peak RSS added and result."""
+    env = dict(os.environ)
+    src = str(Path(causalprune.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, solver, str(T), str(d)],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux only")
 @pytest.mark.parametrize("solver", ["minnorm", "cd"])
 def test_solve_adds_little_memory_beyond_x(solver):
     x_bytes = T * D * 4
     if _available_bytes() < x_bytes + (2 << 30):
         pytest.skip("not enough free memory for a 1.6 GB trajectory")
-    env = dict(os.environ)
-    src = str(Path(causalprune.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT, solver, str(T), str(D)],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _measure(solver, T, D)
     mib = 2**20
     print(f"{solver}: peak RSS +{out['added'] / mib:.0f} MiB over X's {out['x_bytes'] / mib:.0f} MiB "
           f"({out['added'] / out['x_bytes']:.3f} × X), {out['n_iter']} iterations in {out['time_s']:.1f} s")
@@ -71,3 +76,23 @@ def test_solve_adds_little_memory_beyond_x(solver):
     else:
         assert 0 < out["nnz"] <= T
     assert out["added"] < 0.25 * x_bytes
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss is in KiB on Linux only")
+def test_cd_bookkeeping_is_at_most_32_bytes_per_column():
+    """cd's (d,) bookkeeping, measured as the slope of peak RSS added over d at T = 96 (X: 384 bytes a column).
+
+    Two solves in fresh processes, d = 250 000 and 1 000 000: what does not grow with d (imports,
+    BLAS buffers, chunked temporaries, the working set) cancels in the difference. The code before
+    issue 19 held ≈ 110 bytes a column here (float64 vectors, full top-k orderings).
+    """
+    t, small, large = 96, 250_000, 1_000_000
+    if _available_bytes() < t * large * 4 + (1 << 30):
+        pytest.skip("not enough free memory for a 384 MB trajectory")
+    a, b = _measure("cd", t, small), _measure("cd", t, large)
+    per_column = (b["added"] - a["added"]) / (large - small)
+    print(f"cd at T = {t}: {per_column:.1f} bytes a column beyond X; at d = {large}: +{b['added'] / 2**20:.0f} MiB "
+          f"({b['added'] / b['x_bytes']:.3f} × X)")
+    assert a["converged"] and b["converged"] and 0 < b["nnz"] <= t
+    assert per_column <= 32
+    assert b["added"] < 0.25 * b["x_bytes"]

@@ -257,13 +257,17 @@ class Design:
         for a in range(0, d, step):
             yield a, b[:, a : a + step].float()
 
-    def rmatvec(self, r: torch.Tensor) -> torch.Tensor:
-        """Return Xᵀr as a (p,) float32 tensor on X's device; r is (T,) and lies in range(P)."""
+    def rmatvec(self, r: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Return Xᵀr as a (p,) float32 tensor on X's device; r is (T,) and lies in range(P).
+
+        `out`, a (p,) float32 tensor on X's device, receives the result (no new allocation).
+        """
         rr = r.to(self.device, torch.float32)
-        out = torch.empty(self.p, dtype=torch.float32, device=self.device)
+        if out is None:
+            out = torch.empty(self.p, dtype=torch.float32, device=self.device)
         for b, o in zip(self.blocks, self.offsets[:-1], strict=True):
             for a, chunk in self._chunks(b):
-                out[o + a : o + a + chunk.shape[1]] = chunk.T @ rr
+                torch.mv(chunk.T, rr, out=out[o + a : o + a + chunk.shape[1]])  # written in place: no temporary
         return out
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
@@ -454,17 +458,24 @@ class Design:
             return self.y - cols @ coef[nz], nz, cols
         return self.y - self.matvec(coef), nz, None
 
-    def evaluate(self, coef: torch.Tensor, alpha: float) -> tuple[float, float, torch.Tensor, torch.Tensor]:
+    def evaluate(
+        self, coef: torch.Tensor, alpha: float, out: torch.Tensor | None = None
+    ) -> tuple[float, float, torch.Tensor, torch.Tensor]:
         """Return (objective, gap, residual r = Py − PXγ, Xᵀr) for the float64 CPU `coef`.
 
         Xᵀr is a float32 pass over X, then recomputed exactly in float64 on the support and
         the 2·|support| + 64 largest entries — every column for a dense solution, in blocks
         (`exact_rmatvec`), so no more than `block_columns` columns are held in float64. It is
         returned as a (p,) float32 CPU vector (the exact entries rounded); the dual point's
-        scale ‖Xᵀr‖∞ is taken before that rounding, from the float64 values.
+        scale ‖Xᵀr‖∞ is taken before that rounding, from the float64 values. `out`, a (p,)
+        float32 CPU tensor that is no longer needed, is reused for Xᵀr when X is on the CPU.
         """
         residual, nz, cols = self.residual(coef)
-        local = self._take_xty() if len(nz) == 0 and not self.sharded else self.rmatvec(residual)
+        if len(nz) == 0 and not self.sharded:
+            local = self._take_xty()
+        else:
+            local = self.rmatvec(residual, out if self.device.type == "cpu" else None)
+        del out
         corr = local.to("cpu", torch.float32)  # (p,) float32: overwritten below, never a cached tensor
         del local
         finite = math.isfinite(float(torch.linalg.vector_norm(corr, math.inf)))  # NaN and ±inf propagate
@@ -573,9 +584,10 @@ def _soft(x: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.clamp(x.abs() - t, min=0.0)
 
 
-def _kkt(corr: torch.Tensor, T: int, alpha: float, comm: Comm = LOCAL) -> torch.Tensor:
+def _kkt_(corr: torch.Tensor, T: int, alpha: float, comm: Comm = LOCAL) -> torch.Tensor:
+    """Overwrite the (p,) `corr` with |corr| / max(T·α, ‖corr‖∞) and return it as float32 (`LassoResult.kkt`)."""
     denom = max(T * alpha, comm.max(float(torch.linalg.vector_norm(corr, math.inf))), 1e-300)
-    return torch.abs(corr).div_(denom).float()  # one (p,) temporary
+    return corr.abs_().div_(denom).float()
 
 
 # --- the solver registry -------------------------------------------------------------
@@ -650,8 +662,8 @@ def _solve_cd(
     T, p = D.T, D.p_total
     comm = D.comm
     coef = torch.zeros(D.p, dtype=torch.float64)  # this shard's coefficients
-    # The (p,) bookkeeping beyond coef: norms and priorities float32, screened bool (≈ 9 bytes
-    # a column; with coef, Xᵀr and the chunked temporaries ≈ 22 at the peak).
+    # The (p,) bookkeeping: coef float64, norms and Xᵀr (then the priorities, in its place)
+    # float32, screened bool: 17 bytes a column, plus chunked temporaries of a few MiB.
     norms = D.norms()  # (p,) float32 ‖P x_j‖
     screened = norms == 0  # all-zero columns never enter
     lam = T * alpha
@@ -660,8 +672,10 @@ def _solve_cd(
     ws_size = min(working_set if working_set is not None else max(100, T), p)
     converged = False
     gaps: list[float] = []
+    spare: torch.Tensor | None = None  # the last iteration's priorities: the next Xᵀr is written there
     for it in range(1, max_iter + 1):  # noqa: B007 (it is returned)
-        obj, gap, residual, corr = D.evaluate(coef, alpha)
+        obj, gap, residual, corr = D.evaluate(coef, alpha, out=spare)
+        spare = None
         if gap <= tol * obj:
             converged = True
             break
@@ -675,7 +689,7 @@ def _solve_cd(
             free_max = max(free_max, float(corr[a : a + CHUNK].abs().masked_fill_(screened[a : a + CHUNK], 0.0).max()))
         scale = max(lam, comm.max(free_max))
         radius = math.sqrt(2.0 * T * gap) / lam
-        prio = torch.empty(D.p, dtype=torch.float32)
+        prio = corr  # (p,) float32: each chunk's priorities overwrite its |x_jᵀr| once they are read
         n_free = n_support = 0
         for a in range(0, D.p, CHUNK):
             e = min(a + CHUNK, D.p)
@@ -694,11 +708,12 @@ def _solve_cd(
             prio[a:e] = key.masked_fill_(scr, math.inf).masked_fill_(sup, -math.inf)
             n_free += len(scr) - int(torch.count_nonzero(scr))
             n_support += int(torch.count_nonzero(sup))
-        del corr
+        del corr  # now the priorities
         n_candidates, n_support = (int(v) for v in comm.sum_(torch.tensor(
             [float(n_free), float(n_support)], dtype=torch.float64)))  # fmt: skip
         ws_size = min(max(ws_size, 2 * n_support), n_candidates)
         W = D.smallest(prio, ws_size)  # this shard's part of the working set, sorted
+        spare = prio
         del prio
         Xw_all, own = D.shared_columns(W)  # (T, w) float64: the working set only, every shard's
         Xw = np.asfortranarray(Xw_all.numpy(force=True))
@@ -731,7 +746,7 @@ def _solve_cd(
         inner_epochs = min(inner_epochs * 4, 100_000)
         ws_size = min(2 * ws_size, p)
     else:
-        obj, gap, residual, corr = D.evaluate(coef, alpha)
+        obj, gap, residual, corr = D.evaluate(coef, alpha, out=spare)
         converged = gap <= tol * obj
     return SolverOutput(coef, obj, gap, it, corr, residual, converged)
 
@@ -1032,6 +1047,7 @@ def solve(
             stacklevel=2,
         )
     raw_residual = D.y64 - _raw_fit(D, out.coef)
+    kkt = _kkt_(out.corr, D.T, alpha, D.comm)  # in place: out.corr is not read again
     return LassoResult(
         coef=out.coef.to(D.device, torch.float32),
         objective=out.objective,
@@ -1039,7 +1055,7 @@ def solve(
         n_iter=int(out.n_iter),
         alpha=alpha,
         solver=solver,
-        kkt=_kkt(out.corr, D.T, alpha, D.comm).to(D.device),
+        kkt=kkt.to(D.device),
         unpenalized=D.unpenalized_coef(raw_residual).float(),
         converged=bool(out.converged),
         time_s=time.perf_counter() - t0,
