@@ -43,7 +43,7 @@ def _rss(field: str) -> int:
     return 0
 
 
-def make_problem(d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def make_problem(d: int, seed: int = 0, T: int = T) -> tuple[torch.Tensor, torch.Tensor]:
     """Positive, heavy-tailed columns (x = g², per-weight log-normal scale), y ≈ −Σ_k x_k + noise.
 
     Returns X as a (T, d) view of a column-major (d, T) float32 buffer, as the recorder stores it.
