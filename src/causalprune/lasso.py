@@ -19,8 +19,9 @@ float64 (on the host) are gathered in blocks of at most `Design.block_columns` c
 minibatch of rows; cd: its working set's columns and Gram matrix), also for dense
 solutions (``minnorm``), never a copy of X. The (d,) vectors are float32 (Xᵀr, column
 norms, priorities) except the float64 coefficients, and d-length work (screening, top-k
-selections, norms of the reductions) runs in chunks of `CHUNK` entries: cd holds about
-22 bytes per column beyond X at its peak (docs/benchmarks.md).
+selections) runs in chunks of `CHUNK` entries: cd holds 17 bytes per column beyond X
+(coefficients, norms, Xᵀr, screened flags) plus a few MiB; a working set wider than T is
+solved on its columns, without its Gram matrix (docs/benchmarks.md).
 
 Solvers, each registered under its name with `register_solver` and called as
 ``fn(D, alpha, tol, max_iter, **options) -> SolverOutput`` (its keyword-only parameters are
@@ -29,8 +30,9 @@ the options `solve` accepts for it):
 * ``cd`` — exact coordinate descent inside working sets with gap-safe screening (the
   celer / skglm strategy: Massias et al. 2018, Ndiaye et al. 2017). The outer loop makes
   one pass over X per iteration (Xᵀr, duality gap, screening, working-set priorities);
-  the working-set subproblem (a few hundred columns) is solved on its Gram matrix by
-  scikit-learn's compiled coordinate descent. Default on CPU.
+  the working-set subproblem (a few hundred columns) is solved on its Gram matrix (on its
+  columns once that is wider than T and `GRAM_BYTES`) by scikit-learn's compiled coordinate
+  descent. Default on CPU.
 * ``fista`` — accelerated proximal gradient (Beck & Teboulle 2009), step 1/L with L from
   power iteration, adaptive restart (O'Donoghue & Candès 2015), duality-gap stop. Matrix-
   vector products only: the GPU path.
