@@ -275,6 +275,53 @@ def test_causal_pruner_wires_the_setting_and_reports_the_coefficient():
     assert abs(h["first_order_coef"] - 1) < 0.1 and h["first_order_corr"] > 0.5
 
 
+
+def test_a_mid_round_saved_recording_keeps_z_and_resumes_to_the_same_fit():
+    """`save_recording` carries z with ΔL: the resumed round's free fit and masks are the uninterrupted run's."""
+    from causalprune import CausalPruner
+
+    def setup():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+        return model, torch.optim.SGD(model.parameters(), lr=0.05)
+
+    settings, batches = {"first_order": "free"}, _batches(10)
+
+    def finish(pruner, start):
+        for x, y in batches[start:]:
+            pruner.step(x, y)
+        pruner.end_epoch()
+        return pruner
+
+    model, opt = setup()
+    whole = finish(CausalPruner(model, opt, LOSS, sparsity=0.5, n_iter=1, settings=settings), 0)
+    model, opt = setup()
+    first = CausalPruner(model, opt, LOSS, sparsity=0.5, n_iter=1, settings=settings, save_recording=True)
+    for x, y in batches[:4]:
+        first.step(x, y)
+    state = first.state_dict()
+    assert state["recording"]["first_order"].shape == (4,)
+    model2, opt2 = setup()
+    model2.load_state_dict(model.state_dict())
+    opt2.load_state_dict(opt.state_dict())
+    resumed = CausalPruner(model2, opt2, LOSS, sparsity=0.5, n_iter=1, settings=settings)
+    resumed.load_state_dict(state)
+    finish(resumed, 4)
+    assert resumed.history[0]["first_order_coef"] == whole.history[0]["first_order_coef"]
+    assert resumed.mask == whole.mask
+    # a recording saved without z cannot feed a fit that needs it: refused in one line, not a shape error
+    model, opt = setup()
+    plain = CausalPruner(model, opt, LOSS, sparsity=0.5, n_iter=1, save_recording=True)
+    for x, y in batches[:4]:
+        plain.step(x, y)
+    model2, opt2 = setup()
+    model2.load_state_dict(model.state_dict())
+    resumed = CausalPruner(model2, opt2, LOSS, sparsity=0.5, n_iter=1, settings=settings)
+    resumed.load_state_dict(plain.state_dict())
+    with pytest.raises(ValueError, match="first-order term covers 6 of the 10 recorded steps"):
+        finish(resumed, 4)
+
+
 # --- several processes ----------------------------------------------------------------------------------------------
 def _ddp_first_order(rank, world, init_file, out_dir):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

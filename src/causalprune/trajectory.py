@@ -601,7 +601,10 @@ class TrajectoryRecorder:
         before = torch.stack(self._loss_before).float().cpu()
         after = torch.stack(self._loss_after).float().cpu()
         y = after - before
-        z = torch.stack(self._first_order).cpu() if self._first_order else None  # (T,) float64
+        if self._trained and len(self._first_order) != self.rows:
+            raise ValueError(f"the first-order term covers {len(self._first_order)} of the {self.rows} recorded steps "
+                             "(rows restored from a recording made without first_order?)")  # fmt: skip
+        z = torch.stack(self._first_order).cpu() if self._trained else None  # (T,) float64
         self._check_finite(buf, before, after, z)
         X = buf.T
         X_lag = lags = None
