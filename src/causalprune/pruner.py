@@ -324,7 +324,7 @@ class CausalPruner:
         """The pruner's state, at a round boundary or mid-round; with `save_recording`, the round's recording too."""
         recording = None
         if self.save_recording and self._recorder is not None and self._recorder.rows:
-            recording = _recording_state(self._recorder)
+            recording = self._recorder.state_dict()
         elif self.save_recording and self._restore is not None:  # loaded, no step taken since
             recording = self._restore
         return {"format": "causalprune.CausalPruner/1", "method": self.criterion.name, "round": self.round,
@@ -427,7 +427,7 @@ class CausalPruner:
             )  # fmt: skip
             if self._restore is not None:
                 restore, self._restore = self._restore, None
-                _restore_recording(self._recorder, restore)
+                self._recorder.load_state_dict(restore)
         return self._recorder
 
     def _end_round(self) -> Mask:
@@ -485,34 +485,6 @@ class CausalPruner:
             self._recorder.close()
             self._recorder = None
         self._restore = None
-
-
-def _recording_state(recorder: TrajectoryRecorder) -> dict[str, Any]:
-    """The rows `recorder` holds, on the CPU in their storage dtype: what `_restore_recording` continues from."""
-    rows = recorder.rows
-    X = recorder._store.consolidate(rows).to("cpu", copy=True)  # (n_columns, T) in the storage dtype
-    z = recorder._first_order  # the first-order term z_t, when recorded
-    return {"rows": rows, "X": X, "scale": recorder.scale,
-            "loss_before": torch.stack(recorder._loss_before).detach().cpu(),
-            "loss_after": torch.stack(recorder._loss_after).detach().cpu(),
-            "first_order": torch.stack(z).detach().cpu() if z else None}  # fmt: skip
-
-
-def _restore_recording(recorder: TrajectoryRecorder, state: Mapping[str, Any]) -> None:
-    """Put a saved recording's rows into a fresh `recorder` of the same layout: later steps follow them."""
-    X = state["X"]  # (n_columns, T)
-    if recorder.rows or X.shape[0] != recorder._store.d or X.dtype != recorder.dtype:
-        raise ValueError(f"the saved recording ({X.shape[0]} columns of {X.dtype}) does not fit this round's "
-                         f"recorder ({recorder._store.d} columns of {recorder.dtype})")  # fmt: skip
-    for t in range(int(state["rows"])):
-        recorder._store.next_row().copy_(X[:, t])
-    device = recorder._prev.device
-    recorder._loss_before = list(state["loss_before"].to(device).unbind())
-    recorder._loss_after = list(state["loss_after"].to(device).unbind())
-    if state.get("first_order") is not None:
-        recorder._first_order = list(state["first_order"].to(device).unbind())
-    recorder.scale = state["scale"]
-    recorder.rows = int(state["rows"])
 
 
 def check_options(options: Mapping[str, Any], who: str, taken: Collection[str] = ()) -> None:

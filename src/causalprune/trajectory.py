@@ -629,6 +629,35 @@ class TrajectoryRecorder:
             first_order=z,
         )
 
+    def state_dict(self) -> dict[str, Any]:
+        """Return the rows recorded so far, on the CPU in their storage dtype: what `load_state_dict` continues from.
+
+        Its size is about ``rows × n_columns × element size`` bytes (T × d × 4 for float32 storage).
+        """
+        rows = self.rows
+        X = self._store.consolidate(rows).to("cpu", copy=True)  # (n_columns, T) in the storage dtype
+        z = self._first_order  # the first-order term z_t, when recorded
+        return {"rows": rows, "X": X, "scale": self.scale,
+                "loss_before": torch.stack(self._loss_before).detach().cpu() if rows else torch.empty(0),
+                "loss_after": torch.stack(self._loss_after).detach().cpu() if rows else torch.empty(0),
+                "first_order": torch.stack(z).detach().cpu() if z else None}  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Put a saved recording's rows into this fresh recorder of the same layout: later steps follow them."""
+        X = state["X"]  # (n_columns, T)
+        if self.rows or X.shape[0] != self._store.d or X.dtype != self.dtype:
+            raise ValueError(f"the saved recording ({X.shape[0]} columns of {X.dtype}) does not fit this round's "
+                             f"recorder ({self._store.d} columns of {self.dtype})")  # fmt: skip
+        for t in range(int(state["rows"])):
+            self._store.next_row().copy_(X[:, t])
+        device = self._prev.device
+        self._loss_before = list(state["loss_before"].to(device).unbind())
+        self._loss_after = list(state["loss_after"].to(device).unbind())
+        if state.get("first_order") is not None:
+            self._first_order = list(state["first_order"].to(device).unbind())
+        self.scale = state["scale"]
+        self.rows = int(state["rows"])
+
     def nbytes(self) -> int:
         """Return the bytes of storage allocated for rows (memory and disk)."""
         return sum(c.numel() * c.element_size() for c in self._store.chunks)
