@@ -34,6 +34,7 @@ bench: setup
 	$(BIN)/python -m pip install -q -e '.[bench]' $(TORCH)
 	$(BIN)/python benchmarks/recorder.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/lasso.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/lasso_memory.py
 	$(BIN)/python benchmarks/loader.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/threads.py
 	$(BIN)/python benchmarks/structured_latency.py
