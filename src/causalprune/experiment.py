@@ -52,6 +52,7 @@ from .runfolder import (
     load_state_into,
     pre_cache_dir,
     save_shared_pre,
+    shared_pre_lock,
 )
 from .selection import schedule
 from .structured import ChannelPlan
@@ -293,18 +294,19 @@ def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
         if cache is not None and not (cache / "checkpoint.pt").exists():  # e.g. a run started before the grid
             save_shared_pre(cache, own, run.timing.get("pre_s", 0.0))
         return own
-    shared = load_shared_pre(cache, run.device) if cache is not None else None
-    if shared is not None:  # a shared θ_pre: charge its training time to this run too
-        theta, pre_s = shared
-        load_state_into(model, theta, cache / "checkpoint.pt", cache)
-        run.folder.save_pre(theta)
-        run.add_time("pre_s", pre_s)
-        run.add_time("total_s", pre_s)
-        return theta
-    run.train_stage(model, "pre", run.cfg.prune.n_pre, None, evaluate_sets=True)
-    theta = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the model holds θ_pre
-    if cache is not None:
-        save_shared_pre(cache, theta, run.timing["pre_s"])
+    with shared_pre_lock(cache):  # concurrent runs: one trains the shared θ_pre, the others wait, then read it
+        shared = load_shared_pre(cache, run.device) if cache is not None else None
+        if shared is not None:  # a shared θ_pre: charge its training time to this run too
+            theta, pre_s = shared
+            load_state_into(model, theta, cache / "checkpoint.pt", cache)
+            run.folder.save_pre(theta)
+            run.add_time("pre_s", pre_s)
+            run.add_time("total_s", pre_s)
+            return theta
+        run.train_stage(model, "pre", run.cfg.prune.n_pre, None, evaluate_sets=True)
+        theta = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the model holds θ_pre
+        if cache is not None:
+            save_shared_pre(cache, theta, run.timing["pre_s"])
     run.folder.save_pre(theta)
     run.folder.save_timing(run.timing)
     return theta

@@ -9,7 +9,8 @@
           model.pt, mask.pt, summary.json (written last: marks the run done)
 
 A θ_pre shared by several runs (a compare or sweep grid) lives in a cache folder keyed by
-everything pre-training reads (`pre_cache_dir`).
+everything pre-training reads (`pre_cache_dir`); one process at a time looks it up and, if
+missing, trains and saves it (`shared_pre_lock`), so concurrent runs pre-train it once.
 
 Integrity: one process at a time works in a run folder (`lock`, an exclusive `flock` on
 ``<run>/.lock``); a folder that is not a causalprune run folder, or that holds another
@@ -41,6 +42,10 @@ from .masks import Mask
 
 class RunFolderError(ValueError):
     """The run folder cannot be used as asked: another config's, in use, damaged, not writable."""
+
+
+class RunFolderBusy(RunFolderError):
+    """Another process holds the run folder's lock (`RunFolder.lock`); `wait_for_lock` waits until it is free."""
 
 
 #: What reading a truncated or foreign torch file raises.
@@ -167,7 +172,7 @@ class RunFolder:
                 locked = True
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise RunFolderError(f"{self.path} is in use by another process (pid {holder}); wait for it to "
+                raise RunFolderBusy(f"{self.path} is in use by another process (pid {holder}); wait for it to "
                                      "finish or choose another --out") from None  # fmt: skip
             os.ftruncate(fd, 0)
             os.pwrite(fd, str(os.getpid()).encode(), 0)
@@ -320,8 +325,48 @@ class RunFolder:
         save_json(summary, self.path / "summary.json")
 
 
+@contextlib.contextmanager
+def shared_pre_lock(cache: Path | None) -> Iterator[None]:
+    """Hold the exclusive lock of a shared θ_pre cache folder (``<cache>/.lock``), waiting for it if need be.
+
+    Whoever holds it looks the cache up and, finding nothing, trains θ_pre and saves it before
+    letting go; a process that waited then reads the saved θ_pre instead of training its own,
+    so concurrent runs (a grid's processes, two grids over one folder) pre-train it once.
+    `cache` None: nothing to lock.
+    """
+    if cache is None:
+        yield
+        return
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        fd = os.open(cache / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise RunFolderError(f"cannot write to the θ_pre cache {cache} ({e.strerror}); choose another --out") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def wait_for_lock(path: Path) -> None:
+    """Return once no process holds the run folder `path`'s lock (at once if it has no lock file)."""
+    try:
+        fd = os.open(path / ".lock", os.O_RDWR)
+    except OSError:  # no lock file: nobody holds it (or it was removed with the folder it guarded)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)
+
+
 def load_shared_pre(cache: Path, device: torch.device) -> tuple[dict[str, torch.Tensor], float] | None:
-    """Return (θ_pre on `device`, seconds it took to train) from a shared cache folder, or None if it has none."""
+    """Return (θ_pre on `device`, seconds it took to train) from a shared cache folder, or None if it has none.
+
+    Both files are written atomically and the checkpoint last (`save_shared_pre`), so a
+    checkpoint that exists is complete and its timing.json is there.
+    """
     ckpt = cache / "checkpoint.pt"
     if not ckpt.exists():
         return None
@@ -330,6 +375,43 @@ def load_shared_pre(cache: Path, device: torch.device) -> tuple[dict[str, torch.
 
 
 def save_shared_pre(cache: Path, theta: dict[str, torch.Tensor], seconds: float) -> None:
-    """Write θ_pre and its training time to a shared cache folder (the checkpoint last)."""
+    """Write θ_pre and its training time to a shared cache folder, each atomically (the checkpoint last)."""
     save_json({"pre_s": seconds}, cache / "timing.json")
     save_torch(theta, cache / "checkpoint.pt")
+
+
+class MetricsFile:
+    """The run's metrics.jsonl as an event sink: one JSON object per event (`events.Event.to_json`), appended.
+
+    A resumed run re-emits the events of the stages it restored (the driver replays them
+    from this file): while they match the file's first lines nothing is written. The first
+    event that does not (the first stage done anew) rewrites the file atomically as the
+    matched lines followed by it, dropping the events of a stage that was cut short — so a
+    resumed run's file holds the events an uninterrupted run's would, and a process killed at
+    any moment leaves either the old file or the new one. A file of an older schema is only
+    appended to.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        previous = read_events(self.path)
+        self._written = previous is None  # an older schema: append only
+        self._previous = [e.to_json() for e in previous or []]
+        self._matched = 0  # the file's first lines re-emitted so far
+
+    def emit(self, event: Event) -> None:
+        """Write `event` (unless it is the next line the file already holds)."""
+        line = event.to_json()
+        if not self._written:
+            if self._matched < len(self._previous) and self._previous[self._matched] == line:
+                self._matched += 1
+                return
+            kept = self._previous[: self._matched]
+            save_text("".join(json.dumps(e) + "\n" for e in [*kept, line]), self.path)
+            self._written = True
+            return
+        append_jsonl(line, self.path)
+
+    def close(self) -> None:
+        """Nothing held between events (each is written when emitted)."""
+
