@@ -49,6 +49,7 @@ from torch import nn
 
 from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
+from .modelio import ModelIO
 
 __all__ = ["ChannelGroup", "ChannelGroups", "channel_groups"]
 
@@ -317,13 +318,15 @@ def _ignored_by_model(model: nn.Module) -> list[nn.Module]:
     return list(fn()) if callable(fn) else []
 
 
-def channel_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor],
+def channel_groups(model: nn.Module, example_inputs: ModelIO | torch.Tensor | Sequence[torch.Tensor],
                    ignored_layers: Sequence[nn.Module] = ()) -> ChannelGroups:  # fmt: skip
     """Build the channel groups of `model` with Torch-Pruning's `DependencyGraph`.
 
     Args:
         model: the network (traced once with `example_inputs`; its mode is restored).
-        example_inputs: a batch the model accepts (only shapes matter).
+        example_inputs: a `ModelIO` (its example inputs — a tensor, tuple or dict of tensors,
+            a dict given to Torch-Pruning as keyword inputs — and its ``forward_fn``, passed as
+            Torch-Pruning's ``forward_fn``), or a batch the model accepts (only shapes matter).
         ignored_layers: extra layers whose output channels must not be pruned (with the
             model's own ``channel_pruning_ignored_layers()``, when it has one).
 
@@ -335,9 +338,18 @@ def channel_groups(model: nn.Module, example_inputs: torch.Tensor | Sequence[tor
     ignored_names = [n for n, m in model.named_modules() if any(m is i for i in ignored_layers)]
     was_training = model.training
     model.eval()
+    traced, forward_fn = example_inputs, None
+    if isinstance(example_inputs, ModelIO):
+        io = example_inputs
+        device = next(model.parameters()).device
+        traced = io.example_inputs(1, "example", device=device)  # one sample (from_shape: zeros)
+        if io.kind == "tuple":
+            traced = tuple(traced)
+        if io.forward_fn is not None:
+            forward_fn = io.forward
     try:
         with torch.enable_grad():
-            dg = tp.DependencyGraph().build_dependency(model, example_inputs, verbose=False)
+            dg = tp.DependencyGraph().build_dependency(model, traced, forward_fn=forward_fn, verbose=False)
     finally:
         model.train(was_training)
     module_names = {m: n for n, m in model.named_modules()}

@@ -33,26 +33,36 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .masks import PRUNABLE_LAYERS
+from . import masks
+from .modelio import ModelIO
+
+#: what the functions below take as a model's inputs: a `ModelIO`, or one sample's shape (``ModelIO.from_shape``)
+InputsLike = ModelIO | tuple[int, ...]
 
 
 @torch.no_grad()
-def efficiency(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, float]:
-    """Return size, size_nz, compression_ratio, flops, flops_nz, theoretical_speedup."""
+def efficiency(model: nn.Module, inputs: InputsLike) -> dict[str, float]:
+    """Return size, size_nz, compression_ratio, flops, flops_nz, theoretical_speedup.
+
+    `inputs` is a `ModelIO` or one sample's shape; FLOPs are those of one forward on one
+    sample (zeros). The prunable layer types are read when it is called, so a type added
+    with `masks.register_prunable_layer` counts.
+    """
     size = sum(p.numel() for p in model.parameters())  # parameters() yields a shared tensor once
     size_nz = sum(int((p != 0).sum()) for p in model.parameters())
     device = next(model.parameters()).device
+    io = ModelIO.of(inputs)
     was_training = model.training
     model.eval()
     with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *input_shape, device=device))
+        io.forward(model, io.example_inputs(1, "zeros", device=device))
     model.train(was_training)
     flops = counter.get_total_flops()
     counts = counter.get_flop_counts()
     prefix = type(model).__name__
     flops_nz = float(flops)
     for name, module in model.named_modules():
-        if not isinstance(module, PRUNABLE_LAYERS):
+        if not isinstance(module, masks.PRUNABLE_LAYERS):  # the registry as it is now
             continue
         layer = sum(counts.get(f"{prefix}.{name}", {}).values())
         w = module.weight
@@ -68,21 +78,39 @@ def efficiency(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, floa
     }
 
 
-def macs_and_params(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+def macs_and_params(model: nn.Module, inputs: InputsLike) -> tuple[int, int]:
     """Return (MACs of one forward on one sample, parameter count) by Torch-Pruning's op counter.
 
-    `input_shape` is one sample's shape (no batch dimension). The model is not changed (the
+    `inputs` is a `ModelIO` (a tensor, tuple or dict of tensors; a ``forward_fn`` is honoured)
+    or one sample's shape (no batch dimension). The model is not changed (the
     counter works on a deep copy, in eval mode). See the module docstring for what counts
     as an op (bias additions and activations included).
     """
     import torch_pruning as tp  # imported here: the other metrics do not need it
 
     device = next(model.parameters()).device
-    macs, params = tp.utils.count_ops_and_params(model, torch.zeros(1, *input_shape, device=device))
+    io = ModelIO.of(inputs)
+    example = io.example_inputs(1, "zeros", device=device)
+    if io.forward_fn is not None:  # the counter calls model(x) / model(*x) / model(**x): wrap the custom call
+        model, example = _Call(model, io), (example,)
+    elif io.kind == "tuple":
+        example = tuple(example)
+    macs, params = tp.utils.count_ops_and_params(model, example)
     return int(macs), int(params)
 
 
-def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_sizes: Sequence[int] = (1, 64),
+class _Call(nn.Module):
+    """A model called through a `ModelIO`'s ``forward_fn``, as a module (for counters that call ``module(x)``)."""
+
+    def __init__(self, model: nn.Module, io: ModelIO) -> None:
+        super().__init__()
+        self.model, self.io = model, io
+
+    def forward(self, inputs: object) -> object:
+        return self.io.forward(self.model, inputs)
+
+
+def latency_ms(model: nn.Module, inputs: InputsLike, batch_sizes: Sequence[int] = (1, 64),
                repeats: int = 30, warmup: int = 5) -> dict[str, float | int]:  # fmt: skip
     """Measure CPU forward latency in milliseconds: the median of `repeats` timed runs per batch size.
 
@@ -92,11 +120,11 @@ def latency_ms(model: nn.Module, input_shape: tuple[int, ...], batch_sizes: Sequ
     "threads": torch.get_num_threads(), "repeats": repeats}``. A measurement only: it depends
     on the machine, the thread count and the load. To compare networks, use `latencies_ms`.
     """
-    return latencies_ms([model], input_shape, batch_sizes, repeats, warmup)[0]
+    return latencies_ms([model], inputs, batch_sizes, repeats, warmup)[0]
 
 
 @torch.no_grad()
-def latencies_ms(models: Sequence[nn.Module], input_shape: tuple[int, ...], batch_sizes: Sequence[int] = (1, 64),
+def latencies_ms(models: Sequence[nn.Module], inputs: InputsLike, batch_sizes: Sequence[int] = (1, 64),
                  repeats: int = 30, warmup: int = 5) -> list[dict[str, float | int]]:  # fmt: skip
     """`latency_ms` of several networks, measured interleaved: run r times every model once, in an order
     that alternates between repeats, so that a change in the machine's load during the
@@ -109,20 +137,21 @@ def latencies_ms(models: Sequence[nn.Module], input_shape: tuple[int, ...], batc
     modes = [n.training for n in nets]
     outs: list[dict[str, float | int]] = [{} for _ in nets]
     generator = torch.Generator().manual_seed(0)
+    io = ModelIO.of(inputs)
     try:
         for n in nets:
             n.eval()
         for b in batch_sizes:
-            x = torch.randn(b, *input_shape, generator=generator)
+            x = io.example_inputs(b, "randn", generator=generator)  # float inputs random, token ids the example's
             for n in nets:
                 for _ in range(warmup):
-                    n(x)
+                    io.forward(n, x)
             times: list[list[float]] = [[] for _ in nets]
             for r in range(repeats):
                 order = range(len(nets)) if r % 2 == 0 else reversed(range(len(nets)))
                 for i in order:
                     start = time.perf_counter()
-                    nets[i](x)
+                    io.forward(nets[i], x)
                     times[i].append((time.perf_counter() - start) * 1000.0)
             for out, t in zip(outs, times, strict=True):
                 out[f"batch_{b}"] = statistics.median(t)
@@ -135,7 +164,7 @@ def latencies_ms(models: Sequence[nn.Module], input_shape: tuple[int, ...], batc
     return outs
 
 
-def measured_efficiency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[int, ...],
+def measured_efficiency(dense: nn.Module, pruned: nn.Module, inputs: InputsLike,
                         batch_sizes: Sequence[int] = (1, 64), repeats: int = 30) -> dict[str, object]:  # fmt: skip
     """Compare a dense network with its physically slimmed version: parameters, MACs, measured CPU latency.
 
@@ -144,9 +173,9 @@ def measured_efficiency(dense: nn.Module, pruned: nn.Module, input_shape: tuple[
     ``speedup_macs`` (dense / pruned MACs), ``speedup_measured`` (dense / pruned median latency
     at the largest batch size) and ``speedup_measured_by_batch`` (every batch size).
     """
-    macs_d, params_d = macs_and_params(dense, input_shape)
-    macs_p, params_p = macs_and_params(pruned, input_shape)
-    lat_d, lat_p = latencies_ms([dense, pruned], input_shape, batch_sizes, repeats)  # interleaved
+    macs_d, params_d = macs_and_params(dense, inputs)
+    macs_p, params_p = macs_and_params(pruned, inputs)
+    lat_d, lat_p = latencies_ms([dense, pruned], inputs, batch_sizes, repeats)  # interleaved
     by_batch = {f"batch_{b}": float(lat_d[f"batch_{b}"]) / float(lat_p[f"batch_{b}"]) for b in batch_sizes}
     return {
         "params": {"dense": params_d, "pruned": params_p},

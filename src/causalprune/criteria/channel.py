@@ -26,6 +26,7 @@ import torch_pruning as tp
 
 from . import Scored, ScoreInput, register_channel
 from .magnitude import MagnitudeSettings
+from .saliency import batch_loss
 
 
 def _groups(inp: ScoreInput) -> Any:
@@ -49,15 +50,13 @@ def magnitude_channels(inp: ScoreInput) -> Scored:
 def taylor_channels(inp: ScoreInput) -> Scored:
     """First-order group Taylor |θ ⊙ g| summed per slice, Torch-Pruning's GroupTaylorImportance."""
     groups = _groups(inp)
-    if not inp.data or inp.loss_fn is None:
-        raise ValueError("taylor needs data batches and a loss function")
+    loss = batch_loss(inp)  # through the round's ModelIO (tensor, tuple or dict inputs)
     model = inp.model
-    device = next(model.parameters()).device
     saved = {n: p.grad for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     try:
         for x, y in inp.data:
-            inp.loss_fn(model(x.to(device)), y.to(device)).backward()
+            loss(model, x, y).backward()
         imp = tp.importance.GroupTaylorImportance(group_reduction="mean", normalizer=None)
         with torch.no_grad():
             values = groups.importance(imp)

@@ -9,7 +9,9 @@
 | gradient | |g| | Redman et al. 2022-style gradient magnitude |
 
 g is the gradient of the mean loss over all batches (batch-size weighted); g_b is one
-batch's gradient; H g is a Hessian-vector product by double backprop. Weights already
+batch's gradient (the model called through the round's `ModelIO`: a tensor, tuple or dict
+of inputs, e.g. a Hugging Face batch whose loss is the model's own); H g is a
+Hessian-vector product by double backprop. Weights already
 pruned are zero in the model, so they contribute nothing to any forward.
 """
 
@@ -22,29 +24,46 @@ import torch
 from torch import nn
 
 from ..masks import prunable_parameters
+from ..modelio import batch_size, to_device
 from . import Scored, ScoreInput, register
 
+BatchLoss = Callable[[nn.Module, Any, Any], torch.Tensor]
 
-def _setup(inp: ScoreInput) -> tuple[list[str], list[nn.Parameter], Callable[[Any, Any], torch.Tensor]]:
-    if not inp.data or inp.loss_fn is None:
+
+def batch_loss(inp: ScoreInput) -> BatchLoss:
+    """Return ``loss(model, inputs, targets)``: the batch moved to the model's device, called through ``inp.io``.
+
+    The loss is ``inp.loss_fn`` (else the `ModelIO`'s loss); the call is ``inp.io.forward``
+    (a tensor, tuple or dict of inputs; a custom forward), or ``model(inputs)`` without one.
+    """
+    io = inp.io
+    loss_fn = inp.loss_fn if inp.loss_fn is not None else (io.loss if io is not None else None)
+    if not inp.data or loss_fn is None:
         raise ValueError("this criterion needs data batches and a loss function")
+
+    def loss(model: nn.Module, inputs: Any, targets: Any) -> torch.Tensor:
+        device = next(model.parameters()).device
+        inputs, targets = to_device(inputs, device), to_device(targets, device)
+        return loss_fn(io.forward(model, inputs) if io is not None else model(inputs), targets)
+
+    return loss
+
+
+def _setup(inp: ScoreInput) -> tuple[list[str], list[nn.Parameter], BatchLoss]:
+    loss = batch_loss(inp)
     params = prunable_parameters(inp.model)
     names = [n for n in params if n in inp.mask]
-    return names, [params[n] for n in names], inp.loss_fn
+    return names, [params[n] for n in names], loss
 
 
-def _batch_grads(model: nn.Module, params: Sequence[nn.Parameter], loss_fn: Callable[[Any, Any], torch.Tensor],
+def _batch_grads(model: nn.Module, params: Sequence[nn.Parameter], loss_fn: BatchLoss,
                  data: Sequence[tuple[Any, Any]]):  # fmt: skip
     """Yield (batch size, gradients of the batch's mean loss w.r.t. `params`)."""
-    device = params[0].device
     for x, y in data:
-        x, y = x.to(device), y.to(device)
-        loss = loss_fn(model(x), y)
-        yield len(y), torch.autograd.grad(loss, params)
+        yield batch_size(x), torch.autograd.grad(loss_fn(model, x, y), params)
 
 
-def _mean_grad(inp: ScoreInput, params: Sequence[nn.Parameter],
-               loss_fn: Callable[[Any, Any], torch.Tensor]) -> list[torch.Tensor]:  # fmt: skip
+def _mean_grad(inp: ScoreInput, params: Sequence[nn.Parameter], loss_fn: BatchLoss) -> list[torch.Tensor]:
     total = [torch.zeros_like(p) for p in params]
     n = 0
     for b, grads in _batch_grads(inp.model, params, loss_fn, inp.data):
@@ -104,13 +123,12 @@ def grasp(inp: ScoreInput) -> Scored:
     names, params, loss_fn = _setup(inp)
     g = [gi.detach() for gi in _mean_grad(inp, params, loss_fn)]
     hg = [torch.zeros_like(p) for p in params]
-    device = params[0].device
     n = 0
     for x, y in inp.data:
-        x, y = x.to(device), y.to(device)
-        grads = torch.autograd.grad(loss_fn(inp.model(x), y), params, create_graph=True)
+        grads = torch.autograd.grad(loss_fn(inp.model, x, y), params, create_graph=True)
         z = sum((gb * gi).sum() for gb, gi in zip(grads, g, strict=True))
+        b = batch_size(x)
         for acc, h in zip(hg, torch.autograd.grad(z, params), strict=True):  # (H_b g) for this batch
-            acc.add_(h, alpha=len(y))
-        n += len(y)
+            acc.add_(h, alpha=b)
+        n += b
     return _out(names, [-p.detach() * h / n for p, h in zip(params, hg, strict=True)])

@@ -13,20 +13,26 @@ inner pruning exactly.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable, Mapping
 
 import torch
 
 from ..masks import Mask, prunable_parameters
+from ..modelio import ModelIO
 from ..selection import select
 from . import Scored, ScoreInput, register
 
 
-def synflow_scores(model: torch.nn.Module, mask: Mask, input_shape: tuple[int, ...],
+def synflow_scores(model: torch.nn.Module, mask: Mask, inputs: ModelIO | tuple[int, ...],
                    input_dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """One SynFlow round: |θ ⊙ ∂R/∂θ| on the |θ|-linearised, masked network (float64).
 
-    The input is all ones: float64, or of `input_dtype` when that is an integer type
-    (token ids: every position is token 1, for a model that starts with an embedding).
+    `inputs` is the model's `ModelIO` (a tensor, tuple or dict of inputs, called through its
+    forward) or one sample's shape. The input is one sample of all ones: float64 for
+    floating inputs, ones of their own dtype for integer ones (token ids: every position is
+    token 1, for a model that starts with an embedding; an attention mask of ones), or of
+    `input_dtype` when that is an integer type and `inputs` a shape. R is the sum of every
+    output tensor.
     """
     net = copy.deepcopy(model).double().eval()  # deepcopy keeps tied weights tied
     with torch.no_grad():
@@ -36,19 +42,34 @@ def synflow_scores(model: torch.nn.Module, mask: Mask, input_shape: tuple[int, .
     params = prunable_parameters(net)
     device = next(net.parameters()).device
     integer = input_dtype is not None and not (input_dtype.is_floating_point or input_dtype.is_complex)
-    dtype = input_dtype if integer else torch.float64
-    R = net(torch.ones(1, *input_shape, dtype=dtype, device=device)).sum()
+    if not isinstance(inputs, ModelIO):
+        inputs = ModelIO.from_shape(inputs, input_dtype if integer else None)
+    R = _total(inputs.forward(net, inputs.example_inputs(1, "ones", device=device, float_dtype=torch.float64)))
     grads = torch.autograd.grad(R, [params[n] for n in mask])
     return {n: (params[n].detach() * g).abs().float().cpu() for n, g in zip(mask, grads, strict=True)}
+
+
+def _total(outputs: object) -> torch.Tensor:
+    """R: the sum of a model's outputs (a tensor, or every floating tensor of a tuple, list or dict of outputs)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs.sum()
+    values = outputs.values() if isinstance(outputs, Mapping) else outputs
+    if not isinstance(values, Iterable):
+        raise ValueError(f"synflow sums the model's outputs; got {type(outputs).__name__}")
+    parts = [_total(v) for v in values if isinstance(v, torch.Tensor | tuple | list | Mapping)
+             and not (isinstance(v, torch.Tensor) and not v.is_floating_point())]  # fmt: skip
+    if not parts:
+        raise ValueError(f"synflow sums the model's outputs; {type(outputs).__name__} holds no floating tensor")
+    return torch.stack(parts).sum()
 
 
 @register("synflow", needs=["input_shape"],
           description="|θ ⊙ ∂R/∂θ|, data-free, iterative (SynFlow, Tanaka et al. 2020)")
 def synflow(inp: ScoreInput) -> Scored:
     """Iterative SynFlow towards the round's target sparsity (one round without a target)."""
-    if inp.input_shape is None:
+    if inp.input_shape is None and inp.io is None:
         raise ValueError("synflow needs the input shape: pass one data batch or input_shape=(C, H, W)")
-    input_shape = inp.input_shape
+    input_shape = inp.io if inp.io is not None else inp.input_shape  # the ModelIO, else a shape
     rounds = int(inp.options.get("rounds", 100))
     mask = inp.mask
     target = inp.target_sparsity
