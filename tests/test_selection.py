@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from causalprune import LayerCollapseWarning, Mask, schedule, select
+from causalprune.selection import GLOBAL, LAYERWISE, ROWS, Pool, blocks
 
 
 def test_cubic_schedule_matches_hand_values():
@@ -99,3 +100,104 @@ def test_impossible_sparsity_with_guard():
 def test_nan_scores_are_named():
     with pytest.raises(ValueError, match="'b'.*NaN"):
         select({"a": torch.ones(3), "b": torch.tensor([1.0, float("nan")])}, 0.5)
+
+
+# --- pools --------------------------------------------------------------------------------------
+def _pool_oracle(scores, units, sparsity, mask=None, tie_break=None):
+    """Independent oracle of a pool whose units lie within tensors: for every (tensor, unit), Python's stable
+    sort of its alive entries by (score, tie-break, index), pruning the first round(p·N_u) − already pruned."""
+    out = {}
+    for n, s in scores.items():
+        flat_s = s.reshape(-1).tolist()
+        flat_t = tie_break[n].reshape(-1).tolist() if tie_break is not None else [0.0] * len(flat_s)
+        alive = mask[n].reshape(-1).tolist() if mask is not None else [True] * len(flat_s)
+        flat_u = units[n].reshape(-1).tolist()
+        keep = list(alive)
+        for u in set(flat_u):
+            members = [i for i, v in enumerate(flat_u) if v == u]
+            dead = sum(not alive[i] for i in members)
+            k = max(round(sparsity * len(members)) - dead, 0)
+            ranked = sorted((i for i in members if alive[i]), key=lambda i: (flat_s[i], flat_t[i]))
+            for i in ranked[:k]:
+                keep[i] = False
+        out[n] = torch.tensor(keep).view(s.shape)
+    return out
+
+
+def _row_units(shape):
+    return torch.arange(shape[0]).view(-1, *[1] * (len(shape) - 1)).expand(shape)
+
+
+def test_row_pool_hand_computed():
+    w = {"w": torch.tensor([[3.0, 1.0, 2.0, 4.0], [8.0, 5.0, 7.0, 6.0]])}
+    m = select(w, 0.5, pool=ROWS)  # each row keeps its 2 largest
+    assert torch.equal(m["w"], torch.tensor([[True, False, False, True], [True, False, True, False]]))
+    g = select(w, 0.5)  # the global ranking prunes all of row 0's 1..4 instead
+    assert torch.equal(g["w"], torch.tensor([[False] * 4, [True] * 4]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.6, 0.9])
+def test_row_pool_matches_a_loop_over_rows(seed, sparsity):
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"fc": (5, 7), "conv": (4, 3, 2, 2), "out": (3, 9)}
+    scores = {n: torch.randint(0, 4, s, generator=g).double() for n, s in shapes.items()}  # many ties
+    tie = {n: torch.randint(0, 3, s, generator=g).double() for n, s in shapes.items()}
+    mask = Mask({n: torch.rand(s, generator=g) > 0.2 for n, s in shapes.items()})
+    m = select(scores, sparsity, mask=mask, tie_break=tie, min_alive=0, pool=ROWS)
+    expected = _pool_oracle(scores, {n: _row_units(s) for n, s in shapes.items()}, sparsity, mask, tie)
+    for n in shapes:
+        assert torch.equal(m[n], expected[n]), n
+
+
+def test_a_new_pool_is_a_value_not_a_branch():
+    # A toy pool defined here, not in the library: columns of a 2-D weight (one unit per input feature).
+    columns = Pool("column", lambda name, shape: torch.arange(shape[1]).view(1, -1))
+    w = {"w": torch.tensor([[3.0, 9.0, 2.0], [1.0, 5.0, 8.0], [4.0, 6.0, 7.0]])}
+    m = select(w, 1 / 3, pool=columns, min_alive=0)  # each column of 3 prunes round(1) = its smallest
+    assert torch.equal(m["w"], torch.tensor([[True, True, False], [False, False, True], [True, True, True]]))
+    g = torch.Generator().manual_seed(0)
+    scores = {"a": torch.randint(0, 5, (6, 8), generator=g).double(), "b": torch.rand(4, 5, generator=g).double()}
+    m = select(scores, 0.5, pool=columns, min_alive=0)
+    units = {n: torch.arange(s.shape[1]).expand(s.shape) for n, s in scores.items()}
+    expected = _pool_oracle(scores, units, 0.5)
+    assert all(torch.equal(m[n], expected[n]) for n in scores)
+
+
+def test_block_pool_keeps_n_of_every_m_inputs():
+    g = torch.Generator().manual_seed(1)
+    scores = {"fc": torch.randint(0, 6, (4, 8), generator=g).double(), "conv": torch.rand(3, 4, 3, generator=g)}
+    m = select(scores, 0.5, pool=blocks(4), min_alive=0)  # 2:4
+    assert torch.equal(m["fc"].view(4, 2, 4).sum(-1), torch.full((4, 2), 2))
+    assert torch.equal(m["conv"].view(3, 1, 4, 3).sum(2), torch.full((3, 1, 3), 2))  # blocks run across dim 1
+    units = {"fc": torch.arange(8).div(4, rounding_mode="floor").expand(4, 8) + 2 * torch.arange(4).view(4, 1),
+             "conv": torch.arange(3).view(1, 1, 3).expand(3, 4, 3) + 3 * torch.arange(3).view(3, 1, 1)}
+    expected = _pool_oracle(scores, units, 0.5)
+    assert all(torch.equal(m[n], expected[n]) for n in scores)
+
+
+def test_scope_names_are_the_global_and_layerwise_pools():
+    g = torch.Generator().manual_seed(2)
+    scores = {"a": torch.randint(0, 3, (6, 5), generator=g).float(), "b": torch.rand(10, generator=g)}
+    assert select(scores, 0.6, pool=GLOBAL, min_alive=0) == select(scores, 0.6, min_alive=0)
+    assert select(scores, 0.6, pool=LAYERWISE) == select(scores, 0.6, scope="layerwise")
+
+
+def test_collapse_guard_in_a_row_pool_keeps_the_tensors_best_weight():
+    w = {"w": torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])}
+    with pytest.warns(LayerCollapseWarning, match="w"):
+        m = select(w, 0.9, pool=ROWS)  # round(3.6) = 4: every row would be emptied
+    assert torch.equal(m["w"], torch.tensor([[False] * 4, [False, False, False, True]]))
+
+
+def test_bad_pools_are_named():
+    with pytest.raises(ValueError, match=r"'fc'.*multiple of 3, got 4"):
+        select({"fc": torch.rand(2, 4)}, 0.5, pool=blocks(3))
+    with pytest.raises(ValueError, match=r"2 or more dimensions.*'bias' has shape \(4,\)"):
+        select({"bias": torch.rand(4)}, 0.5, pool=ROWS)
+    with pytest.raises(ValueError, match="integer >= 1, got 0"):
+        blocks(0)
+    with pytest.raises(ValueError, match="scope or pool, not both"):
+        select({"a": torch.rand(2, 2)}, 0.5, scope="layerwise", pool=ROWS)
+    with pytest.raises(ValueError, match=r"units of shape \(3,\) for 'a' of shape \(2, 2\)"):
+        select({"a": torch.rand(2, 2)}, 0.5, pool=Pool("bad", lambda name, shape: torch.arange(3)))
