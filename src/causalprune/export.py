@@ -6,7 +6,8 @@ in ``out`` is refused, naming the expected one):
 * ``pt2`` (``.pt2``): `torch.export.export` of the model in eval mode, saved with
   `torch.export.save`; load it with ``torch.export.load(path).module()``. The batch
   dimension is dynamic where the model allows it (``"dynamic_batch"`` in the sidecar), else
-  fixed to 2.
+  fixed to 2, and ``"static_batch_reason"`` says in one line why torch.export refused the
+  dynamic one (the same for ``onnx``).
 * ``onnx`` (``.onnx``): `torch.onnx.export` (its dynamo exporter: needs the ``onnx`` extra,
   ``pip install 'causalprune[onnx]'`` — onnx, onnxscript, onnxruntime). One self-contained
   file while the weights take under `ONNX_EXTERNAL_BYTES`; a larger model's weights go to a
@@ -50,6 +51,7 @@ from .data import shape_of
 from .formats import save_dense, save_sparse
 from .io import save_json
 from .masks import Mask, prunable_parameters
+from .modelio import ModelIO
 from .models import build_model
 from .runfolder import RunFolder
 from .structured import slim_to_mask
@@ -129,21 +131,62 @@ def load_finished_model(run_dir: str | Path) -> tuple[torch.nn.Module, tuple[int
     return f.model, f.input_shape, f.summary, f.cfg
 
 
-def _example(input_shape: tuple[int, ...]) -> torch.Tensor:
-    return torch.randn(EXAMPLE_BATCH, *input_shape, generator=torch.Generator().manual_seed(0))
+def _example(inputs: ModelIO | tuple[int, ...], batch: int = EXAMPLE_BATCH, seed: int = 0) -> Any:
+    """`batch` samples of random inputs (floats drawn from a generator seeded `seed`; token ids the example's)."""
+    return ModelIO.of(inputs).example_inputs(batch, "randn", generator=torch.Generator().manual_seed(seed))
 
 
-def _export_pt2(model: torch.nn.Module, example: torch.Tensor, out: Path) -> bool:
-    """Write a torch.export program; return whether its batch dimension is dynamic."""
+class _Forward(torch.nn.Module):
+    """A model called through a `ModelIO`'s ``forward_fn``, as the module torch.export / ONNX trace."""
+
+    def __init__(self, model: torch.nn.Module, io: ModelIO) -> None:
+        super().__init__()
+        self.model, self.io = model, io
+
+    def forward(self, *args: Any) -> Any:
+        return self.io.forward(self.model, args[0] if self.io.kind == "tensor" else args)
+
+
+def _traced(model: torch.nn.Module, io: ModelIO, example: Any) -> tuple[torch.nn.Module, tuple[Any, ...],
+                                                                          dict[str, Any], Any]:  # fmt: skip
+    """(module, args, kwargs, dynamic shapes with a dynamic batch) for torch.export / ONNX from `io`'s inputs."""
+    batch = torch.export.Dim("batch")
+    if io.kind == "dict":
+        if io.forward_fn is not None:
+            raise ValueError("export of dict inputs calls model(**inputs); a ModelIO with a forward_fn cannot be "
+                             "exported with dict inputs")  # fmt: skip
+        return model, (), dict(example), {k: {0: batch} for k in example}
+    args = (example,) if io.kind == "tensor" else tuple(example)
+    module = _Forward(model, io) if io.forward_fn is not None else model
+    return module, args, {}, tuple({0: batch} for _ in args)
+
+
+def _why(e: BaseException) -> str:
+    """One line saying why an export failed: the exception's type and the first line of its message."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else 'no message'}"
+
+
+def _export_pt2(model: torch.nn.Module, io: ModelIO, example: Any, out: Path) -> tuple[bool, str]:
+    """Write a torch.export program; return (whether its batch dimension is dynamic, why not when it is not).
+
+    A model whose batch size cannot vary (torch.export's constraint solver or a guard on the
+    batch dimension refuses the dynamic one) is exported for the example's batch size; the
+    reason is returned in one line. Any other failure of the static export is raised.
+    """
+    module, args, kwargs, dynamic_shapes = _traced(model, io, example)
+    why = ""
     try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+        program = torch.export.export(module, args, kwargs, dynamic_shapes=dynamic_shapes)
         dynamic = True
-    except Exception:  # a model whose batch size cannot vary: export it for the example's batch size
-        program = torch.export.export(model, (example,))
+    except Exception as e:  # (torch raises UserError, ConstraintViolationError, guard errors... ) said below
+        why = _why(e)
+        program = torch.export.export(module, args, kwargs)
         dynamic = False
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.export.save(program, out)
-    return dynamic
+    return dynamic, why
+
 
 
 def _check_onnx_modules() -> None:
@@ -154,36 +197,46 @@ def _check_onnx_modules() -> None:
                          f"(missing module{'s' if len(missing) > 1 else ''}: {', '.join(missing)})")  # fmt: skip
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, out: Path) -> tuple[bool, list[Path], str]:
-    """Write an ONNX file; return (dynamic batch, the files written, a note on the onnxruntime check)."""
+def _export_onnx(model: torch.nn.Module, mio: ModelIO, example: Any,
+                 out: Path) -> tuple[bool, list[Path], str, str]:  # fmt: skip
+    """Write an ONNX file; return (dynamic batch, the files written, a note on the onnxruntime check, why static)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     weight_bytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     external = weight_bytes >= ONNX_EXTERNAL_BYTES
-    kwargs: dict[str, Any] = {"input_names": ["input"], "output_names": ["output"], "dynamo": True,
-                              "external_data": external}  # fmt: skip
+    module, args, kw, dynamic_shapes = _traced(model, mio, example)
+    names = {"input_names": ["input"], "output_names": ["output"]} if mio.kind == "tensor" else {}
+    kwargs: dict[str, Any] = {**names, "dynamo": True, "external_data": external}
+    why = ""
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints its progress
         try:
-            torch.onnx.export(model, (example,), str(out), dynamic_shapes=({0: torch.export.Dim("batch")},), **kwargs)
+            torch.onnx.export(module, args, str(out), kwargs=kw or None, dynamic_shapes=dynamic_shapes, **kwargs)
             dynamic = True
-        except Exception:  # a model whose batch size cannot vary: export it for the example's batch size
-            torch.onnx.export(model, (example,), str(out), **kwargs)
+        except Exception as e:  # a model whose batch size cannot vary: export it for the example's batch size
+            why = _why(e)
+            torch.onnx.export(module, args, str(out), kwargs=kw or None, **kwargs)
             dynamic = False
     files = [out, out.with_name(out.name + ".data")] if external else [out]
     if importlib.util.find_spec("onnxruntime") is None:
-        return dynamic, files, "not checked: onnxruntime is not installed (pip install 'causalprune[onnx]')"
+        return dynamic, files, "not checked: onnxruntime is not installed (pip install 'causalprune[onnx]')", why
     import numpy as np
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     batch = EXAMPLE_BATCH + 1 if dynamic else EXAMPLE_BATCH  # a batch size the export did not see, where it may vary
-    x = torch.randn(batch, *example.shape[1:], generator=torch.Generator().manual_seed(1))
+    x = _example(mio, batch, seed=1)
     with torch.no_grad():
-        want = model(x).numpy()
-    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
-    diff = float(np.abs(got - want).max())
+        want = mio.forward(model, x)
+    if not isinstance(want, torch.Tensor):
+        return dynamic, files, f"not checked: the model returns {type(want).__name__}, not one tensor", why
+    tensors = list(x.values()) if isinstance(x, dict) else [x] if isinstance(x, torch.Tensor) else list(x)
+    feeds = [i.name for i in session.get_inputs()]
+    if isinstance(x, dict) and set(feeds) <= set(x):
+        tensors = [x[n] for n in feeds]
+    got = session.run(None, {n: t.numpy() for n, t in zip(feeds, tensors, strict=False)})[0]
+    diff = float(np.abs(got - want.numpy()).max())
     if diff > 1e-4:
         raise ValueError(f"the ONNX file {out} disagrees with the model (max abs difference {diff:.3g})")
-    return dynamic, files, f"checked with onnxruntime (batch {batch}): max abs difference {diff:.3g}"
+    return dynamic, files, f"checked with onnxruntime (batch {batch}): max abs difference {diff:.3g}", why
 
 
 def _out_path(run_dir: str | Path, fmt: str, out: str | Path | None) -> Path:
@@ -215,16 +268,18 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     run = _load(run_dir)
     model, input_shape, summary, cfg = run.model, run.input_shape, run.summary, run.cfg
     channel = cfg.prune.granularity == "channel"
-    example = _example(input_shape)
+    mio = ModelIO.from_shape(input_shape)
+    example = _example(mio)
     note = ""
     check = ""
+    why = ""
     sizes: dict[str, int] = {}
     files = [path]
     with torch.no_grad():
         if fmt == "pt2":
-            dynamic = _export_pt2(model, example, path)
+            dynamic, why = _export_pt2(model, mio, example, path)
         elif fmt == "onnx":
-            dynamic, files, check = _export_onnx(model, example, path)
+            dynamic, files, check, why = _export_onnx(model, mio, example, path)
         elif fmt == "sparse":
             save_sparse(model, path)
             dense = path.with_name(f".{path.name}.dense")  # measured, then removed
@@ -267,6 +322,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     if channel:
         sidecar["speedup_target"] = summary.get("speedup_target")
         sidecar["model"] = {**model_cfg, **_slim_widths(model_cfg, run.dense_layer_widths, widths)}
+    if why:  # why the batch dimension could not be dynamic
+        sidecar["static_batch_reason"] = why
     if check:
         sidecar["check"] = check
     if note:
