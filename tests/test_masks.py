@@ -100,3 +100,27 @@ def test_torch_prune_roundtrip():
     assert back == mask
     assert isinstance(model[0].weight, nn.Parameter)
     assert torch.all(model[0].weight[~mask["0.weight"]] == 0)
+
+
+def test_fully_alive_tensors_and_their_state_are_left_untouched():
+    # The hook multiplied every tensor by its mask each step, all-ones masks too (issue 20, point 7):
+    # a fully alive weight and its momentum must see exactly the optimizer's own in-place writes.
+    torch.manual_seed(0)
+    model, ref = _model(), _model()
+    ref.load_state_dict(model.state_dict())
+    mask = Mask({"0.weight": torch.ones(4, 2, 3, 3, dtype=torch.bool), "4.weight": torch.rand(3, 64) > 0.5})
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    alive, ref_alive = model[0].weight, ref[0].weight
+    start = (alive._version, ref_alive._version)
+    mask.attach(model, opt)
+    x, y = torch.randn(8, 2, 6, 6), torch.randint(0, 3, (8,))
+    for net, o in ((model, opt), (ref, ref_opt)):
+        for _ in range(3):
+            o.zero_grad()
+            nn.functional.cross_entropy(net(x), y).backward()
+            o.step()
+    assert alive._version - start[0] == ref_alive._version - start[1]  # in-place writes: the optimizer's only
+    assert opt.state[alive]["momentum_buffer"]._version == ref_opt.state[ref_alive]["momentum_buffer"]._version
+    assert not model[4].weight[~mask["4.weight"]].any()  # the partly pruned tensor is still enforced
+    assert not opt.state[model[4].weight]["momentum_buffer"][~mask["4.weight"]].any()

@@ -247,7 +247,8 @@ class Mask(Mapping[str, torch.Tensor]):
         """Set every pruned weight of `model` to exactly zero, in place; return the model."""
         masks, params = self._resolve(model)
         for name, p in params.items():
-            p.mul_(masks[name].to(p.device, p.dtype))
+            if not bool(masks[name].all()):  # a fully alive tensor is left untouched
+                p.mul_(masks[name].to(p.device, p.dtype))
         return model
 
     def attach(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> MaskHandle:
@@ -256,17 +257,18 @@ class Mask(Mapping[str, torch.Tensor]):
         Applies the mask once now, then registers an optimizer step post-hook that zeroes
         the pruned entries of the weights and of every same-shaped optimizer state tensor
         (SGD's momentum buffer, Adam/AdamW's ``exp_avg`` / ``exp_avg_sq``, ...). Works with
-        any optimizer whose per-parameter state tensors have the parameter's shape.
-        Call ``handle.remove()`` to stop.
+        any optimizer whose per-parameter state tensors have the parameter's shape. Fully
+        alive tensors are left alone (no multiply by an all-ones mask). Call
+        ``handle.remove()`` to stop.
         """
         masks, params = self._resolve(model)
         in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
         missing = [n for n, p in params.items() if id(p) not in in_optimizer]
         if missing:
             raise ValueError(f"masked parameters are not in the optimizer: {', '.join(missing)}")
-        # Masks live on the parameters' devices, in their dtypes: a multiply per step, no sync.
-        keep = {n: masks[n].to(p.device, p.dtype) for n, p in params.items()}
-        pairs = [(params[n], keep[n]) for n in params]
+        # Masks live on the parameters' devices, in their dtypes: a multiply per step, no sync. A fully alive
+        # tensor has nothing to zero: neither it nor its optimizer state is touched.
+        pairs = [(p, masks[n].to(p.device, p.dtype)) for n, p in params.items() if not bool(masks[n].all())]
         self.apply_(model)
 
         @torch.no_grad()
