@@ -185,3 +185,49 @@ def test_a_step_checkpoint_on_an_epochs_last_batch_ends_that_round_on_resume(tmp
     _fit_steps(tmp_path, "plain", 2)  # without the recording the round cannot end: refused in one line
     with pytest.raises(ValueError, match=r"round 1 ended with no recorded step \(8 recorded step\(s\) were lost"):
         _fit_steps(tmp_path, "plain", 5, ckpt_path=tmp_path / "plain" / "step=16.ckpt")
+
+
+class Regularised(Digits):
+    """training_step adds an L2 penalty to the loss: not loss_fn(module(x), y)."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.loss_fn(self(x), y) + 0.01 * sum((p**2).sum() for p in self.parameters())
+
+
+class Noisy(Digits):
+    """Dropout and BatchNorm: the check's forward must draw the training forward's dropout and leave BN's stats."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
+
+
+def _fit_module(module, callback, max_epochs=3):
+    trainer = pl.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, _loader())
+    return module
+
+
+def test_a_training_step_loss_other_than_loss_fn_is_refused_naming_both_values():
+    pl.seed_everything(0, verbose=False)
+    module = Regularised()
+    with pytest.raises(ValueError, match=r"training_step returned loss [0-9.]+, but loss_fn\(module\(inputs\), "
+                                         r"targets\) gives [0-9.]+ on the same batch and weights \(difference \+"):
+        _fit_module(module, CausalPruning(amount=0.5, n_iter=2, start_epoch=1))
+    pl.seed_everything(0, verbose=False)  # a method that records nothing has no ΔL to bias: not checked
+    _fit_module(Regularised(), CausalPruning(amount=0.5, n_iter=2, start_epoch=1, method="magnitude"))
+
+
+def test_the_loss_check_leaves_dropout_draws_and_running_stats_as_they_were():
+    fits = []
+    for check in (True, False):
+        pl.seed_everything(0, verbose=False)
+        callback = CausalPruning(amount=0.5, n_iter=2, start_epoch=1, check_loss=check)
+        fits.append((_fit_module(Noisy(), callback), callback))
+    (checked, a), (unchecked, b) = fits
+    assert a.pruner.mask == b.pruner.mask
+    for (n, x), (_, y) in zip(checked.state_dict().items(), unchecked.state_dict().items(), strict=True):
+        assert torch.equal(x, y), n  # weights and BatchNorm running statistics bit for bit

@@ -11,6 +11,7 @@ all; the epochs after them train the pruned network (post-training).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -49,6 +50,12 @@ class CausalPruning(pl.Callback):
         use_lottery_ticket_hypothesis: rewind the surviving weights to θ_pre after each round
             (default True; ``rewind`` is its `CausalPruner` alias, not both).
         verbose: 0 silent, 1 one line per round.
+        check_loss: on the first recorded step, compare the loss ``training_step`` returns with
+            ``loss_fn(module(inputs), targets)`` on the same batch and weights (same dropout
+            draws, running statistics left as they were) and refuse, naming both values, when
+            they differ by more than a relative ``1e-4``: the recorder takes ΔL as the second
+            minus the first, so a regulariser or auxiliary loss added in ``training_step``
+            would bias every recorded row. Methods that record nothing skip it.
         **pruner_options: passed to `CausalPruner` (``settings``, ``granularity``, ``scope``,
             ``save_recording``, ...); an unknown name is refused in one line.
 
@@ -74,6 +81,7 @@ class CausalPruning(pl.Callback):
         make_pruning_permanent: bool = True,
         use_lottery_ticket_hypothesis: bool | None = None,
         verbose: int = 0,
+        check_loss: bool = True,
         **pruner_options: Any,
     ) -> None:
         if int(start_epoch) != start_epoch or start_epoch < 0:
@@ -89,6 +97,9 @@ class CausalPruning(pl.Callback):
         self.pruner: CausalPruner | None = None
         self._saved: dict[str, Any] | None = None
         self._pending: int | None = None  # an epoch whose last batch is done and whose end is not counted yet
+        self.check_loss = bool(check_loss)
+        self._expected: float | None = None  # loss_fn(module(x), y) at the first recorded step, before its forward
+        self._call: tuple[Callable[..., Any], Callable[..., torch.Tensor]] | None = None  # (forward, loss)
 
     # --- the pruner -------------------------------------------------------------------------
     def _start(self, trainer: pl.Trainer, module: pl.LightningModule) -> CausalPruner:
@@ -118,7 +129,24 @@ class CausalPruning(pl.Callback):
             with precision.forward_context():
                 return loss_fn(outputs, targets)
 
+        self._call = (forward, loss)
         return CausalPruner(module, trainer.optimizers[0], loss, forward=forward, **self.options)
+
+    def _loss_now(self, module: pl.LightningModule, inputs: Any, targets: Any) -> float:
+        """``loss_fn(module(inputs), targets)`` now, leaving the RNG and every buffer as they were."""
+        assert self._call is not None
+        forward, loss = self._call
+        device = next(module.parameters()).device
+        buffers = {n: b.clone() for n, b in module.named_buffers()}  # BatchNorm running statistics
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []  # fmt: skip
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda):  # the training forward draws the same dropout
+                return float(loss(forward(module, inputs), targets).detach().float())
+        finally:
+            with torch.no_grad():
+                for n, b in module.named_buffers():
+                    b.copy_(buffers[n])
 
     @property
     def _active(self) -> bool:
@@ -162,6 +190,9 @@ class CausalPruning(pl.Callback):
         if self._active:
             assert self.pruner is not None
             inputs, targets = self.batch_to_xy(batch)
+            if self.check_loss and self.pruner.criterion.records:  # once: the first recorded step of the fit
+                self.check_loss = False
+                self._expected = self._loss_now(pl_module, inputs, targets)
             self.pruner.before_step(inputs, targets)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -173,9 +204,24 @@ class CausalPruning(pl.Callback):
             if loss is None:
                 raise ValueError("training_step returned no loss (the step was skipped?): CausalPruning records "
                                  "each step with the loss of loss_fn(module(inputs), targets) training_step returns")
+            if self._expected is not None:
+                self._same_loss(float(loss.detach().float()), self._expected)
             self.pruner.after_step(loss)
             if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # a step checkpoint may follow
                 self._pending = trainer.current_epoch
+
+    def _same_loss(self, returned: float, recomputed: float) -> None:
+        """Refuse a ``training_step`` loss that is not ``loss_fn(module(inputs), targets)`` (ΔL would be biased)."""
+        self._expected = None
+        if not (math.isfinite(returned) and math.isfinite(recomputed)):
+            return  # a diverged step: nothing to compare
+        if abs(returned - recomputed) <= 1e-4 * max(abs(returned), abs(recomputed)) + 1e-7:
+            return
+        raise ValueError(f"CausalPruning: training_step returned loss {returned:.6g}, but loss_fn(module(inputs), "
+                         f"targets) gives {recomputed:.6g} on the same batch and weights (difference "
+                         f"{returned - recomputed:+.3g}); the recorded ΔL would mix the two: return exactly that "
+                         "loss from training_step (log a regulariser or auxiliary loss apart), pass the loss_fn "
+                         "it computes, or check_loss=False to record anyway")  # fmt: skip
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """End the round when its epochs are done: score, prune, rewind; log the sparsity."""
