@@ -346,3 +346,21 @@ def test_chunked_selection_matches_a_full_sort_with_ties_by_position(monkeypatch
         for k in (1, 3, 50, 64, 129, 400, 1000, 1200):
             got = lasso._select(key, k, largest=largest, absolute=absolute)
             assert torch.equal(got, order[:k].sort().values), (absolute, k)
+
+
+@pytest.mark.parametrize("solver", ["cd", "fista"])
+def test_a_local_comm_is_not_sharded_and_solves_exactly_like_no_comm(solver):
+    # Design(comm=LOCAL) used to count as sharded and take the float32 residual path (issue 20, point 7).
+    X, y = _trajectory_like(40, 300, seed=3)
+    D = lasso.Design(X, y, comm=lasso.LOCAL)
+    assert not D.sharded
+    coef = torch.zeros(300, dtype=torch.float64)
+    coef[[4, 17, 250]] = torch.tensor([-0.5, -0.25, -1.0], dtype=torch.float64)
+    r, _, cols = D.residual(coef)
+    assert cols is not None  # the exact float64 residual from the support's columns
+    exact = y.double() - X.double()[:, [4, 17, 250]] @ coef[[4, 17, 250]]
+    assert torch.equal(r, lasso.Design(X, y).residual(coef)[0]) and torch.allclose(r, exact, rtol=0, atol=1e-12)
+    plain = lasso.solve(X, y, alpha_ratio=0.05, solver=solver)
+    local = lasso.solve(X, y, alpha_ratio=0.05, solver=solver, comm=lasso.LOCAL)
+    assert torch.equal(plain.coef, local.coef) and torch.equal(plain.kkt, local.kkt)
+    assert (plain.objective, plain.gap, plain.n_iter) == (local.objective, local.gap, local.n_iter)

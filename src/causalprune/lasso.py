@@ -168,7 +168,6 @@ class Design:
         comm: Comm | None = None,
     ) -> None:
         self.comm = comm if comm is not None else LOCAL
-        self.sharded = comm is not None  # X holds this process's columns; y and Z are every process's
         blocks = [X] if isinstance(X, torch.Tensor) else list(X)
         if not blocks:
             raise ValueError("X has no blocks")
@@ -195,6 +194,9 @@ class Design:
         self.offsets = self.segments.offsets
         self.p = self.segments.total  # columns held here (this shard's, when sharded)
         counts = [self.p] if comm is None else comm.gather(self.p)  # every shard's (one collective, on all ranks)
+        # Sharded: X holds this process's columns of several processes' (y and Z are every process's). A comm of
+        # one process (LOCAL, a single-process group) holds every column: the exact, unsharded paths apply.
+        self.sharded = len(counts) > 1
         if min(counts) == 0:
             empty = [r for r, c in enumerate(counts) if c == 0]
             raise ValueError("X has no columns (nothing alive to score)" if comm is None else
