@@ -317,3 +317,38 @@ def test_autocast_region_does_not_freeze_the_after_loss():
     tr = rec.trajectory()
     assert torch.all(tr.y != 0)
     assert len(set(tr.loss_before.tolist())) == 4
+
+
+def _counting_gathers(rec):
+    """Count the recorder's copies of θ (every gather goes through its layout's flatten_into)."""
+    calls = []
+    inner = rec.layout.flatten_into
+
+    def flatten_into(*args, **kwargs):
+        calls.append(1)
+        return inner(*args, **kwargs)
+
+    rec.layout.flatten_into = flatten_into
+    return calls
+
+
+def test_one_copy_of_theta_per_step_and_exact_rows():
+    # θ^{t+1} was gathered in after_step and again, unchanged, in the next before_step (issue 20, point 7).
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rec = TrajectoryRecorder(model, LOSS, opt)
+    calls = _counting_gathers(rec)
+    expected = []
+    for i, (x, y) in enumerate(_batches(5)):
+        before = [w.detach().clone() for w in _weights(model)]
+        if i == 2:  # weights changed between steps (e.g. a rewind, or a new .data): θ^t is gathered again
+            with torch.no_grad():
+                model[0].weight.mul_(0.5)
+            model[4].weight.data = model[4].weight.data * 2
+            before = [w.detach().clone() for w in _weights(model)]
+        rec.step(x, y)
+        after = [w.detach() for w in _weights(model)]
+        expected.append(torch.cat([(a - b).square().mul(1.0 / (0.1 * 0.1)).flatten()
+                                   for a, b in zip(after, before, strict=True)]))  # fmt: skip
+    assert len(calls) == 5 + 1 + 1  # one per step, the first θ^0, and the changed θ^2
+    assert torch.equal(rec.trajectory().X, torch.stack(expected))

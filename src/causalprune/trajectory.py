@@ -483,8 +483,11 @@ class TrajectoryRecorder:
             width, dtype, self.device, capacity or chunk_rows, memory_budget, spill_dir,
             exact=capacity is not None, stage_device=device,
         )
+        # θ^t and θ^{t+1} (alive entries); after a step they swap, so θ^{t+1} is the next step's θ^t: one copy of θ
+        # per step, unless the weights changed between `after_step` and `before_step` (`_held`).
         self._prev = torch.empty(self.d, dtype=torch.float32, device=device)
         self._cur = torch.empty_like(self._prev)
+        self._held: list[tuple[int, int]] | None = None  # the recorded tensors' (version, address) _prev holds
         # Fully alive parameters are copied with one multi-tensor launch into these views.
         self._views = {id(b): self.layout.dense_views(b) for b in (self._prev, self._cur)}
         # Grouped: the (G,) float32 sums (only when stored in another dtype; float32 sums go
@@ -539,7 +542,9 @@ class TrajectoryRecorder:
                 raise ValueError(f"learning rate must be > 0 at the first recorded step to scale the squared "
                                  f"updates, got {lr} (a warmup that starts at 0? start recording after it)")
             self.scale = lr * lr
-        self._gather(self._prev)
+        if self._held is None or self._held != self._stamps():  # else _prev already holds θ^t
+            self._gather(self._prev)
+        self._held = None
         if self._trained:
             with torch.no_grad():
                 torch._foreach_copy_(self._snapshot, self._trained)  # θ^t of every trained parameter
@@ -574,17 +579,20 @@ class TrajectoryRecorder:
             after = self._probe_loss()
             self._probe_cache = (self._versions(), after)
         z = self._first_order_term() if self._trained else None  # before any row is written: it may refuse
-        # x̃ = (θ^{t+1} − θ^t)² / η₀², written into column t of the store.
+        # x̃ = (θ^{t+1} − θ^t)² / η₀² (the sign is squared away), written into column t of the store; θ^{t+1}
+        # stays in _cur, which becomes the next step's θ^t.
         self._gather(self._cur)
-        self._cur.sub_(self._prev).square_().mul_(1.0 / self.scale)  # type: ignore[operator]
+        x = self._prev.sub_(self._cur).square_().mul_(1.0 / self.scale)  # type: ignore[operator]
         row = self._store.next_row()
         a, b = (0, self.n_columns) if self.shard is None else (self.shard.start, self.shard.stop)
         if not self.layout.grouped:
-            row.copy_(self._cur[a:b], non_blocking=True)
+            row.copy_(x[a:b], non_blocking=True)
         elif self._columns is None:  # x̃_g = Σ_{k∈g} x̃_k, one segment-sum into the float32 slot
-            self.layout.to_columns(self._cur, out=row)
+            self.layout.to_columns(x, out=row)
         else:
-            row.copy_(self.layout.to_columns(self._cur, out=self._columns)[a:b], non_blocking=True)
+            row.copy_(self.layout.to_columns(x, out=self._columns)[a:b], non_blocking=True)
+        self._prev, self._cur = self._cur, self._prev
+        self._held = self._stamps()
         if z is not None:
             self._first_order.append(z)
         self._loss_before.append(before)
@@ -745,6 +753,10 @@ class TrajectoryRecorder:
 
     def _versions(self) -> list[int]:
         return [p._version for p in self.model.parameters()]
+
+    def _stamps(self) -> list[tuple[int, int]]:
+        """(version, address) of every recorded tensor: they change with any in-place write or a new ``.data``."""
+        return [(p._version, p.data_ptr()) for p in self.params]
 
     def _probe_before(self) -> torch.Tensor:
         """L_P(θ^t): reuse the previous step's "after" unless the weights changed since."""
