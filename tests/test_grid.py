@@ -63,7 +63,7 @@ def test_sweep_plans_with_the_same_planner_and_shares_pre_training(tmp_path):
     trained_pre = []
     for c in cells:
         events = [json.loads(line) for line in (out / c.folder / "metrics.jsonl").read_text().splitlines()]
-        trained_pre.append(any(e.get("stage") == "pre" for e in events))
+        trained_pre.append(any(e["event"] == "epoch" and e["stage"] == "pre" for e in events))
     assert trained_pre == [True, False]  # the second run reused the first one's θ_pre
 
 

@@ -37,6 +37,7 @@ from . import __version__, criteria, lasso, resolve
 from .config import Config, ConfigError
 from .criteria import Criterion, ScoreInput
 from .data import AUGMENTATIONS, Splits, load_pool, make_splits, materialize, shape_of
+from .events import EpochEvent, Event, EventSink, NullSink, RoundEvent, StageEvent, SummaryEvent, stage_level
 from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
 from .metrics import efficiency, measured_efficiency
@@ -107,7 +108,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 class _Logger(Callback):
-    """Keeps each epoch's logs; evaluates on validation and test if asked; appends to metrics.jsonl."""
+    """Keeps each epoch's logs; evaluates on validation and test if asked; emits each epoch's event."""
 
     def __init__(self, run: Run, stage: str, model: nn.Module, evaluate_sets: bool) -> None:
         self.run, self.stage, self.model, self.evaluate_sets = run, stage, model, evaluate_sets
@@ -116,7 +117,9 @@ class _Logger(Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.evaluate_sets:
             logs.update(self.run.eval_sets(self.model))
-        self.run.folder.log({"event": "epoch", "stage": self.stage, **logs})
+        step = self.run.step + epoch * self.run.steps_per_epoch  # the stage starts at run.step
+        self.run.events.emit(EpochEvent(stage=self.stage, level=stage_level(self.stage), step=step, epoch=epoch,
+                                        metrics=dict(logs)))  # fmt: skip
         self.history.append(dict(logs))
 
 
@@ -141,6 +144,9 @@ class Run:
     timing: dict[str, float] = field(default_factory=dict)
     channels: ChannelPlan | None = None  # prune.granularity: channel
     plat: Platform = SINGLE  # the processes of a distributed run (torchrun)
+    events: EventSink = field(default_factory=NullSink)  # where the run's events go (metrics.jsonl: RunFolder.events)
+    restored: list[Event] = field(default_factory=list)  # the events a resumed run's folder holds, replayed by stage
+    step: int = 0  # optimizer steps of the stages done so far (the global step at the current stage's start)
 
     def eval(self, model: nn.Module, split: str) -> dict[str, float]:
         """Return the metrics of `model` on split ``val`` or ``test``."""
@@ -150,6 +156,28 @@ class Run:
     def eval_sets(self, model: nn.Module) -> dict[str, float]:
         """Return validation and test metrics as ``val_<metric>`` / ``test_<metric>`` entries."""
         return {f"{split}_{k}": v for split in ("val", "test") for k, v in self.eval(model, split).items()}
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps in one training epoch (the last batch may be short)."""
+        return -(-len(self.data.train[1]) // self.cfg.train.batch_size)
+
+    def stage_done(self, stage: str, epochs: int, source: str = "trained") -> None:
+        """Count a finished stage's steps and emit its `StageEvent` (``source``: trained here, or ``shared``)."""
+        self.step += epochs * self.steps_per_epoch
+        self.events.emit(StageEvent(stage=stage, level=stage_level(stage), step=self.step, epochs=epochs,
+                                    source=source))  # fmt: skip
+
+    def replay(self, stage: str, epochs: int) -> None:
+        """Re-emit the events of a stage restored from the run folder, and count its steps.
+
+        A resumed run's sinks see every stage's events, as an uninterrupted run's do
+        (metrics.jsonl keeps its matching lines: `runfolder.MetricsFile`).
+        """
+        for event in self.restored:
+            if event.stage == stage:
+                self.events.emit(event)
+        self.step += epochs * self.steps_per_epoch
 
     def add_time(self, key: str, seconds: float) -> None:
         """Add `seconds` to the timing entry `key`."""
@@ -293,17 +321,20 @@ def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
         load_state_into(model, own, run.folder.pre_checkpoint, run.folder.pre_checkpoint.parent)
         if cache is not None and not (cache / "checkpoint.pt").exists():  # e.g. a run started before the grid
             save_shared_pre(cache, own, run.timing.get("pre_s", 0.0))
+        run.replay("pre", run.cfg.prune.n_pre)
         return own
     with shared_pre_lock(cache):  # concurrent runs: one trains the shared θ_pre, the others wait, then read it
         shared = load_shared_pre(cache, run.device) if cache is not None else None
         if shared is not None:  # a shared θ_pre: charge its training time to this run too
             theta, pre_s = shared
             load_state_into(model, theta, cache / "checkpoint.pt", cache)
+            run.stage_done("pre", run.cfg.prune.n_pre, source="shared")
             run.folder.save_pre(theta)
             run.add_time("pre_s", pre_s)
             run.add_time("total_s", pre_s)
             return theta
         run.train_stage(model, "pre", run.cfg.prune.n_pre, None, evaluate_sets=True)
+        run.stage_done("pre", run.cfg.prune.n_pre)  # its events before its checkpoint, which marks it done
         theta = {k: v.detach().clone() for k, v in model.state_dict().items()}  # the model holds θ_pre
         if cache is not None:
             save_shared_pre(cache, theta, run.timing["pre_s"])
@@ -319,6 +350,7 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
     if run.plat.broadcast_object(folder.level_done(k)):  # the primary's view of the folder decides
         mask, state = folder.load_level(k, run.device, like=mask)
         load_state_into(model, state, folder.level_dir(k) / "checkpoint.pt", folder.level_dir(k))
+        run.replay(f"level_{k}", cfg.prune.n_prune)
         return mask
     if cfg.prune.rewind or k == 1:
         rewind(model, theta_pre, cfg.prune.reset_bn)
@@ -335,17 +367,33 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
             recorder.close()
     new_mask.apply_(model)
     run.plat.check_same_tensors(dict(new_mask), f"the mask of round {k}")  # every rank selected the same
-    folder.save_level(k, {"scores": scored.scores, "tie_break": scored.tie_break}, model.state_dict(), new_mask)
     info = {key: v for key, v in scored.info.items() if isinstance(v, int | float | str | bool)}
     if run.channels is not None:
         keep = run.channels.groups.keep_of(new_mask)
-        info.update(channels_pruned=int((~keep).sum()), macs=run.channels.macs(keep))
-        kind = "macs_target" if cfg.prune.speedup is not None else "sparsity_target"
-        folder.log({"event": "level", "level": k, kind: target, "sparsity": float((~keep).float().mean()), **info})
+        info.update(sparsity=float((~keep).float().mean()), channels_pruned=int((~keep).sum()),
+                    macs=run.channels.macs(keep))  # fmt: skip
+        key = "macs_target" if cfg.prune.speedup is not None else "sparsity_target"
     else:
-        folder.log({"event": "level", "level": k, "sparsity_target": target, "sparsity": new_mask.sparsity(), **info})
+        info.update(sparsity=new_mask.sparsity())
+        key = "sparsity_target"
+    _round_done(run, k, target, key, info)  # its events, then its files (mask.pt: done)
+    folder.save_level(k, {"scores": scored.scores, "tie_break": scored.tie_break}, model.state_dict(), new_mask)
     folder.save_timing(run.timing)
     return new_mask
+
+
+def _round_done(run: Run, k: int, target: float, target_key: str, facts: dict[str, Any]) -> None:
+    """Emit round `k`'s `RoundEvent` (its target, the sparsity reached, the round's facts) and its stage's end.
+
+    `target_key` names the budget (``sparsity_target``, ``macs_target``); `facts` holds the
+    ``sparsity`` reached and the round's other scalar facts.
+    """
+    facts = {key: v for key, v in facts.items() if isinstance(v, int | float | str | bool)}
+    sparsity = float(facts.pop("sparsity"))
+    end = run.step + run.cfg.prune.n_prune * run.steps_per_epoch  # the round's last optimizer step
+    run.events.emit(RoundEvent(stage=f"level_{k}", level=k, step=end, target=target, sparsity=sparsity,
+                               target_kind=target_key.removesuffix("_target"), facts=facts))  # fmt: skip
+    run.stage_done(f"level_{k}", run.cfg.prune.n_prune)
 
 
 def _score_input(run: Run, model: nn.Module, mask: Mask, recorder: TrajectoryRecorder | None, stage: str,
@@ -366,6 +414,7 @@ def _score_input(run: Run, model: nn.Module, mask: Mask, recorder: TrajectoryRec
 def final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, stage: str) -> list[dict[str, float]]:
     """Train the last stage (``post`` with the final mask, or ``dense``); return its per-epoch logs."""
     history = run.train_stage(model, stage, epochs, mask, evaluate_sets=True).history
+    run.stage_done(stage, epochs)
     return history or [{"epoch": 0, **run.eval_sets(model)}]  # no epochs: the model as it stands
 
 
@@ -422,7 +471,11 @@ def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quie
                               stacklevel=2)  # fmt: skip
         folder.write_env(environment(device))
         run.timing = folder.load_timing()
-        return _stages(run, model, t_start, quiet)
+        run.restored, run.events = folder.read_events(), folder.events()
+        try:
+            return _stages(run, model, t_start, quiet)
+        finally:
+            run.events.close()
 
 
 def _check_ranks(plat: Platform, cfg: Config) -> None:
@@ -539,8 +592,10 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
         shape = tuple(run.data.input_shape)
         summary["efficiency"] = _versus_dense(efficiency(dense, shape), summary["efficiency"])
         summary["efficiency"].update(measured_efficiency(dense, model, shape))
+    flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+    final_stage_name = "post" if run.criterion.prunes else cfg.prune.method
+    run.events.emit(SummaryEvent(stage=final_stage_name, level=None, step=run.step, summary=flat))  # then summary.json
     run.folder.save_result(model.state_dict(), mask, run.timing, summary)
-    run.folder.log({"event": "summary", **{k: v for k, v in summary.items() if not isinstance(v, dict)}})
     if not quiet:
         print(f"{cfg.prune.method} seed {cfg.seed}: sparsity {summary['sparsity_actual']:.4f}, "
               f"test {metric} {final[f'test_{metric}']:.4f} ({run.folder.path})")  # fmt: skip

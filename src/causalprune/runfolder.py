@@ -2,7 +2,7 @@
 
     <run>/config.yaml     resolved config, written before training starts
           env.json        versions and machine facts
-          metrics.jsonl   one JSON object per event (epoch, level, summary)
+          metrics.jsonl   one JSON object per event (epoch, level, stage, summary: `events`)
           timing.json     seconds per kind of work, carried across resumes
           pre/            checkpoint.pt: θ_pre, the rewind point
           level_<k>/      scores.pt, checkpoint.pt, mask.pt (written last: marks the level done)
@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import pickle
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from typing import Any
 import torch
 
 from .config import SECTIONS, Config, ConfigError, dump_config, load_config, non_default
+from .events import Event, EventSink, NullSink, read_events
 from .io import append_jsonl, save_json, save_text, save_torch
 from .masks import Mask
 
@@ -225,10 +225,13 @@ class RunFolder:
         if not (self.path / "env.json").exists():
             save_json(env, self.path / "env.json")
 
-    @_writes
-    def log(self, event: dict[str, Any]) -> None:
-        """Append one event to metrics.jsonl, stamped with the time."""
-        append_jsonl({"time": round(time.time(), 3), **event}, self.path / "metrics.jsonl")
+    def events(self) -> EventSink:
+        """Return the sink of the run's events: metrics.jsonl (`MetricsFile`); nothing in a folder it does not write."""
+        return MetricsFile(self.path / "metrics.jsonl") if self.writer else NullSink()
+
+    def read_events(self) -> list[Event]:
+        """Return the events metrics.jsonl holds (none for a new run, or a file of an older schema)."""
+        return read_events(self.path / "metrics.jsonl") or []
 
     # --- timing -------------------------------------------------------------------------
     def load_timing(self) -> dict[str, float]:
@@ -378,3 +381,39 @@ def save_shared_pre(cache: Path, theta: dict[str, torch.Tensor], seconds: float)
     """Write θ_pre and its training time to a shared cache folder, each atomically (the checkpoint last)."""
     save_json({"pre_s": seconds}, cache / "timing.json")
     save_torch(theta, cache / "checkpoint.pt")
+
+class MetricsFile:
+    """The run's metrics.jsonl as an event sink: one JSON object per event (`events.Event.to_json`), appended.
+
+    A resumed run re-emits the events of the stages it restored (the driver replays them
+    from this file): while they match the file's first lines nothing is written. The first
+    event that does not (the first stage done anew) rewrites the file atomically as the
+    matched lines followed by it, dropping the events of a stage that was cut short — so a
+    resumed run's file holds the events an uninterrupted run's would, and a process killed at
+    any moment leaves either the old file or the new one. A file of an older schema is only
+    appended to.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        previous = read_events(self.path)
+        self._written = previous is None  # an older schema: append only
+        self._previous = [e.to_json() for e in previous or []]
+        self._matched = 0  # the file's first lines re-emitted so far
+
+    def emit(self, event: Event) -> None:
+        """Write `event` (unless it is the next line the file already holds)."""
+        line = event.to_json()
+        if not self._written:
+            if self._matched < len(self._previous) and self._previous[self._matched] == line:
+                self._matched += 1
+                return
+            kept = self._previous[: self._matched]
+            save_text("".join(json.dumps(e) + "\n" for e in [*kept, line]), self.path)
+            self._written = True
+            return
+        append_jsonl(line, self.path)
+
+    def close(self) -> None:
+        """Nothing held between events (each is written when emitted)."""
+
