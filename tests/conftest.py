@@ -1,5 +1,3 @@
-import dataclasses
-
 import pytest
 import torch
 
@@ -40,7 +38,8 @@ def stop_in_round(monkeypatch, method: str, field: str, round_: int = 2) -> None
     from causalprune import criteria
 
     original = criteria.METHODS[method]
-    score = getattr(original, field)
+    kind = {"fn": "weight", "channel_fn": "channel"}[field]
+    score = original.scorer(kind)
     calls = {"n": 0}
 
     def stops(inp):
@@ -49,4 +48,4 @@ def stop_in_round(monkeypatch, method: str, field: str, round_: int = 2) -> None
             raise KeyboardInterrupt
         return score(inp)
 
-    monkeypatch.setitem(criteria.METHODS, method, dataclasses.replace(original, **{field: stops}))
+    monkeypatch.setitem(criteria.METHODS, method, original.with_scorer(kind, stops))

@@ -183,7 +183,7 @@ def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypa
             raise KeyboardInterrupt
         return original.fn(inp)
 
-    monkeypatch.setitem(criteria.METHODS, "magnitude", dataclasses.replace(original, fn=stops_in_round_2))
+    monkeypatch.setitem(criteria.METHODS, "magnitude", original.with_scorer("weight", stops_in_round_2))
     cfg = config_from_dict(TINY, ["prune.method=magnitude", "prune.n_iter=2"])
     with pytest.raises(KeyboardInterrupt):
         run_experiment(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=1)), tmp_path / "r")

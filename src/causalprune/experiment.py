@@ -6,10 +6,11 @@
                   the schedule's next sparsity                      → level_k/
     post_stage    rewind, train N_post epochs with the final mask   → model.pt, summary.json
 
-With ``prune.granularity: channel`` the rounds prune channel groups (`structured.ChannelPlan`:
-groups held at zero during the rounds), and the network is slimmed physically before
-post-training; model.pt then holds the slim network (rebuilt from mask.pt,
-`structured.slim_to_mask`).
+What a round prunes is the run's `plan.Plan` (``prune.granularity``): single weights
+(`plan.WeightPlan`) or channel groups (`structured.ChannelPlan`: groups held at zero during
+the rounds, the network slimmed physically before post-training; model.pt then holds the
+slim network, rebuilt from mask.pt by `plan.restore_model`). Each round is `plan.run_round`,
+the same round `pruner.CausalPruner` runs; its recorder comes from `recording.make_recorder`.
 
 Every method goes through the same stages with the same schedule, epochs and selection
 code; a method that does not prune (``dense``) trains the same total epochs in one stage.
@@ -42,9 +43,10 @@ from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
 from .metrics import efficiency, measured_efficiency
 from .models import build_model, load_pretrained, pretrained_status
+from .plan import Plan, WeightPlan, apply_updates, build_plan, rewind, run_round, score_round
 from .platform import SINGLE, Platform
 from .platform import current as current_platform
-from .pruner import prune_round, recorder_options, rewind, score_round, stage_seed
+from .recording import Recording, make_recorder, stage_seed
 from .runfolder import (
     RunFolder,
     RunFolderError,
@@ -55,8 +57,6 @@ from .runfolder import (
     save_shared_pre,
     shared_pre_lock,
 )
-from .selection import schedule
-from .structured import ChannelPlan
 from .train import Callback, StepFn, evaluate, fit, loss_function, make_optimizer, plain_step
 from .trajectory import ColumnShard, TrajectoryRecorder
 
@@ -142,7 +142,7 @@ class Run:
     device: torch.device
     pre_cache: Path | None = None
     timing: dict[str, float] = field(default_factory=dict)
-    channels: ChannelPlan | None = None  # prune.granularity: channel
+    plan: Plan | None = None  # what the rounds prune (prune.granularity); set before the stages run
     plat: Platform = SINGLE  # the processes of a distributed run (torchrun)
     events: EventSink = field(default_factory=NullSink)  # where the run's events go (metrics.jsonl: RunFolder.events)
     restored: list[Event] = field(default_factory=list)  # the events a resumed run's folder holds, replayed by stage
@@ -179,6 +179,11 @@ class Run:
                 self.events.emit(event)
         self.step += epochs * self.steps_per_epoch
 
+    @property
+    def recording(self) -> Recording:
+        """The run's recording settings (the ``causal`` section's recording fields)."""
+        return Recording.from_config(self.cfg)
+
     def add_time(self, key: str, seconds: float) -> None:
         """Add `seconds` to the timing entry `key`."""
         self.timing[key] = self.timing.get(key, 0.0) + seconds
@@ -213,21 +218,21 @@ class Run:
                     evaluate_sets: bool = False) -> Stage:  # fmt: skip
         """Train `epochs` epochs with a fresh optimizer and LR schedule (the stage's settings).
 
-        With `record`, the round's steps are recorded (`causal.*` recording settings); with
+        With `record`, the round's steps are recorded (`recording.Recording`); with
         `evaluate_sets`, validation and test metrics are logged after every epoch.
         """
         cfg = self.cfg
         torch.manual_seed(stage_seed(cfg.seed, stage))
         train = cfg.train.for_stage(stage)  # post-training may have its own optimizer and lr
-        dedicated = record and cfg.causal.recorder == "sgd"
+        dedicated = record and self.recording.dedicated
         if dedicated:  # plain SGD, constant lr, no momentum or weight decay (the authors' recorder)
-            opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=cfg.causal.record_lr)
+            opt: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=self.recording.record_lr)
         else:
             opt = make_optimizer(model.parameters(), train)
         handle = mask.attach(model, opt) if mask is not None else None
         logger = _Logger(self, stage, model, evaluate_sets)
         net = self.plat.wrap(model)  # DistributedDataParallel in a distributed run: the training forward only
-        recorder, step = _recorder(self, model, net, opt, mask, epochs, dedicated) if record else (None, None)
+        recorder, step = _recorder(self, model, net, opt, mask, epochs) if record else (None, None)
         t0 = time.perf_counter()
         try:
             fit(
@@ -248,35 +253,33 @@ class Run:
 
 
 def _recorder(run: Run, model: nn.Module, net: nn.Module, opt: torch.optim.Optimizer, mask: Mask | None,
-              epochs: int, dedicated: bool) -> tuple[TrajectoryRecorder, StepFn]:  # fmt: skip
+              epochs: int) -> tuple[TrajectoryRecorder, StepFn]:  # fmt: skip
     """The recorder of a round and the step function that records `causal.record_steps` of its steps.
 
-    At channel granularity the recorder stores one column per channel group (weight sharing).
+    What is recorded is the plan's layout (one column per channel group at channel granularity).
     """
-    c, data = run.cfg.causal, run.data
-    layout = run.channels.groups.layout(mask) if run.channels is not None else None
-    shard = _column_shard(run, model, mask, layout)
+    rec, data = run.recording, run.data
+    assert run.plan is not None and mask is not None
+    layout = run.plan.layout(model, mask)
+    shard = _column_shard(run, layout)
     loss_fn = loss_function(data.task)
     px, py = data.probe
-    momentum = (not dedicated) and run.cfg.train.optimizer == "sgd" and run.cfg.train.momentum > 0
     total = epochs * -(-len(data.train[1]) // run.cfg.train.batch_size)  # optimizer steps of the round
-    recorded = min(total, c.record_steps or total)
+    recorded = min(total, rec.record_steps or total)
     probe_x, probe_y = materialize(px), py
     if shard is not None:  # each process its slice of the probe set; the loss is reduced over them
         probe_x = probe_x.tensor_split(run.plat.world_size)[run.plat.rank]
         probe_y = probe_y.tensor_split(run.plat.world_size)[run.plat.rank]
-    recorder = TrajectoryRecorder(
-        model, loss_fn, opt, mask=None if layout is not None else mask, layout=layout,
+    recorder = make_recorder(
+        rec, model, loss_fn, opt, layout, seed=run.cfg.seed,
         probe_data=(probe_x.to(run.device), probe_y.to(run.device)),
-        probe_reduce=run.plat.all_reduce_sum if shard is not None else None,
-        momentum_features=c.momentum_model and momentum, capacity=max(recorded, 1), train_model=net,
-        loss_reduce=run.plat.all_reduce_sum if run.plat.distributed else None, shard=shard,
-        **recorder_options(c, run.cfg.seed),
+        probe_reduce=run.plat.all_reduce_sum if shard is not None else None, capacity=max(recorded, 1),
+        train_model=net, loss_reduce=run.plat.all_reduce_sum if run.plat.distributed else None, shard=shard,
     )  # fmt: skip
     return recorder, _spread_recorded_steps(recorder.step, plain_step(net, opt, loss_fn), total, recorded)
 
 
-def _column_shard(run: Run, model: nn.Module, mask: Mask | None, layout: ParamLayout | None) -> ColumnShard | None:
+def _column_shard(run: Run, layout: ParamLayout) -> ColumnShard | None:
     """This rank's columns of a distributed recording (SPEC §9), or None: one process, or a fit that needs all.
 
     Only with ``causal.shard_trajectory`` (otherwise every rank records every column and
@@ -284,9 +287,9 @@ def _column_shard(run: Run, model: nn.Module, mask: Mask | None, layout: ParamLa
     on shards (`lasso.SHARDED_SOLVERS`) and no momentum features.
     """
     plat = run.plat
-    if not (plat.distributed and run.cfg.causal.shard_trajectory):  # CausalSettings checked solver and momentum
+    if not (plat.distributed and run.recording.shard_trajectory):  # CausalSettings checked solver and momentum
         return None
-    n = (layout if layout is not None else ParamLayout.of(prunable_parameters(model), alive=mask)).n_columns
+    n = layout.n_columns
     start, stop = plat.shard_range(n)
     comm = lasso.Comm.over(plat)
     return ColumnShard(start, stop, comm, lambda local: plat.gather_columns(local, n))
@@ -345,11 +348,17 @@ def pre_stage(run: Run, model: nn.Module) -> dict[str, torch.Tensor]:
 
 def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], mask: Mask, k: int,
                 target: float) -> Mask:  # fmt: skip
-    """Pruning round `k`: rewind, train (recording if the method needs it), score, select; return the new mask."""
+    """Pruning round `k`: rewind, train (recording if the method needs it), `plan.run_round`; return the new mask.
+
+    A method's weight updates are applied by the round, kept in the round's scores.pt and
+    moved into θ_pre (`theta_pre`, in place), again when a finished round is resumed.
+    """
     cfg, folder = run.cfg, run.folder
+    assert run.plan is not None
     if run.plat.broadcast_object(folder.level_done(k)):  # the primary's view of the folder decides
         mask, state = folder.load_level(k, run.device, like=mask)
         load_state_into(model, state, folder.level_dir(k) / "checkpoint.pt", folder.level_dir(k))
+        _restore_updates(run, model, mask, k, theta_pre)
         run.replay(f"level_{k}", cfg.prune.n_prune)
         return mask
     if cfg.prune.rewind or k == 1:
@@ -359,25 +368,24 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
     recorder = run.train_stage(model, stage, cfg.prune.n_prune, mask, record=run.criterion.records).recorder
     try:
         t0 = time.perf_counter()
-        new_mask, scored = prune_round(run.criterion, _score_input(run, model, mask, recorder, stage, target),
-                                       target, scope=cfg.prune.scope, plan=run.channels)  # fmt: skip
+        result = run_round(
+            run.plan, run.criterion, model, mask, k, target, seed=cfg.seed, settings=_settings(run),
+            trajectory=recorder.trajectory() if recorder is not None else None, data=run.score_batches,
+            loss_fn=loss_function(run.data.task), inputs=run.data.train[0], input_shape=tuple(run.data.input_shape),
+            theta_pre=theta_pre,
+        )  # fmt: skip
         run.add_time("solve_s", time.perf_counter() - t0)
     finally:
         if recorder is not None:
             recorder.close()
+    new_mask, scored = result.mask, result.scored
     new_mask.apply_(model)
     run.plat.check_same_tensors(dict(new_mask), f"the mask of round {k}")  # every rank selected the same
-    info = {key: v for key, v in scored.info.items() if isinstance(v, int | float | str | bool)}
-    if run.channels is not None:
-        keep = run.channels.groups.keep_of(new_mask)
-        info.update(sparsity=float((~keep).float().mean()), channels_pruned=int((~keep).sum()),
-                    macs=run.channels.macs(keep))  # fmt: skip
-        key = "macs_target" if cfg.prune.speedup is not None else "sparsity_target"
-    else:
-        info.update(sparsity=new_mask.sparsity())
-        key = "sparsity_target"
-    _round_done(run, k, target, key, info)  # its events, then its files (mask.pt: done)
-    folder.save_level(k, {"scores": scored.scores, "tie_break": scored.tie_break}, model.state_dict(), new_mask)
+    scores = {"scores": scored.scores, "tie_break": scored.tie_break}
+    if result.updates:
+        scores["updates"] = result.updates
+    _round_done(run, k, target, run.plan.target_key, result.facts)  # its events, then its files (mask.pt: done)
+    folder.save_level(k, scores, model.state_dict(), new_mask)
     folder.save_timing(run.timing)
     return new_mask
 
@@ -396,19 +404,19 @@ def _round_done(run: Run, k: int, target: float, target_key: str, facts: dict[st
     run.stage_done(f"level_{k}", run.cfg.prune.n_prune)
 
 
-def _score_input(run: Run, model: nn.Module, mask: Mask, recorder: TrajectoryRecorder | None, stage: str,
-                 target: float) -> ScoreInput:  # fmt: skip
-    """What the method declared it needs to score `model` in this stage."""
-    crit = run.criterion
-    seed = stage_seed(run.cfg.seed, stage + "/score")
-    return ScoreInput(
-        model, mask, settings=run.cfg.section(crit.section) if crit.section else None, seed=seed,
-        trajectory=recorder.trajectory() if recorder is not None else None,
-        data=run.score_batches(seed) if crit.needs_data else [], loss_fn=loss_function(run.data.task),
-        target_sparsity=target, input_shape=tuple(run.data.input_shape),
-        input_dtype=getattr(run.data.train[0], "dtype", None),
-        groups=run.channels.groups if run.channels is not None else None,
-    )  # fmt: skip
+def _settings(run: Run) -> object:
+    """The method's settings section of the run's config (None: it has none)."""
+    return run.cfg.section(run.criterion.section) if run.criterion.section else None
+
+
+def _restore_updates(run: Run, model: nn.Module, mask: Mask, k: int, theta_pre: dict[str, torch.Tensor]) -> None:
+    """Move the weight updates a finished round `k` saved (if any) into θ_pre again, as the round did."""
+    path = run.folder.level_dir(k) / "scores.pt"
+    if not path.exists():
+        return
+    updates = torch.load(path, map_location=run.device, weights_only=True, mmap=True).get("updates")
+    if updates:
+        apply_updates(model, mask, updates, theta_pre)
 
 
 def final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, stage: str) -> list[dict[str, float]]:
@@ -419,16 +427,16 @@ def final_stage(run: Run, model: nn.Module, mask: Mask | None, epochs: int, stag
 
 
 def run_experiment(cfg: Config, out: str | Path | None = None, pre_cache: str | Path | None = None,
-                   quiet: bool = False, jobs: int = 1) -> dict[str, Any]:  # fmt: skip
+                   quiet: bool = False) -> dict[str, Any]:  # fmt: skip
     """Run (or continue) one experiment in its run folder; return its summary.
 
-    `jobs` is the number of runs sharing the machine (parallel sweep processes): without
-    ``train.threads``, the run takes its share of the cores (`threads_for`).
+    It uses ``train.threads`` CPU threads (a grid's executor sets them for each run), else
+    the cores, shared among the processes of a distributed run (`threads_for`).
     """
     t_start = time.perf_counter()
     cfg = resolve.check(cfg)
     threads = torch.get_num_threads()
-    jobs = jobs * current_platform().local_world_size  # the processes of a distributed run share the cores
+    jobs = current_platform().local_world_size  # the processes of a distributed run share the cores
     try:
         torch.set_num_threads(threads_for(cfg, jobs))
         return _run(cfg, out, pre_cache, quiet, t_start)
@@ -455,11 +463,11 @@ def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quie
         run = Run(cfg, criterion, folder, load_splits(cfg, device), device, Path(pre_cache) if pre_cache else None,
                   plat=plat)
         model = run.new_model()
-        if cfg.prune.granularity == "channel" and criterion.prunes:
-            run.channels = ChannelPlan.build(model, cfg.prune, tuple(run.data.input_shape))
-            if not criterion.needs:  # scores from the model alone: a method that cannot score this model fails now
-                score_round(criterion, _score_input(run, model, run.channels.initial_mask(), None, "check", 0.0),
-                            channels=True)  # fmt: skip
+        run.plan = build_plan(model, cfg.prune, tuple(run.data.input_shape)) if criterion.prunes else \
+            WeightPlan.build(model, cfg.prune)  # (dense: counted as weights)
+        if criterion.prunes and not criterion.needs:  # scores from the model alone: one that cannot fails now
+            score_round(criterion, run.plan, ScoreInput.build(model, run.plan.initial_mask(), settings=_settings(run),
+                                                              groups=run.plan.units))  # fmt: skip
         folder.claim(cfg)
         started = folder.started_threads()
         if started is not None and started != torch.get_num_threads():
@@ -507,18 +515,16 @@ def _stages(run: Run, model: nn.Module, t_start: float, quiet: bool) -> dict[str
 
     theta_pre = pre_stage(run, model)
     dense_test = run.eval(model, "test")
-    mask = run.channels.initial_mask() if run.channels is not None else Mask.ones(model)
-    targets = run.channels.targets() if run.channels is not None else schedule(
-        cfg.prune.schedule, cfg.prune.sparsity, cfg.prune.n_iter)  # fmt: skip
-    for k, target in enumerate(targets, start=1):
+    plan = run.plan
+    assert plan is not None
+    mask = plan.initial_mask()
+    for k, target in enumerate(plan.targets(), start=1):
         mask = level_stage(run, model, theta_pre, mask, k, target)
     if cfg.prune.rewind:
         rewind(model, theta_pre, cfg.prune.reset_bn)
-    mask.apply_(model)
-    if run.channels is not None:  # post-training runs on the physically slimmed network
-        model = run.channels.slim(model, mask)
+    model = plan.finish(model, mask)  # the mask applied; a plan that removes units slims the network
     before_post = run.eval(model, "test")  # the pruned network before any fine-tuning (the paper's Fig. 2b)
-    history = final_stage(run, model, mask if run.channels is None else None, cfg.prune.n_post, "post")
+    history = final_stage(run, model, None if plan.slims else mask, cfg.prune.n_post, "post")
     return _finish(run, model, mask, history, dense_test, t_start, quiet, before_post)
 
 
@@ -530,7 +536,7 @@ def load_splits(cfg: Config, device: torch.device | None = None, download: bool 
     pool = load_pool(cfg.data.name, **options)
     if cfg.data.max_samples is not None:
         pool = pool.limit(cfg.data.max_samples)
-    data = make_splits(pool, cfg.seed, cfg.data.val_fraction, cfg.causal.probe_size)
+    data = make_splits(pool, cfg.seed, cfg.data.val_fraction, Recording.from_config(cfg).probe_size)
     return data.to(device) if cfg.data.on_device and device is not None else data
 
 
@@ -541,12 +547,8 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
     better = max if metric == "accuracy" else min
     final = history[-1]
     best_val = better(history, key=lambda h: h[f"val_{metric}"])
-    if run.channels is not None:  # the slim network's weights are all alive: count against the dense ones
-        n_prunable, n_nonzero = run.channels.weight_counts(mask)
-    else:
-        params = prunable_parameters(model)
-        n_prunable = sum(p.numel() for p in params.values())
-        n_nonzero = sum(int((p != 0).sum()) for p in params.values())
+    assert run.plan is not None
+    n_prunable, n_nonzero = run.plan.counts(model, mask)  # a slim network's weights: against the dense ones
     run.add_time("total_s", time.perf_counter() - t_start)
     summary = {
         "method": cfg.prune.method,
@@ -585,9 +587,8 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
     }
     for key in ("total_s", "record_s", "solve_s"):
         summary["timing"].setdefault(key, 0.0)
-    if run.channels is not None:
-        summary["channels"] = run.channels.summary(mask)
-        summary["speedup_target"] = cfg.prune.speedup
+    summary.update(run.plan.run_facts(mask))
+    if run.plan.slims:  # measured against the dense network of the same architecture
         dense = run.new_model()  # the same architecture, dense, for the measured comparison
         shape = tuple(run.data.input_shape)
         summary["efficiency"] = _versus_dense(efficiency(dense, shape), summary["efficiency"])
@@ -653,18 +654,12 @@ def dry_run(cfg: Config) -> DryRun:
         lines.append(f"method {cfg.prune.method}: {epochs} epochs, no pruning")
     else:
         p = cfg.prune
-        spread = f", {cfg.causal.record_steps} steps spread over each round" if cfg.causal.record_steps else ""
+        steps = Recording.from_config(cfg).record_steps
+        spread = f", {steps} steps spread over each round" if steps else ""
         recorded = f" (recorded{spread})" if criterion.records else ""
         lines.append(f"method {p.method}: pre {p.n_pre} epochs; {p.n_iter} rounds × {p.n_prune} epochs{recorded}; "
                      f"post {p.n_post} epochs; total {cfg.total_epochs()}")  # fmt: skip
-        if p.granularity == "channel":
-            plan = ChannelPlan.build(model, p, tuple(shape))
-            lines.append(f"channel groups: {plan.G} in {len(plan.groups.layers)} layers; dense {plan.dense_macs:,} "
-                         f"MACs per sample, {plan.dense_params:,} parameters")  # fmt: skip
-            lines.append(plan.describe_targets())
-        else:
-            targets = schedule(p.schedule, p.sparsity, p.n_iter)
-            lines.append("sparsity after each round: " + ", ".join(f"{t:.4f}" for t in targets))
+        lines.extend(build_plan(model, p, tuple(shape)).describe())
     t, post = cfg.train, cfg.train.for_stage("post")
     fast = [k for k in ("amp", "channels_last", "compile") if getattr(t, k)]
     fast += ["data on device"] if cfg.data.on_device else []

@@ -1,16 +1,17 @@
 """Algorithm 1 as one object around any training loop: `CausalPruner` (docs/integrations.md).
 
 The rounds of Algorithm 1 (docs/method.md) are the same wherever they run: train a round
-(recording it when the method needs the trajectory), score the weights or channel groups,
-select the round's cumulative target, apply the mask, rewind to θ_pre. `score_round`,
-`prune_round` and `rewind` are that one implementation; the command-line driver
-(`causalprune.experiment`) calls them between its run-folder stages, and `CausalPruner`
-calls them from a user's loop — plain PyTorch, Lightning or the Hugging Face Trainer
-(`causalprune.integrations`).
+(recording it when the method needs the trajectory), score the plan's units (weights,
+channel groups), select the round's cumulative target, apply the mask, rewind to θ_pre.
+`plan.run_round` is that one round and `recording.make_recorder` the one recorder; the
+command-line driver (`causalprune.experiment`) calls them between its run-folder stages,
+and `CausalPruner` calls them from a user's loop — plain PyTorch, Lightning or the Hugging
+Face Trainer (`causalprune.integrations`).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import warnings
@@ -23,70 +24,15 @@ from torch import nn
 
 from . import criteria
 from .config import PruneConfig
-from .criteria import Criterion, Scored, ScoreInput
-from .criteria.causal import CausalSettings
 from .masks import Mask, MaskHandle, parameter_aliases, prunable_parameters
+from .modelio import ModelIO
+from .plan import Plan, WeightPlan, build_plan, rewind, run_round
 from .platform import current as current_platform
-from .selection import schedule as sparsity_schedule
-from .selection import select
-from .structured import ChannelPlan
+from .recording import Recording, make_recorder, stage_seed
 from .trajectory import TrajectoryRecorder
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-
-def stage_seed(seed: int, stage: str) -> int:
-    """Return a seed for one stage of a run: stable across processes and resumes."""
-    return (seed * 1_000_003 + sum((i + 1) * ord(c) for i, c in enumerate(stage))) % (2**31 - 1)
-
-
-def rewind(model: nn.Module, theta_pre: Mapping[str, torch.Tensor], reset_bn: bool = False) -> None:
-    """Load θ_pre into `model`; keep BatchNorm running statistics unless `reset_bn` (then reset them)."""
-    state = model.state_dict()
-    for k, v in theta_pre.items():
-        if not reset_bn and ("running_" in k or "num_batches_tracked" in k):
-            continue
-        state[k] = v
-    model.load_state_dict(state)
-    if reset_bn:
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-
-
-def score_round(criterion: Criterion, inp: ScoreInput, channels: bool = False) -> Scored:
-    """Score one round with `criterion` (its channel-level function when `channels`)."""
-    fn = criterion.channel_fn if channels else criterion.fn
-    if fn is None:
-        level = "channel groups" if channels else "single weights"
-        raise ValueError(f"method {criterion.name!r} does not score {level}; methods that do: "
-                         f"{', '.join(criteria.names('channel' if channels else 'weight'))}")  # fmt: skip
-    return fn(inp)
-
-
-def prune_round(criterion: Criterion, inp: ScoreInput, target: float, *, scope: str = "global",
-                plan: ChannelPlan | None = None) -> tuple[Mask, Scored]:  # fmt: skip
-    """Score one round and select its cumulative `target`; return (the new mask, the scores).
-
-    Weights: `selection.select` (`scope`, the KKT tie-break the method gives); channels
-    (`plan`): the plan's selection of whole groups (a fraction of groups, or a MACs target).
-    """
-    scored = score_round(criterion, inp, channels=plan is not None)
-    scores, tie = scored.oriented(criterion.higher_is_important)
-    if plan is not None:
-        return plan.select(scores, tie, target, inp.mask), scored
-    return select(scores, target, scope=scope, mask=inp.mask, tie_break=tie), scored
-
-
-def recorder_options(c: CausalSettings, seed: int) -> dict[str, Any]:
-    """The `TrajectoryRecorder` keywords that a method's recording settings `c` give, for a run seeded `seed`."""
-    return {"dtype": DTYPES[c.dtype], "delta_loss": c.delta_loss, "probe_seed": stage_seed(seed, "probe"),
-            "memory_budget": None if c.memory_budget_gb is None else int(c.memory_budget_gb * 2**30),
-            "storage_device": "cpu" if c.storage == "cpu" else None,
-            "first_order": c.first_order != "ignore"}  # fmt: skip
-
-
-def _settings_of(criterion: Criterion, settings: Any) -> Any:
+def _settings_of(criterion: criteria.Criterion, settings: Any) -> Any:
     """The method's settings dataclass from None (defaults), an instance, or a mapping of its fields."""
     cls = criterion.settings
     if cls is None:
@@ -144,7 +90,9 @@ class CausalPruner:
         speedup: channel granularity: a MACs reduction target instead of `sparsity`.
         scope: ``global`` or ``layerwise`` ranking (weights).
         rewind: rewind the surviving weights to θ_pre after each round (and reset the
-            optimizer's state, which belonged to the weights before the rewind).
+            optimizer's state, which belonged to the weights before the rewind, and
+            `lr_scheduler` with the optimizer's learning rates to where they were at θ_pre:
+            docs/method.md, "Rewinding").
         reset_bn: also reset BatchNorm running statistics when rewinding.
         settings: the method's settings (for causal methods `CausalSettings` or a mapping of
             its fields: ``{"delta_loss": "probe", "solver": "cd"}``).
@@ -163,6 +111,14 @@ class CausalPruner:
             4 bytes in float32 storage), so that a state saved in the middle of a recorded
             round resumes to the masks of the uninterrupted run; without it such a resume
             warns, naming the recorded steps it lost.
+        plan: a ready `plan.Plan` (a new unit kind: heads, neurons, ...) instead of the one
+            `granularity` names; its `kind` picks the method's scorer.
+        lr_scheduler: the LR scheduler of the loop, if any: a rewind puts it (and the
+            optimizer's learning rates) back to its state when the pruner was built, so
+            every round trains with the same schedule, as the command-line driver does.
+        steps_per_epoch: optimizer steps per epoch, when known: the first round's
+            trajectory is then allocated up front (later rounds use the length of the
+            first), so scoring reads it without a copy.
 
     Attributes:
         mask: the current `Mask` (all alive before the first round ends).
@@ -200,6 +156,9 @@ class CausalPruner:
         round_to: int = 1,
         params: Sequence[str] | None = None,
         save_recording: bool = False,
+        plan: Plan | None = None,
+        lr_scheduler: Any = None,
+        steps_per_epoch: int | None = None,
     ) -> None:
         self.criterion = criteria.get(method)
         if not self.criterion.prunes:
@@ -212,29 +171,36 @@ class CausalPruner:
                                  max_layer_ratio=max_layer_ratio, round_to=round_to,
                                  score_batches=score_batches)  # fmt: skip
         self.settings = _settings_of(self.criterion, settings)
-        if getattr(self.settings, "record_steps", None) is not None:
-            raise ValueError("record_steps needs each round's length in advance; CausalPruner records every step "
-                             "of a round (leave record_steps unset)")  # fmt: skip
+        self.recording = Recording.of(self.settings)
+        if self.criterion.records:
+            self._check_recording(probe_data)
         if current_platform().distributed:
             raise ValueError("CausalPruner runs in one process: under torchrun / DDP each process would record its "
                              "own batch's loss changes and select its own mask; for several processes run "
                              "`causalprune run CONFIG --nproc N` (docs/distributed.md)")  # fmt: skip
+        if steps_per_epoch is not None and (int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be an integer >= 1, got {steps_per_epoch}")
+        self.criterion.scorer(plan.kind if plan is not None else granularity)  # fails now, not after a round
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.forward = forward
         self.probe_data, self.score_data, self.seed = probe_data, score_data, seed
         self.example_inputs = example_inputs
         self.save_recording = bool(save_recording)
         self.theta_pre = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.plan: ChannelPlan | None = None
+        self.lr_scheduler = lr_scheduler
+        self._lr_start = self._lr_state()  # the schedule at θ_pre: every rewind goes back to it
+        self._capacity = None if steps_per_epoch is None else int(steps_per_epoch) * int(epochs_per_round)
         self._handle: MaskHandle | None = None
         self._loaded: Mask | None = None
-        self.mask = Mask.ones(model) if params is None else _subset(model, params)
-        if params is not None and granularity == "channel":
+        if params is not None and (granularity == "channel" or plan is not None):
             raise ValueError("params selects weights; at channel granularity the traced groups decide what is pruned")
+        self.plan: Plan | None = plan
+        if plan is None and granularity == "weight":
+            self.plan = WeightPlan.build(model, self.prune, initial=None if params is None else _subset(model, params))
+        self.mask = self.plan.initial_mask() if self.plan is not None else Mask.ones(model)
         self._check_optimizer()
-        self.targets: list[float] = (
-            [] if granularity == "channel" else sparsity_schedule(schedule, self.prune.sparsity, n_iter))  # fmt: skip
-        if granularity == "channel" and example_inputs is not None:
+        self.targets: list[float] = self.plan.targets() if self.plan is not None else []
+        if self.plan is None and example_inputs is not None:
             self._build_plan(example_inputs)
         self.history: list[dict[str, Any]] = []
         self.round = 1
@@ -276,8 +242,12 @@ class CausalPruner:
 
     def after_step(self, loss: torch.Tensor) -> None:
         """Your own step, part 2: call right after ``optimizer.step()`` with the loss; after `done`, nothing."""
-        if self._recorder is not None:  # (a round that records has one from before_step on)
-            self._recorder.after_step(loss)
+        if self.done or not self.criterion.records:
+            return
+        if self._recorder is None:  # a round that records has one from before_step on: this step would be lost
+            raise RuntimeError("after_step called without before_step: call before_step(inputs, targets) right "
+                               "before the training forward of every step")  # fmt: skip
+        self._recorder.after_step(loss)
 
     def end_epoch(self) -> Mask | None:
         """Count an epoch; at the end of a round score, prune and rewind. Return the new mask, or None.
@@ -307,10 +277,10 @@ class CausalPruner:
         The model's layers get smaller tensors, so the optimizer no longer holds them: build a
         new optimizer for any further training. Returns the model; the pruner is finished.
         """
-        if self.plan is None or not self.done:
+        if self.plan is None or not self.plan.slims or not self.done:
             raise ValueError("slim() needs granularity='channel' and every round done")
         self.make_permanent()
-        return self.plan.slim(self.model, self.mask)
+        return self.plan.finish(self.model, self.mask)
 
     # --- checkpoints ----------------------------------------------------------------------
     @property
@@ -331,7 +301,7 @@ class CausalPruner:
                 "epoch_in_round": self.epoch_in_round, "done": self.done, "targets": list(self.targets),
                 "mask": {n: t.clone() for n, t in self.mask.items()}, "theta_pre": self.theta_pre,
                 "history": list(self.history), "n_iter": self.prune.n_iter, "steps_in_round": self.steps_in_round,
-                "recording": recording}  # fmt: skip
+                "recording": recording, "lr_start": self._lr_start}  # fmt: skip
 
     def load_state_dict(self, state: Mapping[str, Any], source: str | None = None) -> None:
         """Continue from `state_dict()`'s output: the same method and rounds, on the same model.
@@ -358,6 +328,8 @@ class CausalPruner:
         self.theta_pre = dict(state["theta_pre"])
         self.round, self.epoch_in_round, self.done = int(state["round"]), int(state["epoch_in_round"]), state["done"]
         self.targets, self.history = list(state["targets"]), list(state["history"])
+        if state.get("lr_start") is not None:  # (states saved before it was kept: the schedule at this build)
+            self._lr_start = state["lr_start"]
         self._close_recorder()
         recording = state.get("recording")
         self._restore = dict(recording) if recording is not None and not self.done else None
@@ -406,24 +378,53 @@ class CausalPruner:
         if self.criterion.needs_data and self.score_data is None:
             self._recent.append((inputs, targets))
 
+    def _io(self, inputs: Any) -> ModelIO | None:
+        """The model's inputs as a `ModelIO` (a batch's first sample, this pruner's forward and loss)."""
+        return None if inputs is None else ModelIO.from_inputs(inputs, self.forward, self.loss_fn)
+
     def _build_plan(self, inputs: Any) -> None:
-        shape = tuple(inputs.shape[1:])
-        self.plan = ChannelPlan.build(self.model, self.prune, shape)
+        self.plan = build_plan(self.model, self.prune, self._io(inputs))  # traced through the forward
         if self._loaded is None:  # a fresh start; a loaded state brought its mask and targets
             self.targets = self.plan.targets()
             self._set_mask(self.plan.initial_mask())
+
+    def _check_recording(self, probe_data: Any) -> None:
+        """Refuse, before any training, recording settings this pruner cannot follow."""
+        rec = self.recording
+        if rec.record_steps is not None:
+            raise ValueError("record_steps needs each round's length in advance; CausalPruner records every step "
+                             "of a round (leave record_steps unset)")  # fmt: skip
+        if rec.dedicated:
+            raise ValueError("recorder 'sgd' (a dedicated plain SGD) is the command-line driver's; CausalPruner "
+                             "records the steps of your optimizer (leave recorder at 'train')")  # fmt: skip
+        if rec.delta_loss == "probe" and probe_data is None:
+            raise ValueError("delta_loss 'probe' needs probe_data=(inputs, targets) or a list of batches")
+
+    def _lr_state(self) -> dict[str, Any]:
+        """The optimizer's learning rates and the scheduler's state, as a rewind restores them."""
+        return {"lr": [g["lr"] for g in self._torch_optimizer.param_groups],
+                "scheduler": copy.deepcopy(self.lr_scheduler.state_dict()) if self.lr_scheduler is not None
+                else None}  # fmt: skip
+
+    def _rewind(self) -> None:
+        """The rewind rule (docs/method.md, "Rewinding"): θ_pre, a fresh optimizer state, the LR schedule's start."""
+        rewind(self.model, self.theta_pre, self.prune.reset_bn)
+        opt = self._torch_optimizer
+        opt.state.clear()  # momentum and moments of the weights before the rewind
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(copy.deepcopy(self._lr_start["scheduler"]))
+            for g, lr in zip(opt.param_groups, self._lr_start["lr"], strict=True):
+                g["lr"] = lr
 
     def _round_recorder(self) -> TrajectoryRecorder | None:
         if not self.criterion.records:
             return None
         if self._recorder is None:
-            c = self.settings
-            layout = self.plan.groups.layout(self.mask) if self.plan is not None else None
-            momentum = c.momentum_model and any(g.get("momentum", 0) for g in self._torch_optimizer.param_groups)
-            self._recorder = TrajectoryRecorder(
-                self.model, self.loss_fn, self._torch_optimizer, mask=None if layout is not None else self.mask,
-                params=None if layout is not None else list(self.mask), layout=layout, probe_data=self.probe_data,
-                momentum_features=momentum, forward=self.forward, **recorder_options(c, self.seed),
+            assert self.plan is not None  # (traced at the first batch, before this)
+            self._recorder = make_recorder(
+                self.recording, self.model, self.loss_fn, self._torch_optimizer,
+                self.plan.layout(self.model, self.mask), seed=self.seed, probe_data=self.probe_data,
+                capacity=self._capacity, forward=self.forward,
             )  # fmt: skip
             if self._restore is not None:
                 restore, self._restore = self._restore, None
@@ -432,7 +433,7 @@ class CausalPruner:
 
     def _end_round(self) -> Mask:
         k = self.round
-        if not self.targets:  # channel granularity, traced from the first batch
+        if not self.targets or self.plan is None:  # channel granularity, traced from the first batch
             raise ValueError("a channel-level round ended before any batch was seen: give example_inputs=... or call "
                              "step() / before_step() before end_epoch()")  # fmt: skip
         target = self.targets[k - 1]
@@ -444,35 +445,24 @@ class CausalPruner:
             raise ValueError(f"round {k} ended with no recorded step{lost}: {self.criterion.name!r} scores from the "
                              "round's recorded steps; resume from a checkpoint saved with save_recording=True, or "
                              "from an earlier one")  # fmt: skip
-        shape = getattr(self.example_inputs, "shape", None)
-        inp = ScoreInput(
-            self.model, self.mask, settings=self.settings, seed=stage_seed(self.seed, f"level_{k}/score"),
-            trajectory=recorder.trajectory() if recorder is not None else None,
-            data=list(self.score_data if self.score_data is not None else self._recent), loss_fn=self.loss_fn,
-            target_sparsity=target, input_shape=tuple(shape[1:]) if shape is not None else None,
-            input_dtype=None if shape is None or self.example_inputs.is_floating_point()
-            else self.example_inputs.dtype,
-            groups=self.plan.groups if self.plan is not None else None,
-        )  # fmt: skip
         try:
-            new_mask, scored = prune_round(self.criterion, inp, target, scope=self.prune.scope, plan=self.plan)
+            result = run_round(
+                self.plan, self.criterion, self.model, self.mask, k, target, seed=self.seed, settings=self.settings,
+                trajectory=recorder.trajectory() if recorder is not None else None,
+                data=list(self.score_data if self.score_data is not None else self._recent), loss_fn=self.loss_fn,
+                inputs=self.example_inputs, theta_pre=self.theta_pre, io=self._io(self.example_inputs),
+            )  # fmt: skip
         finally:
+            if recorder is not None and self._capacity is None:
+                self._capacity = recorder.rows  # rounds are alike: the next one is allocated up front
             self._close_recorder()
-        info = {key: v for key, v in scored.info.items() if isinstance(v, int | float | str | bool)}
-        if self.plan is not None:
-            keep = self.plan.groups.keep_of(new_mask)
-            info.update(channels_pruned=int((~keep).sum()), macs=self.plan.macs(keep))
-            sparsity = float((~keep).float().mean())
-        else:
-            sparsity = new_mask.sparsity()
-        self.history.append({"round": k, "target": target, "sparsity": sparsity, **info})
+        self.history.append({"round": k, "target": target, **result.facts})
         if self.prune.rewind:
-            rewind(self.model, self.theta_pre, self.prune.reset_bn)
-            self._torch_optimizer.state.clear()  # momentum and moments of the weights before the rewind
-        self._set_mask(new_mask)
+            self._rewind()
+        self._set_mask(result.mask)
         self.done = k == len(self.targets)
         self.round, self.epoch_in_round, self._lost = (k if self.done else k + 1), 0, 0
-        return new_mask
+        return result.mask
 
     def _set_mask(self, mask: Mask) -> None:
         if self._handle is not None:
@@ -516,4 +506,4 @@ def _subset(model: nn.Module, params: Sequence[str]) -> Mask:
     return Mask({n: torch.ones_like(prunable[n], dtype=torch.bool) for n in dict.fromkeys(names)})
 
 
-__all__ = ["CausalPruner", "check_options", "prune_round", "recorder_options", "rewind", "score_round", "stage_seed"]
+__all__ = ["CausalPruner", "check_options", "rewind", "stage_seed"]

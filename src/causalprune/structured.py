@@ -30,14 +30,17 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from .config import ConfigError, PruneConfig
 from .groups import ChannelGroups, channel_groups
+from .layout import ParamLayout
 from .masks import Mask
 from .metrics import macs_and_params
+from .modelio import ModelIO
 from .selection import LayerCollapseWarning, ranking, schedule, select
 
 #: how close a ``prune.speedup`` target must be reachable: MACs within this fraction of MACs_dense / S
@@ -60,27 +63,34 @@ class ChannelPlan:
 
     groups: ChannelGroups
     prune: PruneConfig
-    input_shape: tuple[int, ...]
+    input_shape: tuple[int, ...] | ModelIO  # a ModelIO for inputs that are not one float tensor
     dense_macs: int
     dense_params: int
     positions: dict[str, int] = field(default_factory=dict)  # prunable weight → output positions per sample
     _macs_cache: dict[bytes, int] = field(default_factory=dict, repr=False)
 
+    kind: ClassVar[str] = "channel"  # the unit kind of `plan.Plan`: criteria score it with their channel scorer
+    slims: ClassVar[bool] = True  # `finish` removes the pruned channels
+
     @classmethod
-    def build(cls, model: nn.Module, prune: PruneConfig, input_shape: tuple[int, ...]) -> ChannelPlan:
-        """Trace `model`'s channel groups and check that the budget can be met; raise `ConfigError` if not."""
-        device = next(model.parameters()).device
+    def build(cls, model: nn.Module, prune: PruneConfig, input_shape: tuple[int, ...] | ModelIO) -> ChannelPlan:
+        """Trace `model`'s channel groups and check that the budget can be met; raise `ConfigError` if not.
+
+        `input_shape` is one sample's shape, or a `ModelIO` (tuple or dict inputs, a custom forward).
+        """
+        io = ModelIO.of(input_shape)
         try:
-            groups = channel_groups(model, torch.zeros(1, *input_shape, device=device))
+            groups = channel_groups(model, io)  # one sample (zeros for a shape)
         except Exception as e:  # Torch-Pruning's tracer raises whatever the model's forward raises
             raise ConfigError(f"prune.granularity: channel: Torch-Pruning cannot trace model "
                               f"{type(model).__name__} ({type(e).__name__}: {e}); use prune.granularity: "
-                              "weight") from None  # fmt: skip
+                              "weight") from e  # fmt: skip
         if groups.G == 0:
             raise ConfigError(f"prune.granularity: channel: model {type(model).__name__} has no channel group that "
                               "can be pruned (only output layers); use prune.granularity: weight")  # fmt: skip
-        macs, params = macs_and_params(model, input_shape)
-        plan = cls(groups, prune, tuple(input_shape), macs, params, _output_positions(model, input_shape))
+        macs, params = macs_and_params(model, io)
+        kept = io.input_shape if io.plain and io.input_dtype is None else io  # one float tensor: its shape
+        plan = cls(groups, prune, kept, macs, params, _output_positions(model, io))
         plan.check_budget()
         return plan
 
@@ -281,6 +291,45 @@ class ChannelPlan:
             out[layer] = new
         return self.groups.from_layers(out)
 
+    # --- the round (`plan.Plan`) -------------------------------------------------------------
+    @property
+    def target_key(self) -> str:
+        """A round's target: a fraction of groups (``sparsity_target``) or MACs (``macs_target``)."""
+        return "macs_target" if self.prune.speedup is not None else "sparsity_target"
+
+    @property
+    def units(self) -> ChannelGroups:
+        """The channel groups: channel scorers read them in ``ScoreInput.groups``."""
+        return self.groups
+
+    def layout(self, model: nn.Module, mask: Mask) -> ParamLayout:
+        """Return what a round records: one column per channel group alive under `mask`."""
+        return self.groups.layout(mask)
+
+    def facts(self, mask: Mask) -> dict[str, Any]:
+        """Return a round's facts: the fraction of groups pruned, the pruned channels, the slim network's MACs."""
+        keep = self.groups.keep_of(mask)
+        return {"sparsity": float((~keep).float().mean()), "channels_pruned": int((~keep).sum()),
+                "macs": self.macs(keep)}  # fmt: skip
+
+    def finish(self, model: nn.Module, mask: Mask) -> nn.Module:
+        """Apply `mask` and remove the pruned channels physically (`slim`); return the slim network."""
+        mask.apply_(model)
+        return self.slim(model, mask)
+
+    def counts(self, model: nn.Module, mask: Mask) -> tuple[int, int]:
+        """Return (prunable weights of the dense network, those `mask` keeps): the slim network's are all alive."""
+        return self.weight_counts(mask)
+
+    def run_facts(self, mask: Mask) -> dict[str, Any]:
+        """Return the run's channel facts for summary.json: ``channels`` (`summary`) and ``speedup_target``."""
+        return {"channels": self.summary(mask), "speedup_target": self.prune.speedup}
+
+    def describe(self) -> list[str]:
+        """Return the groups, the dense network's cost, and each round's target (a dry run's lines)."""
+        return [f"channel groups: {self.G} in {len(self.groups.layers)} layers; dense {self.dense_macs:,} MACs per "
+                f"sample, {self.dense_params:,} parameters", self.describe_targets()]  # fmt: skip
+
     # --- the end ----------------------------------------------------------------------------
     def slim(self, model: nn.Module, mask: Mask) -> nn.Module:
         """Zero the removed groups of `model` and remove them physically (the plan's groups are used up)."""
@@ -302,7 +351,7 @@ class ChannelPlan:
         }  # fmt: skip
 
 
-def _output_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+def _output_positions(model: nn.Module, input_shape: tuple[int, ...] | ModelIO) -> dict[str, int]:
     """Return prunable weight name → output positions of its layer for one sample (output numel / channels)."""
     from .masks import PRUNABLE_LAYERS
 
@@ -321,7 +370,8 @@ def _output_positions(model: nn.Module, input_shape: tuple[int, ...]) -> dict[st
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+            io = ModelIO.of(input_shape)
+            io.forward(model, io.example_inputs(1, "example", device=next(model.parameters()).device))
     finally:
         model.train(was_training)
         for h in hooks:

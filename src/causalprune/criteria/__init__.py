@@ -15,11 +15,18 @@ contains a method name:
 * ``reference``: the baseline every table compares each method with (magnitude).
 * ``prunes``: False for ``dense``, the no-pruning baseline trained for the same epochs.
 
-A method scores single weights (``fn``, `register`), channel groups (``channel_fn``,
-`register_channel`; ``prune.granularity: channel``), or both. A channel-level function
-finds the groups in ``ScoreInput.groups`` (`causalprune.groups.ChannelGroups`) and
-returns its scores keyed by root layer name, one value per channel of the layer
-(``groups.per_layer``), so that the one selection code ranks them.
+A method scores units of one or more kinds: its ``scorers`` are keyed by the unit kind of
+a plan (`causalprune.plan.Plan.kind`): ``weight`` (single weights, `register`), ``channel``
+(channel groups, `register_channel`; ``prune.granularity: channel``), or any kind a new
+plan brings (`register_scorer`). A channel-level function finds the groups in
+``ScoreInput.groups`` (`causalprune.groups.ChannelGroups`) and returns its scores keyed by
+root layer name, one value per channel of the layer (``groups.per_layer``), so that the one
+selection code ranks them.
+
+A scorer returns `Scored`: its scores and, optionally, weight ``updates`` (new values for
+the weights the round keeps, e.g. SparseGPT's reconstruction): `causalprune.plan.run_round`
+applies them after selection and makes them the rewind point of those weights
+(docs/method.md, "Rewinding").
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from ..config import SECTIONS
 
 if TYPE_CHECKING:
     from ..masks import Mask
+    from ..modelio import ModelIO
     from ..trajectory import Trajectory
 
 NEEDS = ("trajectory", "batches", "input_shape")
@@ -55,8 +63,9 @@ class ScoreInput:
     target_sparsity: float | None = None  # the round's cumulative target (SynFlow's inner schedule)
     input_shape: tuple[int, ...] | None = None  # one sample's shape (data-free criteria such as SynFlow)
     options: dict[str, Any] = field(default_factory=dict)
-    input_dtype: torch.dtype | None = None  # the inputs' dtype when not floating (token ids); None: float
+    input_dtype: torch.dtype | None = None  # the inputs' dtype (token ids: an integer type); None: float
     groups: Any = None  # channel granularity: the model's `groups.ChannelGroups` (None: weight level)
+    io: ModelIO | None = None  # how the model is called (forward, loss, example inputs); None: model(x), loss_fn
 
     def __post_init__(self) -> None:
         # Criteria key their scores by the model's canonical names (a mask keyed by an alias
@@ -64,14 +73,35 @@ class ScoreInput:
         if self.mask is not None:
             self.mask = self.mask.canonical(self.model)
 
+    @classmethod
+    def build(cls, model: nn.Module, mask: Mask, *, inputs: Any = None, input_shape: tuple[int, ...] | None = None,
+              **fields: Any) -> ScoreInput:  # fmt: skip
+        """Build a round's input, the inputs' facts taken from `inputs` (a batch: tensor-like, batch dim first).
+
+        The one rule for every caller (the driver, `CausalPruner`, `score`): ``input_shape`` is
+        `input_shape` if given, else one sample's shape of `inputs`; ``input_dtype`` is the
+        dtype of `inputs` (None without one). Other `fields` are passed as they are.
+        """
+        if input_shape is None and getattr(inputs, "shape", None) is not None:
+            input_shape = tuple(inputs.shape[1:])
+        dtype = getattr(inputs, "dtype", None)
+        return cls(model, mask, input_shape=tuple(input_shape) if input_shape is not None else None,
+                   input_dtype=dtype if isinstance(dtype, torch.dtype) else None, **fields)  # fmt: skip
+
 
 @dataclass
 class Scored:
-    """Scores, optional tie-break scores, and facts worth logging."""
+    """Scores, optional tie-break scores, facts worth logging, and optional weight updates.
+
+    ``updates``: parameter name → new values for that weight (its full shape); only the
+    entries the round's selection keeps are used. `causalprune.plan.run_round` writes them
+    into the model after selection and into the rewind point θ_pre, so a rewind keeps them.
+    """
 
     scores: dict[str, torch.Tensor]
     tie_break: dict[str, torch.Tensor] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    updates: dict[str, torch.Tensor] | None = None
 
     def oriented(self, higher_is_important: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
         """Return (scores, tie-break) with higher = keep, as `selection.select` expects."""
@@ -89,8 +119,8 @@ class Criterion:
     """A registered pruning method and what it declares about itself."""
 
     name: str
-    fn: ScoreFn | None  # None: prunes nothing (dense)
     description: str
+    scorers: dict[str, ScoreFn] = field(default_factory=dict, hash=False)  # unit kind → its scores; {}: dense
     needs: frozenset[str] = frozenset()  # subset of NEEDS
     higher_is_important: bool = True  # False: the largest scores are pruned first (GraSP)
     settings: type | None = None  # its settings dataclass, registered as a config section
@@ -98,12 +128,34 @@ class Criterion:
     placebo_for: str | None = None  # this method is the placebo control of that one
     reference: bool = False  # tables report every method's paired difference to this one
     prunes: bool = True
-    channel_fn: ScoreFn | None = None  # channel-level scores (prune.granularity: channel); None: weights only
+
+    @property
+    def fn(self) -> ScoreFn | None:
+        """Its scores of single weights (unit kind ``weight``), or None."""
+        return self.scorers.get("weight")
+
+    @property
+    def channel_fn(self) -> ScoreFn | None:
+        """Its scores of channel groups (unit kind ``channel``), or None."""
+        return self.scorers.get("channel")
 
     @property
     def granularities(self) -> tuple[str, ...]:
-        """The ``prune.granularity`` values it can score: ``weight`` and/or ``channel``."""
-        return tuple(g for g, f in (("weight", self.fn), ("channel", self.channel_fn)) if f is not None)
+        """The unit kinds it can score (``weight`` and/or ``channel`` first, as ``prune.granularity`` names them)."""
+        order = {"weight": 0, "channel": 1}
+        return tuple(sorted(self.scorers, key=lambda k: (order.get(k, 2), k)))
+
+    def scorer(self, kind: str) -> ScoreFn:
+        """Return its scoring function for units of `kind`; raise naming the methods that score them if none."""
+        if kind not in self.scorers:
+            units = {"weight": "single weights", "channel": "channel groups"}.get(kind, f"{kind} units")
+            raise ValueError(f"method {self.name!r} does not score {units}; methods that do: "
+                             f"{', '.join(names(kind)) or 'none'}")  # fmt: skip
+        return self.scorers[kind]
+
+    def with_scorer(self, kind: str, fn: ScoreFn) -> Criterion:
+        """Return a copy that scores units of `kind` with `fn` (the others unchanged)."""
+        return dataclasses.replace(self, scorers={**self.scorers, kind: fn})
 
     @property
     def records(self) -> bool:
@@ -159,11 +211,16 @@ def register(name: str, *, description: str, needs: Iterable[str] = (), higher_i
         reads = [f.name for f in dataclasses.fields(settings)] if settings is not None else []
 
     def wrap(fn: ScoreFn) -> ScoreFn:
-        _add(Criterion(name, fn, description, needs, higher_is_important, settings, frozenset(reads), placebo_for,
-                       reference))  # fmt: skip
+        _add(Criterion(name, description, {"weight": fn}, needs, higher_is_important, settings, frozenset(reads),
+                       placebo_for, reference))  # fmt: skip
         return fn
 
     return wrap
+
+
+def register_scorer(name: str, kind: str, fn: ScoreFn) -> None:
+    """Add `fn` as registered method `name`'s scores of units of `kind` (a plan's `kind`: a new unit kind's scores)."""
+    METHODS[name] = get(name).with_scorer(kind, fn)
 
 
 def register_channel(name: str, *, description: str | None = None, needs: Iterable[str] = (),
@@ -179,13 +236,13 @@ def register_channel(name: str, *, description: str | None = None, needs: Iterab
 
     def wrap(fn: ScoreFn) -> ScoreFn:
         if name in METHODS:
-            METHODS[name] = dataclasses.replace(METHODS[name], channel_fn=fn)
+            register_scorer(name, "channel", fn)
         elif description is None:
             raise ValueError(f"channel-only method {name!r} needs a description")
         else:
             register(name, description=description, needs=needs, settings=settings, reads=reads,
                      placebo_for=placebo_for)(fn)  # fmt: skip
-            METHODS[name] = dataclasses.replace(METHODS[name], fn=None, channel_fn=fn)
+            METHODS[name] = dataclasses.replace(METHODS[name], scorers={"channel": fn})
         return fn
 
     return wrap
@@ -255,25 +312,24 @@ def score(
         raise ValueError(f"criterion {name!r} scores a recorded trajectory: pass trajectory=TrajectoryRecorder(...)"
                          ".trajectory()")  # fmt: skip
     input_shape = options.pop("input_shape", None)
-    if input_shape is None and batches:
-        input_shape = tuple(batches[0][0].shape[1:])
     input_dtype = options.pop("input_dtype", None)
-    if input_dtype is None and batches and isinstance(batches[0][0], torch.Tensor):
-        input_dtype = batches[0][0].dtype
     settings = None
     if crit.settings is not None:
         fields = {f.name for f in dataclasses.fields(crit.settings)}
         settings = crit.settings(**{k: options.pop(k) for k in list(options) if k in fields})
-    inp = ScoreInput(model, mask, settings, int(options.pop("seed", 0)), traj, batches, loss_fn,
-                     options.pop("sparsity", None), tuple(input_shape) if input_shape else None, options,
-                     input_dtype)  # fmt: skip
+    inp = ScoreInput.build(model, mask, inputs=batches[0][0] if batches else None, input_shape=input_shape,
+                           settings=settings, seed=int(options.pop("seed", 0)), trajectory=traj, data=batches,
+                           loss_fn=loss_fn, target_sparsity=options.pop("sparsity", None))  # fmt: skip
+    inp.options = options
+    if input_dtype is not None:  # given explicitly (SynFlow without data)
+        inp.input_dtype = input_dtype
     return crit.fn(inp).scores
 
 
-_add(Criterion("dense", None, "no pruning, same total epochs", prunes=False))
+_add(Criterion("dense", "no pruning, same total epochs", prunes=False))
 
 from . import causal, magnitude, saliency, synflow  # noqa: E402,F401,I001  (registration side effects)
 from . import channel  # noqa: E402,F401  (channel-level scores of the methods above: registered after them)
 
 __all__ = ["METHODS", "NEEDS", "Criterion", "ScoreInput", "Scored", "get", "names", "placebo_of", "references",
-           "register", "register_channel", "score"]  # fmt: skip
+           "register", "register_channel", "register_scorer", "score"]  # fmt: skip
