@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from causalprune import Mask, TrajectoryRecorder, lasso
+from causalprune import CausalPruner, Mask, TrajectoryRecorder, lasso
 
 LOSS = nn.CrossEntropyLoss()
 
@@ -352,3 +352,26 @@ def test_one_copy_of_theta_per_step_and_exact_rows():
                                    for a, b in zip(after, before, strict=True)]))  # fmt: skip
     assert len(calls) == 5 + 1 + 1  # one per step, the first θ^0, and the changed θ^2
     assert torch.equal(rec.trajectory().X, torch.stack(expected))
+
+
+def test_pruner_after_step_without_before_step_is_refused():
+    # CausalPruner.after_step was silently a no-op before the round's first before_step (issue 20, point 7).
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pruner = CausalPruner(model, opt, LOSS, sparsity=0.5, n_iter=1, method="causal")
+    x, y = _batches(1)[0]
+    opt.zero_grad()
+    loss = LOSS(model(x), y)
+    loss.backward()
+    opt.step()
+    with pytest.raises(RuntimeError, match="after_step called without before_step"):
+        pruner.after_step(loss)
+    pruner.before_step(x, y)  # the pair in order records the step
+    opt.zero_grad()
+    loss = LOSS(model(x), y)
+    loss.backward()
+    opt.step()
+    pruner.after_step(loss)
+    assert pruner.steps_in_round == 1
+    with pytest.raises(RuntimeError, match="after_step called without before_step"):
+        pruner.after_step(loss)
