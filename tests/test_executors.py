@@ -1,14 +1,17 @@
 """Executors and grids as tasks: dependencies, failures collected per cell, threads, the locked θ_pre cache."""
 
 import fcntl
+import os
 import threading
 import time
 
 import pytest
 import torch
 
-from causalprune import experiment, runfolder
+from causalprune import experiment, report, runfolder
+from causalprune.compare import run_grid
 from causalprune.config import config_from_dict
+from causalprune.executors import LocalPool, Sequential, Task, executor_for, order
 from causalprune.experiment import run_experiment
 
 from .conftest import TINY
@@ -88,6 +91,23 @@ def test_concurrent_runs_sharing_a_pre_cache_pre_train_it_once(tmp_path, monkeyp
     assert a["method"] == "magnitude" and b["method"] == "random"
 
 
+def test_two_concurrent_compares_over_one_folder_pre_train_each_theta_pre_once(tmp_path, monkeypatch):
+    """Two grids at once over one folder (threads here: a run folder's and the cache's locks are per open file)."""
+    seen = _Rendezvous(monkeypatch)
+    monkeypatch.setattr(report, "boxplots", lambda *a, **k: None)  # matplotlib is not thread-safe
+    cfg = config_from_dict(TINY, ["train.threads=1"])
+    out = tmp_path / "cmp"
+    first, second = _in_threads(lambda: run_grid(cfg, ["magnitude", "random"], [0.8], [0], out),
+                                lambda: run_grid(cfg, ["random", "magnitude"], [0.8], [0], out))  # fmt: skip
+    assert seen.saves == 1  # one θ_pre for the seed, trained by one of them
+    for summaries, _, failed in (first, second):
+        assert failed == [] and sorted(s["method"] for s in summaries) == ["magnitude", "random"]
+    # each cell ran once: the grid that found its folder busy waited, then read the finished run
+    assert {s["method"]: s["timing"]["total_s"] for s in first[0]} == \
+        {s["method"]: s["timing"]["total_s"] for s in second[0]}  # fmt: skip
+    assert len(list((out / "_pre").glob("pre-*/checkpoint.pt"))) == 1
+
+
 def test_the_shared_pre_checkpoint_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     cache = tmp_path / "pre-x"
     theta = {"w": torch.arange(6.0).reshape(2, 3)}
@@ -121,3 +141,52 @@ def test_waiting_for_a_run_folder_returns_when_its_holder_lets_go(tmp_path):
         assert not released  # still held
     waiter.join(timeout=10)
     assert released == [1]
+
+
+# --- executors ------------------------------------------------------------------------------
+def _record(log, key, *, threads):
+    """A task: note its key and threads in the file `log` (one line each), fail for keys starting with "bad"."""
+    with open(log, "a") as f:
+        f.write(f"{key} {threads}\n")
+    if key.startswith("bad"):
+        raise RuntimeError(f"{key} broke\non two lines")
+    return key.upper()
+
+
+def _graph(log):
+    return [Task("b", _record, (log, "b"), after=("a",)), Task("bad", _record, (log, "bad"), after=("a",)),
+            Task("a", _record, (log, "a")), Task("c", _record, (log, "c"), after=("bad",))]  # fmt: skip
+
+
+def _cores():
+    return len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize("executor", [Sequential(), LocalPool(2)], ids=["sequential", "pool"])
+def test_executors_respect_dependencies_collect_failures_and_set_threads(tmp_path, executor):
+    log = tmp_path / "log"
+    started, ended = [], []
+    outcomes = executor.run(_graph(log), started=lambda t: started.append(t.key), ended=lambda o: ended.append(o.key))
+    assert [o.key for o in outcomes] == ["b", "bad", "a", "c"]  # task order, whatever order they ran in
+    assert [o.value for o in outcomes] == ["B", None, "A", "C"]
+    assert [o.ok for o in outcomes] == [True, False, True, True]  # a failure stops nothing, not even its dependents
+    bad = outcomes[1]
+    assert bad.error == "RuntimeError: bad broke on two lines" and "Traceback" in bad.detail
+    lines = [line.split() for line in log.read_text().splitlines()]
+    ran = [k for k, _ in lines]
+    assert ran[0] == "a" and ran.index("c") > ran.index("bad")  # after the tasks they name
+    jobs = getattr(executor, "jobs", 1)
+    assert {int(t) for _, t in lines} == {max(1, _cores() // jobs)}  # the cores, shared among the jobs
+    assert sorted(started) == sorted(ended) == ["a", "b", "bad", "c"]
+
+
+def test_task_graphs_that_cannot_run_are_refused():
+    with pytest.raises(ValueError, match="task 'x' runs after 'y', which is not one of the tasks"):
+        Sequential().run([Task("x", _record, after=("y",))])
+    with pytest.raises(ValueError, match="task key 'x' is given twice"):
+        order([Task("x", _record), Task("x", _record)])
+    with pytest.raises(ValueError, match="cycle"):
+        order([Task("x", _record, after=("y",)), Task("y", _record, after=("x",))])
+    with pytest.raises(ValueError, match="--jobs must be a positive number of processes, got 0"):
+        executor_for(0)
+    assert isinstance(executor_for(1), Sequential) and executor_for(3).jobs == 3

@@ -2,9 +2,12 @@
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
 
 from causalprune import criteria, report
 from causalprune.cli import main
@@ -58,7 +61,7 @@ def test_sweep_plans_with_the_same_planner_and_shares_pre_training(tmp_path):
     assert [c.label for c in cells] == ["sparsity=0.5", "sparsity=0.8"]
     assert [str(c.folder) for c in cells] == ["sparsity=0.5_seed=0", "sparsity=0.8_seed=0"]
     out = tmp_path / "out"
-    assert run_sweep(path, out) == 2
+    assert run_sweep(path, out) == (2, [])
     assert len(list((out / "_pre").glob("pre-*/checkpoint.pt"))) == 1  # one θ_pre for the seed
     trained_pre = []
     for c in cells:
@@ -116,3 +119,27 @@ def test_a_misspelt_grid_key_is_refused_not_dropped():
 def test_energy_is_not_varied_by_the_loss_change_it_does_not_use():
     cells = plan(config_from_dict(TINY), ["energy"], [0.9], [0], parse_grid(["causal.delta_loss=same_batch,probe"]))
     assert [c.label for c in cells] == ["energy"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA: the failing cell asks for it")
+def test_a_failing_cell_does_not_stop_the_others(tmp_path, capsys):
+    """Two processes (--jobs 2): one cell fails at run time (no CUDA), the other finishes and is tabulated."""
+    base = tmp_path / "tiny.yaml"
+    base.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "cmp"
+    code = main(["compare", str(base), "--methods", "magnitude", "--sparsity", "0.8", "--seeds", "0",
+                 "--grid", "train.device=cpu,cuda", "--jobs", "2", "--out", str(out)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 1
+    bad = out / "magnitude_device=cuda_" / "p0.8" / "seed_0"
+    assert captured.err.splitlines() == [
+        f"causalprune: error: magnitude[device=cuda] seed 0 failed in {bad}: ConfigError: train.device is cuda but "
+        f"no CUDA device is available (use cpu or auto); traceback in {bad / 'error.log'}"]  # fmt: skip
+    assert "Traceback" in (bad / "error.log").read_text() and not (bad / "summary.json").exists()
+    good = out / "magnitude_device=cpu_" / "p0.8" / "seed_0"
+    assert (good / "summary.json").exists()
+    rows = (out / "table.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("magnitude[device=cpu],0.8,1")  # the finished cell's row
+    assert "1 of 2 runs (1 failed)" in captured.out and "| magnitude[device=cpu] | 0.8 | 1 |" in captured.out
+    threads = json.loads((good / "env.json").read_text())["threads"]
+    assert threads == max(1, len(os.sched_getaffinity(0)) // 2)  # the executor shared the cores between 2 jobs

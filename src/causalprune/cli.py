@@ -12,6 +12,7 @@ from . import __version__, criteria, lasso, platform, selection, trajectory
 
 if TYPE_CHECKING:
     from .config import Config
+    from .grid import Failed
 
 DEMO = {"methods": "causal,magnitude,random", "sparsity": "0.9,0.98", "seeds": "0,1"}
 
@@ -128,10 +129,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _compare(config: str | None, overrides: list[str], methods: str, sparsity: str | None, seeds: str,
-             out: str | None, grid: list[str], speedup: str | None = None) -> int:  # fmt: skip
+             out: str | None, grid: list[str], speedup: str | None = None, jobs: int = 1) -> int:  # fmt: skip
     from .compare import parse_grid, run_grid
     from .config import ConfigError
+    from .executors import Sequential, executor_for
 
+    if jobs != 1 and platform.launched():
+        raise ConfigError(f"--jobs {jobs} and --nproc do not combine: a distributed grid runs its cells one after "
+                          "another (give one of them)")  # fmt: skip
+    executor = executor_for(jobs) if not platform.launched() else Sequential(catch=False)
     cfg = _load(config, overrides)
     if speedup is not None and sparsity is not None:
         raise ConfigError("give --sparsity or --speedup, not both (one budget per comparison)")
@@ -142,20 +148,32 @@ def _compare(config: str | None, overrides: list[str], methods: str, sparsity: s
     speedups = _floats(speedup, "--speedup") if speedup is not None else (
         [cfg.prune.speedup] if sparsity is None and cfg.prune.speedup is not None else None)  # fmt: skip
     out_dir = Path(out) if out else Path("runs") / f"compare-{cfg.name}-{cfg.digest()}"
-    _, table = run_grid(cfg, _methods(methods, cfg.prune.granularity), _floats(sparsity or "0", "--sparsity"),
-                        _ints(seeds, "--seeds"), out_dir, parse_grid(grid), speedups)  # fmt: skip
+    _, table, failed = run_grid(cfg, _methods(methods, cfg.prune.granularity), _floats(sparsity or "0", "--sparsity"),
+                                _ints(seeds, "--seeds"), out_dir, parse_grid(grid), speedups, executor)  # fmt: skip
     if platform.current().is_primary:
-        print(table)
-        print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}")
-    return 0
+        if table:
+            print(table)
+            print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}")
+        return _report_failed(failed)
+    return 1 if failed else 0
+
+
+def _report_failed(failed: list[Failed]) -> int:
+    """Print one ``causalprune: error:`` line per failed cell; return the exit status (1 if any failed, else 0)."""
+    for f in failed:
+        print(f"causalprune: error: {f}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    if args.jobs != 1 and args.nproc is not None and args.nproc > 1:
+        raise ValueError(f"--jobs {args.jobs} and --nproc {args.nproc} do not combine: a distributed grid runs its "
+                         "cells one after another (give one of them)")  # fmt: skip
     launched = _launch(args)
     if launched is not None:
         return launched
     return _compare(args.config, args.set, args.methods, args.sparsity, args.seeds, args.out, args.grid,
-                    args.speedup)
+                    args.speedup, args.jobs)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -222,9 +240,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.sweep).stem}"
-    n = run_sweep(args.sweep, out, jobs=args.jobs)
-    print(write_table(collect(out), out, f"{args.sweep}: {n} runs\n\n"))
-    return 0
+    n, failed = run_sweep(args.sweep, out, jobs=args.jobs)
+    summaries = collect(out)
+    if summaries:
+        done = f"{n} runs" if not failed else f"{n} runs ({len(failed)} failed)"
+        print(write_table(summaries, out, f"{args.sweep}: {done}\n\n"))
+    return _report_failed(failed)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -283,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")
     p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
                    help="also vary a config key, e.g. --grid causal.solver=cd,sgd (repeatable)")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N cells at once, each in its own process, sharing the cores (default 1: one after "
+                        "another)")  # fmt: skip
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="the built-in demo: MNIST-1D MLP, causal vs magnitude vs random")
@@ -312,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a grid of configs (SWEEP.yaml) in parallel processes, resumably")
     p.add_argument("sweep", help="sweep file (base, name, set, grid), or a shipped sweep's name")
-    p.add_argument("--jobs", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run N runs at once, each in its own process, sharing the cores (default 1)")
     p.add_argument("--out", default=None, help="output folder (default runs/sweep-<name>)")
     p.set_defaults(func=_cmd_sweep)
 

@@ -2,8 +2,9 @@
 
 All runs of one seed share the θ_pre checkpoint (pre-training reads neither the method
 nor the sparsity), so the grid pre-trains once per seed and every method starts from the
-same weights — which is also what makes paired differences meaningful. Planning is
-`grid.plan`'s, shared with `sweep`.
+same weights — which is also what makes paired differences meaningful. Planning and
+running (cells as tasks on an `executors.Executor`, failures collected per cell) are
+`grid`'s, shared with `sweep`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import torch
 
 from . import report
 from .config import Config, read_yaml
-from .experiment import run_experiment
-from .grid import Cell, Grid, parse_grid, short, slug
+from .executors import Executor, Sequential
+from .grid import Cell, Failed, Grid, parse_grid, run_cells, short, slug
 from .grid import plan as plan_grid
 from .io import save_text
 from .platform import current as current_platform
@@ -66,33 +67,36 @@ def plan(cfg: Config, methods: list[str], sparsities: list[float], seeds: list[i
 
 
 def run_grid(cfg: Config, methods: list[str], sparsities: list[float], seeds: list[int], out: Path,
-             grid: Grid | None = None, speedups: list[float] | None = None) -> tuple[list[dict[str, Any]], str]:
-    """Run (or resume) every run of the grid under `out`; write table.md and table.csv."""
+             grid: Grid | None = None, speedups: list[float] | None = None,
+             executor: Executor | None = None) -> tuple[list[dict[str, Any]], str, list[Failed]]:  # fmt: skip
+    """Run (or resume) every run of the grid under `out`; write table.md and table.csv for those that finished.
+
+    Returns (summaries, table markdown, failed cells). `executor` runs the cells (default:
+    `executors.Sequential`, one after another here); a cell that fails does not stop the
+    others. Under torchrun every rank runs every cell in step, so the first failure stops it.
+    """
     cells = plan(cfg, methods, sparsities, seeds, grid or [], speedups)
-    summaries, configs = [], []
+    plat = current_platform()
+    if executor is None:
+        executor = Sequential(catch=not plat.distributed)
     t0 = time.perf_counter()
-    primary = current_platform().is_primary  # under torchrun every rank runs every cell; one writes
-    for i, cell in enumerate(cells, 1):
-        rc = cell.config
-        if primary:
-            print(f"[{i}/{len(cells)}] {cell.label} {budget(rc)} seed {rc.seed}", flush=True)
-        s = run_experiment(rc, out / cell.folder, pre_cache=out / "_pre", quiet=True)
-        if primary:
-            save_text(cell.label + "\n", out / cell.folder / "label.txt")
-        summaries.append({**s, "label": cell.label, "run_dir": str(out / cell.folder)})
-        configs.append(rc.to_dict())
-    report.tag_experiments(summaries, configs)
-    first = summaries[0] if summaries else {}
+    finished, failed = run_cells(cells, out, executor, lambda c: f"{c.label} {budget(c.config)} seed {c.config.seed}")
+    by_folder = {s["run_dir"]: s for s in finished}
+    ran = [c for c in cells if str(out / c.folder) in by_folder]  # in grid order
+    summaries = [by_folder[str(out / c.folder)] for c in ran]
+    report.tag_experiments(summaries, [c.config.to_dict() for c in ran])
+    if not plat.is_primary or not summaries:  # under torchrun every rank runs every cell; one writes
+        return summaries, "", failed
+    first = summaries[0]
+    done = f"{len(cells)} runs" if not failed else f"{len(summaries)} of {len(cells)} runs ({len(failed)} failed)"
     header = (
         f"{cfg.name}: {cfg.data.name}, {cfg.model.name}, seeds {','.join(map(str, seeds))}; "
         f"n_pre {cfg.prune.n_pre}, n_iter {cfg.prune.n_iter}, n_prune {cfg.prune.n_prune}, "
         f"n_post {cfg.prune.n_post}, schedule {cfg.prune.schedule}, scope {cfg.prune.scope}; "
         f"device {first.get('device', '?')} ({first.get('threads', '?')} threads), torch {torch.__version__}; "
-        f"{len(cells)} runs in {time.perf_counter() - t0:.0f} s\n\n"
+        f"{done} in {time.perf_counter() - t0:.0f} s\n\n"
     )
-    if not primary:
-        return summaries, ""
-    return summaries, write_table(summaries, out, header)
+    return summaries, write_table(summaries, out, header), failed
 
 
 def _read_run(run: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -6,10 +6,16 @@ takes, ``dense`` once whatever the sparsity. Every cell is resolved (`resolve.ch
 when planned, so a bad value fails before any run starts. Runs of a grid share θ_pre per
 seed through the cache folder ``<out>/_pre`` (pre-training reads neither the method nor
 its settings), which is also what makes paired differences meaningful.
+
+A grid runs as tasks (`tasks`, `run_cells`) on an `executors.Executor`: the first cell that
+trains each shared θ_pre goes first, the cells that read it after it. A cell that fails
+does not stop the others: it leaves one `Failed` line naming its folder, and its traceback
+in ``<folder>/error.log``. The executor decides each cell's CPU threads (`run_cell`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 from collections.abc import Callable, Sequence
@@ -21,6 +27,11 @@ import yaml
 
 from . import criteria, resolve
 from .config import Config, ConfigError, check_key, config_from_dict, yaml_problem
+from .executors import Executor, Outcome, Task
+from .experiment import run_experiment
+from .io import save_text
+from .platform import current as current_platform
+from .runfolder import RunFolder, RunFolderBusy, pre_cache_dir, wait_for_lock
 
 Grid = list[tuple[str, list[Any]]]
 #: (the cell's (key, value) pairs, its config) → (label, run folder relative to the grid's folder)
@@ -91,4 +102,104 @@ def plan(base: Config | dict[str, Any], grid: Sequence[tuple[str, Sequence[Any]]
     return cells
 
 
-__all__ = ["Cell", "Grid", "parse_grid", "plan", "short", "slug"]
+def pre_folder(out: Path) -> Path:
+    """Return the folder of the θ_pre cache shared by the runs of the grid under `out`."""
+    return out / "_pre"
+
+
+def run_cell(cfg: Config, folder: str, label: str, pre_cache: str, *, threads: int) -> dict[str, Any]:
+    """Run, resume or read back one cell in `folder`; return its summary with ``label`` and ``run_dir``.
+
+    `threads` is the executor's choice of CPU threads; a config that sets ``train.threads``
+    keeps its own, and a resumed run the count it started with (its float sums stay the
+    same). A folder that another process is working in (a concurrent grid over the same
+    folder) is waited for, then read back or continued.
+    """
+    path = Path(folder)
+    if cfg.train.threads is None:
+        threads = RunFolder(path).started_threads() or threads
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+    while True:
+        try:
+            summary = run_experiment(cfg, path, pre_cache=pre_cache, quiet=True)
+            break
+        except RunFolderBusy:
+            wait_for_lock(path)
+    if current_platform().is_primary:
+        save_text(label + "\n", path / "label.txt")
+        (path / "error.log").unlink(missing_ok=True)  # a failure of an earlier attempt
+    return {**summary, "label": label, "run_dir": folder}
+
+
+def tasks(cells: Sequence[Cell], out: Path) -> list[Task]:
+    """Return one `run_cell` task per cell, keyed by its folder; cells sharing a θ_pre run after the first of them.
+
+    The first cell that trains each shared θ_pre (a method that prunes; ``dense`` trains
+    none) is that θ_pre's task; the others that read it name it in ``after``.
+    """
+    first: dict[Path, str] = {}
+    out_tasks = []
+    for cell in cells:
+        key = str(cell.folder)
+        after: tuple[str, ...] = ()
+        if criteria.get(cell.config.prune.method).prunes:
+            shared = pre_cache_dir(cell.config, pre_folder(out))
+            after = (first[shared],) if shared in first else ()
+            first.setdefault(shared, key)
+        args = (cell.config, str(out / cell.folder), cell.label, str(pre_folder(out)))
+        out_tasks.append(Task(key, run_cell, args, after))
+    return out_tasks
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A cell that failed: its run folder, the error in one line, and the file holding its traceback."""
+
+    cell: Cell
+    folder: Path
+    error: str
+    log: Path | None
+
+    def __str__(self) -> str:
+        where = f"; traceback in {self.log}" if self.log is not None else ""
+        return f"{self.cell.label} seed {self.cell.config.seed} failed in {self.folder}: {self.error}{where}"
+
+
+def _failed(cell: Cell, out: Path, outcome: Outcome, write: bool) -> Failed:
+    """The `Failed` of a cell's outcome; its error and traceback go to ``<folder>/error.log`` if `write`."""
+    folder = out / cell.folder
+    error = outcome.error or "failed"
+    if not write:
+        return Failed(cell, folder, error, None)
+    log = folder / "error.log"
+    try:
+        save_text(f"{error}\n\n{outcome.detail}", log)
+    except OSError:
+        return Failed(cell, folder, error, None)
+    return Failed(cell, folder, error, log)
+
+
+def run_cells(cells: Sequence[Cell], out: Path, executor: Executor,
+              describe: Callable[[Cell], str] | None = None) -> tuple[list[dict[str, Any]], list[Failed]]:  # fmt: skip
+    """Run every cell under `out` on `executor`; return the summaries of those that finished, and the failures.
+
+    Prints ``[i/n] <describe(cell)>`` as each starts (the primary process only, under torchrun).
+    """
+    primary = current_platform().is_primary
+    planned = tasks(cells, out)
+    by_key = {t.key: c for t, c in zip(planned, cells, strict=True)}
+    say = describe or (lambda c: f"{c.label} seed {c.config.seed}")
+    count = itertools.count(1)
+
+    def started(task: Task) -> None:
+        if primary:
+            print(f"[{next(count)}/{len(planned)}] {say(by_key[task.key])}", flush=True)
+
+    outcomes = executor.run(planned, started)
+    summaries = [o.value for o in outcomes if o.ok]
+    failed = [_failed(c, out, o, primary) for c, o in zip(cells, outcomes, strict=True) if not o.ok]
+    return summaries, failed
+
+
+__all__ = ["Cell", "Failed", "Grid", "parse_grid", "plan", "pre_folder", "run_cell", "run_cells", "short", "slug",
+           "tasks"]

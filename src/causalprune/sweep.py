@@ -13,22 +13,19 @@ A sweep file names a base config, overrides, and a grid::
 
 Runs go to OUT/<key=value,...>/ (one run folder each); finished runs are skipped, stopped
 ones resume; runs that agree on everything pre-training reads share θ_pre (``OUT/_pre``).
-Planning is `grid.plan`'s, shared with `compare`. `causalprune report OUT` then tabulates
-the runs and draws Fig. 3-style boxplots.
+Planning and running (runs as tasks on an `executors.Executor`, failures collected per
+run) are `grid`'s, shared with `compare`. `causalprune report OUT` then tabulates the runs
+and draws Fig. 3-style boxplots.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 from pathlib import Path
 from typing import Any
 
-from . import criteria
-from .config import Config, ConfigError, config_from_dict, find_config, load_config, read_yaml
-from .experiment import run_experiment
-from .grid import Cell, Grid, override, plan, short, slug
-from .io import save_text
-from .runfolder import pre_cache_dir
+from .config import Config, ConfigError, find_config, load_config, read_yaml
+from .executors import Executor, executor_for
+from .grid import Cell, Failed, Grid, override, plan, run_cells, short, slug
 
 
 def load_sweep(path: str | Path) -> tuple[Path | None, str, list[str], Grid]:
@@ -63,37 +60,17 @@ def plan_sweep(path: str | Path, out: Path) -> list[Cell]:
     return plan(load_config(base, [f"name={name}", *fixed]), grid, _naming)
 
 
-def _one(args: tuple[dict[str, Any], str, str, str, int]) -> str:
-    config, folder, label, pre, jobs = args
-    run_experiment(config_from_dict(config), folder, pre_cache=pre, quiet=True, jobs=jobs)
-    save_text(label + "\n", Path(folder) / "label.txt")
-    return folder
+def run_sweep(path: str | Path, out: str | Path, jobs: int = 1,
+              executor: Executor | None = None) -> tuple[int, list[Failed]]:  # fmt: skip
+    """Run every combination of the sweep (skipping finished runs); return the number of runs and the failed ones.
 
-
-def run_sweep(path: str | Path, out: str | Path, jobs: int = 1) -> int:
-    """Run every combination of the sweep (skipping finished runs); return the number of runs."""
+    `executor` runs the runs (default: `executors.executor_for(jobs)`: one after another, or
+    `jobs` local processes); a run that fails does not stop the others.
+    """
     out = Path(out)
+    executor = executor if executor is not None else executor_for(jobs)
     cells = plan_sweep(path, out)
-    todo = [(c.config.to_dict(), str(out / c.folder), c.label, str(out / "_pre"), jobs) for c in cells
-            if not (out / c.folder / "summary.json").exists()]  # fmt: skip
+    todo = [c for c in cells if not (out / c.folder / "summary.json").exists()]
     print(f"{len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run with {jobs} process(es)")
-    if jobs <= 1:
-        for i, t in enumerate(todo, 1):
-            print(f"[{i}/{len(todo)}] {t[2]}", flush=True)
-            _one(t)
-        return len(cells)
-    # θ_pre is shared: first one run per distinct θ_pre (in parallel), then the rest, which reuse it.
-    first: dict[Path, int] = {}
-    for i, t in enumerate(todo):
-        cfg = config_from_dict(t[0])
-        if criteria.get(cfg.prune.method).prunes:  # a run without pruning trains no θ_pre
-            first.setdefault(pre_cache_dir(cfg, out / "_pre"), i)
-    leaders = [todo[i] for i in sorted(first.values())]
-    rest = [t for i, t in enumerate(todo) if i not in set(first.values())]
-    done = 0
-    with mp.get_context("spawn").Pool(jobs) as pool:
-        for batch in (leaders, rest):
-            for folder in pool.imap_unordered(_one, batch):
-                done += 1
-                print(f"[{done}/{len(todo)}] done {folder}", flush=True)
-    return len(cells)
+    _, failed = run_cells(todo, out, executor)
+    return len(cells), failed
