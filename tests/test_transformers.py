@@ -196,3 +196,61 @@ def test_unknown_or_clashing_options_are_one_line():
         CausalPruningCallback(forward=lambda m, b: m(**b))
     with pytest.raises(ValueError, match="unknown option.s. amount for CausalPruningCallback; valid: "):
         CausalPruningCallback(amount=0.7)
+
+
+def test_the_trainer_runs_taylor_on_the_batches_through_the_model_io(tmp_path):
+    from causalprune.integrations.transformers import supported_methods
+
+    assert {"taylor", "snip", "grasp", "fisher", "synflow", "causal"} <= set(supported_methods())
+    cb = CausalPruningCallback(sparsity=0.5, n_iter=1, start_epoch=1, method="taylor")
+    model, _ = _train(tmp_path, 2, cb)  # 1 epoch θ_pre, 1 round scored on that round's dict batches
+    assert cb.pruner.done and cb.pruner.history[0]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+    params = dict(model.named_parameters())
+    names = linear_weights(model)
+    assert sum(int((params[n] == 0).sum()) for n in names) / sum(params[n].numel() for n in names) == \
+        pytest.approx(0.5, abs=1e-3)  # fmt: skip
+    assert (params["transformer.wte.weight"] != 0).all()
+
+
+class Labelled(torch.utils.data.Dataset):
+    """Token sequences with an attention mask and a class label (the first token modulo 3)."""
+
+    def __init__(self, n=64, length=12, vocab=48):
+        self.ids = torch.randint(0, vocab, (n, length), generator=torch.Generator().manual_seed(0))
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(len(self.ids[i]), dtype=torch.long),
+                "labels": self.ids[i, 0] % 3}  # fmt: skip
+
+
+def test_the_trainer_prunes_channels_of_a_bert_traced_through_dict_inputs(tmp_path):
+    from causalprune.integrations.transformers import attention_layers
+
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=48, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=64, max_position_embeddings=16, num_labels=3)  # fmt: skip
+    model = transformers.BertForSequenceClassification(cfg)
+    assert len(attention_layers(model)) == 2 * 4  # query, key, value and the attention output, per layer
+    cb = CausalPruningCallback(sparsity=0.5, n_iter=1, start_epoch=1, granularity="channel")
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=2, per_device_train_batch_size=8, learning_rate=1e-3,
+        report_to=[], use_cpu=True, logging_strategy="no", seed=0, disable_tqdm=True, save_strategy="no")  # fmt: skip
+    transformers.Trainer(model=model, args=args, train_dataset=Labelled(), callbacks=[cb]).train()
+    groups = cb.pruner.plan.groups
+    assert sorted(groups.layers) == ["bert.encoder.layer.0.intermediate.dense",
+                                     "bert.encoder.layer.1.intermediate.dense", "bert.pooler.dense"]  # fmt: skip
+    last = cb.pruner.history[-1]
+    assert last["channels_pruned"] == groups.G // 2 and last["T"] == 8  # causal: one recorded row per step
+    keep = groups.keep_of(cb.pruner.mask)
+    batch = {k: torch.stack([Labelled()[i][k] for i in range(4)]) for k in ("input_ids", "attention_mask", "labels")}
+    model.eval()
+    with torch.no_grad():
+        masked = model(**batch).logits
+    slim = cb.pruner.slim()
+    widths = [slim.bert.encoder.layer[i].intermediate.dense.out_features for i in range(2)]
+    assert sum(widths) + slim.bert.pooler.dense.out_features == int(keep.sum())
+    with torch.no_grad():
+        torch.testing.assert_close(slim(**batch).logits, masked, rtol=0, atol=1e-6)  # masked ≡ slim

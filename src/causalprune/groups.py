@@ -51,7 +51,7 @@ from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
 from .modelio import ModelIO
 
-__all__ = ["ChannelGroup", "ChannelGroups", "channel_groups"]
+__all__ = ["ChannelGroup", "ChannelGroups", "channel_groups", "copy_without_hooks"]
 
 
 @dataclass(frozen=True)
@@ -263,7 +263,7 @@ class ChannelGroups:
         same groups in the same order); used to count a candidate's MACs exactly.
         """
         keep = self._keep(keep)
-        copy = deepcopy(self.model)
+        copy = copy_without_hooks(self.model)
         modules = dict(copy.named_modules())
         groups = channel_groups(copy, self._example, [modules[n] for n in self._ignored])
         if groups.G != self.G:
@@ -313,6 +313,20 @@ class ChannelGroups:
         return model
 
 
+def copy_without_hooks(model: nn.Module) -> nn.Module:
+    """Return a deep copy of `model` whose modules carry no hooks (a training callback's hooks stay behind).
+
+    A hook is often a bound method of an object that holds the trainer, the optimizer or a
+    dependency graph: copying it would copy them too (or fail on what cannot be copied).
+    """
+    memo: dict[int, Any] = {}
+    for m in model.modules():
+        for name, value in vars(m).items():
+            if "hooks" in name and isinstance(value, dict):
+                memo[id(value)] = type(value)()  # the copy's module gets an empty one
+    return deepcopy(model, memo)
+
+
 def _ignored_by_model(model: nn.Module) -> list[nn.Module]:
     fn = getattr(model, "channel_pruning_ignored_layers", None)
     return list(fn()) if callable(fn) else []
@@ -335,7 +349,7 @@ def channel_groups(model: nn.Module, example_inputs: ModelIO | torch.Tensor | Se
         except the output layer(s) and the ignored ones.
     """
     ignored = list(ignored_layers) + _ignored_by_model(model)
-    ignored_names = [n for n, m in model.named_modules() if any(m is i for i in ignored_layers)]
+    ignored_names = [n for n, m in model.named_modules() if any(m is i for i in ignored)]  # for `slim_copy`
     was_training = model.training
     model.eval()
     traced, forward_fn = example_inputs, None

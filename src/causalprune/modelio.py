@@ -51,14 +51,22 @@ def _tensors(inputs: Any) -> list[torch.Tensor]:
     return [v for v in values if isinstance(v, torch.Tensor)]
 
 
-def _map(inputs: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply `fn` to every tensor of `inputs`, keeping its structure (non-tensors pass through)."""
+def _map(inputs: Any, fn: Callable[[torch.Tensor], torch.Tensor], scalars: bool = False) -> Any:
+    """Apply `fn` to every batched tensor of `inputs` (and 0-dim ones if `scalars`), keeping its structure.
+
+    Anything else passes through as it is (e.g. the ``num_items_in_batch`` scalar a Hugging
+    Face Trainer adds to a batch).
+    """
+
+    def one(v: Any) -> Any:
+        return fn(v) if isinstance(v, torch.Tensor) and (scalars or v.dim() > 0) else v
+
     kind = _kind(inputs)
     if kind == "tensor":
-        return fn(inputs)
+        return one(inputs)
     if kind == "tuple":
-        return tuple(fn(v) if isinstance(v, torch.Tensor) else v for v in inputs)
-    return {k: fn(v) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        return tuple(one(v) for v in inputs)
+    return {k: one(v) for k, v in inputs.items()}
 
 
 def to_device(inputs: Any, device: torch.device | str | None) -> Any:
@@ -66,14 +74,14 @@ def to_device(inputs: Any, device: torch.device | str | None) -> Any:
     if inputs is None or device is None:
         return inputs
     if isinstance(inputs, torch.Tensor | tuple | list | Mapping):
-        return _map(inputs, lambda t: t.to(device))
+        return _map(inputs, lambda t: t.to(device), scalars=True)
     return inputs
 
 
 def batch_size(inputs: Any) -> int:
     """Return the batch size of `inputs`: the first dimension of its first tensor."""
-    tensors = _tensors(inputs)
-    if not tensors or tensors[0].dim() == 0:
+    tensors = [t for t in _tensors(inputs) if t.dim() > 0]
+    if not tensors:
         raise ValueError("model inputs hold no tensor with a batch dimension")
     return int(tensors[0].shape[0])
 
@@ -96,11 +104,12 @@ class ModelIO:
     loss_fn: Callable[[Any, Any], torch.Tensor] | None = None
 
     def __post_init__(self) -> None:
-        tensors = _tensors(self.example)
+        tensors = [t for t in _tensors(self.example) if t.dim() > 0]  # 0-dim tensors are passed as they are
         if not tensors:
-            raise ValueError(f"ModelIO example inputs hold no tensor: {type(self.example).__name__}")
-        sizes = {int(t.shape[0]) if t.dim() else None for t in tensors}
-        if None in sizes or len(sizes) != 1:
+            raise ValueError(f"ModelIO example inputs hold no tensor with a batch dimension: "
+                             f"{type(self.example).__name__}")  # fmt: skip
+        sizes = {int(t.shape[0]) for t in tensors}
+        if len(sizes) != 1:
             shapes = [tuple(t.shape) for t in tensors]
             raise ValueError(f"ModelIO example tensors must share a leading batch dimension, got shapes {shapes}")
 

@@ -67,9 +67,29 @@ def linear_weights(model: nn.Module, prune_embeddings: bool = False, prune_head:
     return names
 
 
-def supported_methods() -> list[str]:
-    """The weight-level methods that score from the recorded trajectory or the weights alone (no batches, shapes)."""
-    return [n for n in criteria.names("weight") if criteria.get(n).needs <= {"trajectory"}]
+def attention_layers(model: nn.Module) -> list[nn.Module]:
+    """The Linear / Conv1D layers inside attention modules (a module whose class name contains ``Attention``).
+
+    Their outputs are split into heads (a reshape to a fixed head size) or feed the residual
+    stream, so their output channels are not channel groups a slim network can drop: at
+    channel granularity the callback leaves them out (heads are another unit kind), which
+    leaves the MLP hidden widths (and a pooler) as the groups.
+    """
+    out: list[nn.Module] = []
+    for m in model.modules():
+        if "Attention" in type(m).__name__:
+            out.extend(c for c in m.modules() if isinstance(c, nn.Linear | Conv1D) and all(c is not o for o in out))
+    return out
+
+
+#: what the callback gives a method: the recorded trajectory, the Trainer's batches (dicts, called
+#: ``model(**batch)`` through a `ModelIO`, the loss the model's own), and example inputs (a batch)
+MEETS = frozenset({"trajectory", "batches", "input_shape"})
+
+
+def supported_methods(granularity: str = "weight") -> list[str]:
+    """The methods the callback runs at `granularity` (``weight`` or ``channel``): those whose needs it meets."""
+    return [n for n in criteria.names(granularity) if criteria.get(n).needs <= MEETS]
 
 
 def _model_loss(outputs: Any, _: Any) -> torch.Tensor:
@@ -94,9 +114,11 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
 
     Args:
         sparsity: final fraction of the selected weights pruned.
-        method: a method that scores from the trajectory or the weights alone (``causal``,
-            ``causal-placebo``, ``energy``, ``magnitude``, ``random``); methods that score
-            from batches through ``model(inputs)`` (snip, grasp, ...) are not offered here.
+        method: any method whose needs the callback meets (`supported_methods`): the
+            recorded trajectory (``causal``, ...), the weights alone (``magnitude``, ...), the
+            Trainer's batches (``taylor``, ``snip``, ``grasp``, ``fisher``, ``gradient``: each
+            dict batch is called ``model(**batch)`` through a `causalprune.modelio.ModelIO`
+            and scored with the model's own loss) or example inputs (``synflow``).
         schedule: cumulative targets per round: ``cubic`` | ``geometric`` | ``linear``.
         n_iter: pruning rounds.
         epochs_per_round: epochs per round.
@@ -106,7 +128,13 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
         prune_embeddings: also prune the embeddings.
         prune_head: also prune the output head.
         **pruner_options: passed to `CausalPruner` (``settings``, ``scope``, ``rewind``,
-            ``save_recording``, ...); an unknown name is refused in one line.
+            ``save_recording``, ``granularity``, ...); an unknown name is refused in one line.
+            ``granularity="channel"`` prunes whole channel groups that Torch-Pruning traces
+            through ``model(**batch)`` on the first training batch, with the methods of
+            ``supported_methods("channel")``: the layers of `attention_layers` are left out
+            unless the model declares ``channel_pruning_ignored_layers()`` itself, so BERT's
+            groups are its MLP hidden widths and pooler; ``callback.pruner.slim()`` removes
+            the pruned channels after training.
 
     After each round ``causal_pruning/sparsity`` and ``causal_pruning/round`` are added to
     ``state.log_history``; `pruner.history` has the rounds' details.
@@ -126,9 +154,16 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
         **pruner_options: Any,
     ) -> None:
         criteria.get(method)  # an unknown name fails here, listing the valid ones
-        if method not in supported_methods():
-            raise ValueError(f"method {method!r} scores from batches through model(inputs), which a Hugging Face "
-                             f"model does not take; the Trainer callback supports {', '.join(supported_methods())}")
+        granularity = pruner_options.get("granularity", "weight")
+        if granularity not in ("weight", "channel"):
+            raise ValueError(f"granularity must be weight or channel, got {granularity!r}")
+        if method not in supported_methods(granularity):
+            raise ValueError(f"method {method!r} does not score {granularity}s in the Trainer callback; it supports "
+                             f"{', '.join(supported_methods(granularity))} at granularity {granularity}")  # fmt: skip
+        if granularity == "channel" and (params is not None or prune_embeddings or prune_head):
+            raise ValueError("granularity channel prunes the channel groups Torch-Pruning traces through "
+                             "model(**batch); params, prune_embeddings and prune_head choose weights (granularity "
+                             "weight)")  # fmt: skip
         if int(start_epoch) != start_epoch or start_epoch < 0:
             raise ValueError(f"start_epoch must be an integer >= 0, got {start_epoch}")
         settings = pruner_options.get("settings")
@@ -164,8 +199,15 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
                              f"1, got {args.gradient_accumulation_steps}")  # fmt: skip
         if optimizer is None:
             raise ValueError("CausalPruningCallback needs the Trainer's optimizer (it was not created yet)")
-        params = self.params if self.params is not None else linear_weights(model, self.prune_embeddings,
-                                                                              self.prune_head)  # fmt: skip
+        if self.options.get("granularity", "weight") == "channel":  # the traced groups decide what is pruned
+            params = None
+            if not callable(getattr(model, "channel_pruning_ignored_layers", None)):
+                layers = attention_layers(model)
+                model.channel_pruning_ignored_layers = lambda: layers  # read by causalprune.groups.channel_groups
+        else:
+            params = self.params if self.params is not None else linear_weights(model, self.prune_embeddings,
+                                                                                  self.prune_head)  # fmt: skip
+        # batches, example inputs and tracing go through ModelIO(batch, _call_with_batch, _model_loss): model(**batch)
         pruner = CausalPruner(model, optimizer, _model_loss, params=params, forward=_call_with_batch, **self.options)
         self._hooks = [model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
                        model.register_forward_hook(self._after_forward, with_kwargs=True)]  # fmt: skip
@@ -319,4 +361,4 @@ def _jsonable(args: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["CausalPruningCallback", "linear_weights", "supported_methods"]
+__all__ = ["CausalPruningCallback", "attention_layers", "linear_weights", "supported_methods"]
