@@ -465,7 +465,8 @@ def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quie
         model = run.new_model()
         run.plan = build_plan(model, cfg.prune, tuple(run.data.input_shape)) if criterion.prunes else \
             WeightPlan.build(model, cfg.prune)  # (dense: counted as weights)
-        if criterion.prunes and not criterion.needs:  # scores from the model alone: one that cannot fails now
+        if criterion.prunes and not criterion.needs and run.plan.units is not None:
+            # units traced from the model, scored from the model alone: a method that cannot score them fails now
             score_round(criterion, run.plan, ScoreInput.build(model, run.plan.initial_mask(), settings=_settings(run),
                                                               groups=run.plan.units))  # fmt: skip
         folder.claim(cfg)

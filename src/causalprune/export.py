@@ -53,8 +53,8 @@ from .io import save_json
 from .masks import Mask, prunable_parameters
 from .modelio import ModelIO
 from .models import build_model
+from .plan import restore_model, slims
 from .runfolder import RunFolder
-from .structured import slim_to_mask
 
 FORMATS = ("pt2", "onnx", "state_dict", "safetensors", "sparse")
 SUFFIXES = {"pt2": (".pt2",), "onnx": (".onnx",), "state_dict": (".pt", ".pth"), "safetensors": (".safetensors",),
@@ -103,9 +103,9 @@ def _load(run_dir: str | Path) -> _Finished:
     model = build_model(cfg.model, input_shape, outputs)
     dense_widths = layer_widths(model)
     folder = RunFolder(run_dir)
-    channel = cfg.prune.granularity == "channel"
-    prepare = (lambda m, mask: slim_to_mask(m, mask, tuple(input_shape))) if channel \
-        else None  # a channel run's model.pt holds the slim network
+    channel = slims(cfg.prune.granularity)  # a channel run's model.pt holds the slim network
+    prepare = (lambda m, mask: restore_model(cfg.prune.granularity, m, mask, tuple(input_shape))) if channel \
+        else None
     mask = folder.load_result(model, prepare)  # names a damaged model.pt / mask.pt
     mask = Mask.ones(model) if channel else mask.canonical(model)  # nothing of a slim network is masked
     return _Finished(model.eval(), mask, tuple(input_shape), folder.summary(), cfg, dense_widths)
@@ -267,7 +267,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     path = _out_path(run_dir, fmt, out)
     run = _load(run_dir)
     model, input_shape, summary, cfg = run.model, run.input_shape, run.summary, run.cfg
-    channel = cfg.prune.granularity == "channel"
+    channel = slims(cfg.prune.granularity)
     mio = ModelIO.from_shape(input_shape)
     example = _example(mio)
     note = ""

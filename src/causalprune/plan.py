@@ -166,6 +166,8 @@ class WeightPlan:
 class _ChannelKind:
     """How `structured.ChannelPlan` is built and restored (the plan itself carries its kind and facts)."""
 
+    slims = ChannelPlan.slims
+
     @staticmethod
     def build(model: nn.Module, prune: PruneConfig, input_shape: tuple[int, ...] | None = None) -> ChannelPlan:
         if input_shape is None:
@@ -187,6 +189,13 @@ def build_plan(model: nn.Module, prune: PruneConfig, input_shape: tuple[int, ...
     if prune.granularity not in PLANS:
         raise ValueError(f"unknown granularity {prune.granularity!r}; valid: {', '.join(PLANS)}")
     return PLANS[prune.granularity].build(model, prune, input_shape)
+
+
+def slims(granularity: str) -> bool:
+    """Return whether a finished run of `granularity` saved a network without its pruned units (slim)."""
+    if granularity not in PLANS:
+        raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(PLANS)}")
+    return bool(PLANS[granularity].slims)
 
 
 def restore_model(granularity: str, model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> nn.Module:
@@ -298,4 +307,4 @@ def apply_updates(model: nn.Module, mask: Mask, updates: Mapping[str, torch.Tens
 
 
 __all__ = ["PLANS", "Plan", "RoundResult", "WeightPlan", "apply_updates", "build_plan", "restore_model", "rewind",
-           "run_round", "score_round"]  # fmt: skip
+           "run_round", "score_round", "slims"]  # fmt: skip
