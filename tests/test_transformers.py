@@ -198,6 +198,67 @@ def test_unknown_or_clashing_options_are_one_line():
         CausalPruningCallback(amount=0.7)
 
 
+class _Watcher(transformers.TrainerCallback):
+    """A reporter such as TensorBoard's: it sees only what reaches on_log."""
+
+    def __init__(self):
+        self.logged = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logged.append((state.global_step, dict(logs)))
+
+
+@pytest.mark.parametrize("watcher_first", [True, False])
+def test_another_callback_sees_the_rounds_through_on_log(tmp_path, watcher_first):
+    """Before, the rounds were appended to state.log_history alone: no reporter's on_log ever saw one."""
+    watcher, cb = _Watcher(), CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=4, per_device_train_batch_size=8, learning_rate=1e-3,
+        report_to=[], use_cpu=True, logging_strategy="no", seed=0, disable_tqdm=True, save_strategy="no")  # fmt: skip
+    callbacks = [watcher, cb] if watcher_first else [cb, watcher]  # the Trainer puts its reporters first
+    trainer = transformers.Trainer(model=_model(), args=args, train_dataset=Tokens(), callbacks=callbacks)
+    trainer.train()
+    rounds = [(step, logs["causal_pruning/round"], logs["causal_pruning/sparsity"]) for step, logs in watcher.logged
+              if "causal_pruning/round" in logs]  # fmt: skip
+    # 8 steps per epoch: θ_pre in epoch 1, the rounds end with epochs 2 and 3
+    assert rounds == [(16, 1, cb.pruner.history[0]["sparsity"]), (24, 2, cb.pruner.history[1]["sparsity"])]
+    history = [e for e in trainer.state.log_history if "causal_pruning/round" in e]
+    assert [(e["step"], e["causal_pruning/round"]) for e in history] == [(16, 1), (24, 2)]
+
+
+def test_a_pruner_state_of_another_run_is_refused(tmp_path):
+    """Resumed from run a's checkpoint with output_dir b, the callback finds b's file at the same step: before, it
+    loaded it silently (another run's masks and θ_pre)."""
+    _train(tmp_path / "a", 2, CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1))
+    _train(tmp_path / "b", 2, CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1))
+    with pytest.raises(ValueError, match=r"checkpoint-16/causalprune_pruner.pt is not the pruner state of the "
+                                         r"checkpoint the Trainer resumed from \(step 16\)"):  # fmt: skip
+        _train(tmp_path / "b", 4, CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1),
+               resume=str(tmp_path / "a" / "checkpoint-16"))  # fmt: skip
+
+
+class _Payload:
+    """Pickles as a call: loading it with weights_only=False would create `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_a_crafted_pickle_in_the_state_file_is_refused_without_running_it(tmp_path):
+    _train(tmp_path, 2, CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1))
+    path, marker = tmp_path / "checkpoint-16" / "causalprune_pruner.pt", tmp_path / "ran"
+    saved = torch.load(path, weights_only=True)  # the callback's own file: tensors and plain containers
+    torch.save({**saved, "pruner": {**saved["pruner"], "history": _Payload(str(marker))}}, path)
+    with pytest.raises(ValueError, match=rf"^{path} is damaged \(UnpicklingError: "):
+        _train(tmp_path, 4, CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1), resume=str(path.parent))
+    assert not marker.exists()
+
+
 def test_the_trainer_runs_taylor_on_the_batches_through_the_model_io(tmp_path):
     from causalprune.integrations.transformers import supported_methods
 

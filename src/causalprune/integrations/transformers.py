@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
+import uuid
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -30,7 +32,7 @@ from torch import nn
 try:
     from transformers import TrainerCallback
     from transformers.pytorch_utils import Conv1D
-    from transformers.trainer_callback import ExportableState
+    from transformers.trainer_callback import CallbackHandler, ExportableState
 except ImportError as e:  # pragma: no cover - the extra is missing
     raise ImportError("causalprune.integrations.transformers needs transformers: "
                       "pip install 'causalprune[transformers]'") from e  # fmt: skip
@@ -136,8 +138,10 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
             groups are its MLP hidden widths and pooler; ``callback.pruner.slim()`` removes
             the pruned channels after training.
 
-    After each round ``causal_pruning/sparsity`` and ``causal_pruning/round`` are added to
-    ``state.log_history``; `pruner.history` has the rounds' details.
+    After each round ``causal_pruning/sparsity`` and ``causal_pruning/round`` are logged as
+    `Trainer.log` logs: added to ``state.log_history`` and sent to every callback's
+    ``on_log`` (so the Trainer's TensorBoard, MLflow, ... reporters record them);
+    `pruner.history` has the rounds' details.
     """
 
     def __init__(
@@ -185,6 +189,8 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
         self._loss: torch.Tensor | None = None
         self._counted: int | None = None  # the last epoch counted (its last step, or its end)
         self._training: tuple[Any, Any] | None = None  # (args, state) of the Trainer while train() runs
+        self._handler: CallbackHandler | None = None  # the Trainer's, for on_log (found in on_train_begin)
+        self._token: str | None = None  # names the state file last written (kept in trainer_state.json too)
 
     # --- the pruner ---------------------------------------------------------------------------
     def _start(self, args: Any, model: nn.Module, optimizer: Any) -> CausalPruner:
@@ -234,17 +240,23 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
                        optimizer: Any = None, **kwargs: Any) -> None:  # fmt: skip
         """Continue the pruner saved in the checkpoint the Trainer resumed from, if any.
 
-        The state is looked up in ``output_dir/checkpoint-<global step>`` (where `on_save` wrote
-        it): resume from a checkpoint folder under the run's ``output_dir``.
+        The state is looked up where the Trainer writes the checkpoint of the resumed step
+        (`checkpoint_dir`: ``output_dir/checkpoint-<global step>``), and must be the one that
+        checkpoint's ``trainer_state.json`` names: resume from a checkpoint folder under the
+        run's ``output_dir``. The file is read with ``weights_only=True`` (tensors and plain
+        containers; no code runs while it loads).
         """
         if self.pruner is not None:  # the callback of an earlier train(): start over
             self._stop()
         self._training = (args, state)
+        self._handler = _calling_handler(self)
         if state.global_step == 0:
             return
-        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        folder = checkpoint_dir(args, state)
         path = os.path.join(folder, STATE_FILE)
         saved = _load_state(path) if os.path.isfile(path) else None
+        if saved is not None:
+            self._check_token(saved, state, path, args)
         if saved is None and float(state.epoch or 0) <= self.start_epoch + 1e-6:
             return  # resumed before pruning started (or exactly where it starts)
         if saved is None:
@@ -277,25 +289,47 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
             self.pruner.after_step(self._loss)
             self._loss = None
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         """At an epoch's last step, count the epoch (a round may end) before the Trainer saves a checkpoint."""
-        if _whole(float(state.epoch or 0)):
-            self._epoch_done(state)
+        return self._epoch_done(args, state, control) if _whole(float(state.epoch or 0)) else None
 
-    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         """Count the epoch if its last step did not (an epoch that ended without a full step)."""
-        self._epoch_done(state)
+        return self._epoch_done(args, state, control)
 
-    def _epoch_done(self, state: Any) -> None:
+    def _epoch_done(self, args: Any, state: Any, control: Any) -> Any:
         epoch = round(float(state.epoch or 0))
         if self.pruner is None or self.pruner.done or epoch == self._counted:
-            return
+            return None
         self._counted = epoch
-        if self.pruner.end_epoch() is not None:
-            last = self.pruner.history[-1]
-            state.log_history.append({"causal_pruning/sparsity": float(last["sparsity"]),
-                                      "causal_pruning/round": int(last["round"]), "epoch": state.epoch,
-                                      "step": state.global_step})  # fmt: skip
+        if self.pruner.end_epoch() is None:
+            return None
+        last = self.pruner.history[-1]
+        return self._log(args, state, control, {"causal_pruning/sparsity": float(last["sparsity"]),
+                                                "causal_pruning/round": int(last["round"])})  # fmt: skip
+
+    def _log(self, args: Any, state: Any, control: Any, logs: dict[str, float]) -> Any:
+        """Log a round as `Trainer.log` does: into ``state.log_history``, then every callback's ``on_log``.
+
+        The Trainer's reporters (TensorBoard, MLflow, W&B, ...) are callbacks: they see the
+        round through ``on_log`` like the Trainer's own logs, at the round's global step.
+        """
+        if state.epoch is not None:
+            logs["epoch"] = state.epoch
+        state.log_history.append({**logs, "step": state.global_step})
+        if self._handler is None:  # not called by a Trainer (no handler to reach the other callbacks)
+            return None
+        return self._handler.on_log(args, state, control, logs)
+
+    def _check_token(self, saved: dict[str, Any], state: Any, path: str, args: Any) -> None:
+        """Refuse a state file that is not the one the resumed checkpoint's trainer_state.json names."""
+        entries = state.stateful_callbacks.get(type(self).__name__) if state.stateful_callbacks else None
+        entries = entries if isinstance(entries, list) else [entries]
+        expected = {e.get("attributes", {}).get("_token") for e in entries if isinstance(e, dict)} - {None}
+        if expected and saved.get("token") not in expected:
+            raise ValueError(f"{path} is not the pruner state of the checkpoint the Trainer resumed from (step "
+                             f"{state.global_step}): another run wrote it; resume from a checkpoint folder under "
+                             f"output_dir ({args.output_dir}), where the callback finds its state")  # fmt: skip
 
     def state(self) -> dict[str, Any]:
         """Write the pruner's state into the checkpoint being saved; return the callback's arguments for JSON.
@@ -309,15 +343,16 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
         """
         if self._training is not None:
             args, state = self._training
-            folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            folder = checkpoint_dir(args, state)
             if os.path.isdir(folder) and state.is_world_process_zero:
-                save_torch({"pruner": self.pruner.state_dict() if self.pruner is not None else None},
-                           os.path.join(folder, STATE_FILE))  # fmt: skip
-        return {"args": _jsonable(self._args), "attributes": {}}
+                self._token = uuid.uuid4().hex  # trainer_state.json, written next, names this file
+                save_torch({"pruner": self.pruner.state_dict() if self.pruner is not None else None,
+                            "token": self._token}, os.path.join(folder, STATE_FILE))  # fmt: skip
+        return {"args": _jsonable(self._args), "attributes": {"_token": self._token}}
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Once every round is done, stop re-masking (the pruned weights stay zero) and remove the hooks."""
-        self._training = None
+        self._training, self._handler = None, None
         if self.pruner is not None and self.pruner.done:
             self.pruner.make_permanent()
             for h in self._hooks:
@@ -333,10 +368,38 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
         self._hooks, self.pruner, self._counted = [], None, None
 
 
+def checkpoint_dir(args: Any, state: Any) -> str:
+    """Return the folder the Trainer writes its checkpoint of `state.global_step` in (`Trainer._save_checkpoint`).
+
+    ``output_dir/checkpoint-<step>``; under a hyperparameter search with ``hp_name``, in the
+    trial's folder ``output_dir/<trial name>``.
+    """
+    run_dir = os.path.join(args.output_dir, state.trial_name) if state.trial_name else args.output_dir
+    return os.path.join(run_dir, f"checkpoint-{state.global_step}")
+
+
+def _calling_handler(callback: Any) -> CallbackHandler | None:
+    """Return the Trainer's `CallbackHandler` that is calling `callback` now, or None.
+
+    The Trainer reaches callbacks only through its handler (``call_event``), and passes
+    callbacks no reference to it; the handler is the caller a few frames up, checked to hold
+    `callback`. The callback logs its rounds through it (`CausalPruningCallback._log`).
+    """
+    frame = sys._getframe(1)
+    for _ in range(8):
+        if frame is None:
+            return None
+        owner = frame.f_locals.get("self")
+        if isinstance(owner, CallbackHandler) and any(cb is callback for cb in owner.callbacks):
+            return owner
+        frame = frame.f_back
+    return None
+
+
 def _load_state(path: str) -> dict[str, Any]:
-    """The pruner state file of a checkpoint; a damaged one is named in one line."""
+    """The pruner state file of a checkpoint (tensors and plain containers only); a damaged one is named in one line."""
     try:
-        saved = torch.load(path, weights_only=False, map_location="cpu")
+        saved = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as e:  # a truncated or foreign file: pickle, zip and torch errors alike
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(f"{path} is damaged ({type(e).__name__}: {first}): resume from another checkpoint, or "
