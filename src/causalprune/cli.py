@@ -254,6 +254,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     r = export_run(args.run_dir, args.format, args.out)
     files = ", ".join(f"{p} ({f['bytes']} bytes)" for p, f in zip(r["paths"], r["files"], strict=True))
     print(f"wrote {files} and the sidecar {r['file']}.json (input shape {tuple(r['input_shape'])})")
+    if "static_batch_reason" in r:
+        print(f"batch fixed to {r['example_batch']}: {r['static_batch_reason']}")
     if "check" in r:
         print(f"onnx: {r['check']}")
     if "note" in r:
