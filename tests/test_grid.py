@@ -14,7 +14,7 @@ from causalprune.cli import main
 from causalprune.compare import plan
 from causalprune.config import ConfigError, config_from_dict
 from causalprune.criteria import Scored
-from causalprune.grid import parse_grid
+from causalprune.grid import parse_grid, run_cell
 from causalprune.sweep import plan_sweep, run_sweep
 
 from .conftest import TINY
@@ -143,3 +143,25 @@ def test_a_failing_cell_does_not_stop_the_others(tmp_path, capsys):
     assert "1 of 2 runs (1 failed)" in captured.out and "| magnitude[device=cpu] | 0.8 | 1 |" in captured.out
     threads = json.loads((good / "env.json").read_text())["threads"]
     assert threads == max(1, len(os.sched_getaffinity(0)) // 2)  # the executor shared the cores between 2 jobs
+
+
+def test_a_cell_takes_the_executors_threads_unless_its_config_or_its_start_decided(tmp_path):
+    pre = str(tmp_path / "_pre")
+    cfg = config_from_dict(TINY, ["prune.method=magnitude"])
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "error.log").write_text("RuntimeError: an earlier attempt\n")
+    s = run_cell(cfg, str(folder), "lbl", pre, threads=1)
+    assert s["threads"] == 1 and s["label"] == "lbl" and s["run_dir"] == str(folder)
+    assert (folder / "label.txt").read_text() == "lbl\n" and not (folder / "error.log").exists()
+    (folder / "summary.json").unlink()  # the final stage is redone: a resumed run
+    assert run_cell(cfg, str(folder), "lbl", pre, threads=2)["threads"] == 1  # the count it started with
+    fixed = config_from_dict(TINY, ["prune.method=magnitude", "train.threads=2"])
+    assert run_cell(fixed, str(tmp_path / "f"), "lbl", pre, threads=1)["threads"] == 2  # the config's own
+
+
+def test_jobs_and_nproc_do_not_combine(capsys):
+    assert main(["compare", "--jobs", "2", "--nproc", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["causalprune: error: --jobs 2 and --nproc 2 do not combine: a distributed grid runs its cells one "
+                   "after another (give one of them)"]  # fmt: skip
