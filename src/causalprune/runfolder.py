@@ -382,6 +382,7 @@ def save_shared_pre(cache: Path, theta: dict[str, torch.Tensor], seconds: float)
     save_json({"pre_s": seconds}, cache / "timing.json")
     save_torch(theta, cache / "checkpoint.pt")
 
+
 class MetricsFile:
     """The run's metrics.jsonl as an event sink: one JSON object per event (`events.Event.to_json`), appended.
 
