@@ -89,9 +89,13 @@ def test_a_resumed_trainer_continues_to_the_same_masks(tmp_path):
 
 
 def test_bad_input_is_named(tmp_path):
-    for method in ("snip", "synflow"):  # they score batches / an input shape through model(inputs)
-        with pytest.raises(ValueError, match="the Trainer callback supports causal, causal-placebo, energy"):
-            CausalPruningCallback(method=method)
+    with pytest.raises(ValueError, match="method 'snip' does not score channels in the Trainer callback; it supports "
+                                         "bn_scale, causal, causal-placebo, energy, magnitude, random, taylor"):
+        CausalPruningCallback(method="snip", granularity="channel")  # snip scores single weights only
+    with pytest.raises(ValueError, match="granularity channel prunes the channel groups .* params, prune_embeddings"):
+        CausalPruningCallback(granularity="channel", params=["transformer.h.0.mlp.c_fc.weight"])
+    with pytest.raises(ValueError, match="granularity must be weight or channel, got 'head'"):
+        CausalPruningCallback(granularity="head")
     with pytest.raises(ValueError, match="delta_loss must be same_batch"):
         CausalPruningCallback(settings=CausalSettings(delta_loss="probe"))
     part = CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1)
