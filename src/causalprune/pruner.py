@@ -373,7 +373,7 @@ class CausalPruner:
     def _seen(self, inputs: Any, targets: Any) -> None:
         if self.example_inputs is None:
             self.example_inputs = inputs
-        if self.plan is None and self.prune.granularity == "channel":
+        if self.plan is None:  # a plan traced from the model's inputs (channel groups): at the first batch
             self._build_plan(inputs)
         if self.criterion.needs_data and self.score_data is None:
             self._recent.append((inputs, targets))
