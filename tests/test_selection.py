@@ -162,6 +162,13 @@ def test_a_new_pool_is_a_value_not_a_branch():
     units = {n: torch.arange(s.shape[1]).expand(s.shape) for n, s in scores.items()}
     expected = _pool_oracle(scores, units, 0.5)
     assert all(torch.equal(m[n], expected[n]) for n in scores)
+    # A toy per-output-row pool, written here as a full unit map: the loop over rows, and the library's ROWS.
+    toy_rows = Pool("toy-row", lambda name, shape: _row_units(shape))
+    tie = {n: torch.randint(0, 2, s.shape, generator=g).double() for n, s in scores.items()}
+    m = select(scores, 0.6, pool=toy_rows, tie_break=tie, min_alive=0)
+    expected = _pool_oracle(scores, {n: _row_units(s.shape) for n, s in scores.items()}, 0.6, tie_break=tie)
+    assert all(torch.equal(m[n], expected[n]) for n in scores)
+    assert m == select(scores, 0.6, pool=ROWS, tie_break=tie, min_alive=0)
 
 
 def test_block_pool_keeps_n_of_every_m_inputs():
