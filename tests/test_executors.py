@@ -190,3 +190,16 @@ def test_task_graphs_that_cannot_run_are_refused():
     with pytest.raises(ValueError, match="--jobs must be a positive number of processes, got 0"):
         executor_for(0)
     assert isinstance(executor_for(1), Sequential) and executor_for(3).jobs == 3
+
+
+def _dies(*, threads):
+    """A task whose process dies without a word (as one killed by the kernel)."""
+    os._exit(3)
+
+
+def test_a_dead_worker_fails_its_task_and_the_pool_goes_on(tmp_path):
+    log = tmp_path / "log"
+    tasks = [Task("dies", _dies), Task("next", _record, (log, "next"), after=("dies",))]
+    dead, after = LocalPool(1).run(tasks)
+    assert dead.error == "a worker process died (killed, or out of memory)" and not dead.ok
+    assert after.ok and after.value == "NEXT" and log.read_text() == f"next {_cores()}\n"
