@@ -288,10 +288,13 @@ def test_sharded_run_holds_half_the_columns_per_rank_and_agrees_with_one_process
     levels = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
               if '"event": "level"' in line]  # fmt: skip
     assert all(e["columns_here"] in (e["d"] // 2, e["d"] // 2 + 1) for e in levels)
-    for k in (1, 2, 3):  # float sums in another order: near-ties may fall the other way, nothing more
+    # Round 1 scores one trajectory recorded with float sums in another order: near-ties may fall the other way,
+    # nothing more. Later rounds also train on masks that differ, so the runs drift apart: docs/distributed.md
+    # measured 2.9-4.9 % of the demo's weights by rounds 2-5; on this tiny config 1.7 % by round 3 (AVX512 CPU).
+    for k, bound in ((1, 0.01), (2, 0.05), (3, 0.05)):
         a, b = _masks(tmp_path / "one", k), _masks(tmp_path / "two", k)
         differ = sum(int((a[n] != b[n]).sum()) for n in a)
-        assert differ <= 0.01 * a.numel(), (k, differ)
+        assert differ <= bound * a.numel(), (k, differ)
 
 
 def test_shard_trajectory_with_the_momentum_model_is_refused(tmp_path, capsys):
