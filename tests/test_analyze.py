@@ -43,3 +43,27 @@ def test_analyze_of_a_sparsity_run_prints_its_sparsity(tmp_path, capsys):
     run_experiment(config_from_dict(TINY, ["prune.method=magnitude"]), run, quiet=True)
     assert main(["analyze", str(run), "--hessian", "--samples", "64", "--out", str(tmp_path / "a")]) == 0
     assert any(line.split()[:3] == ["magnitude", "sparsity", "0.8"] for line in capsys.readouterr().out.splitlines())
+
+
+def test_load_run_and_data_asks_the_plan_registry_how_to_rebuild_the_network(tmp_path, monkeypatch):
+    """A unit kind that slims is rebuilt by its own `restore` and loaded unmasked: no granularity branch."""
+    from causalprune import plan as plan_module
+    from causalprune.analysis.runs import load_run_and_data
+
+    run = tmp_path / "weights" / "seed_0"
+    run_experiment(config_from_dict(TINY, ["prune.method=magnitude"]), run, quiet=True)
+    seen = []
+
+    class Spy:  # the weight kind, but claiming to slim; its restore records the mask it was given
+        slims = True
+
+        @staticmethod
+        def restore(model, mask, input_shape):
+            seen.append((mask, tuple(input_shape)))
+            return model
+
+    monkeypatch.setitem(plan_module.PLANS, "weight", Spy)
+    _, _, mask, data = load_run_and_data(run)
+    assert len(seen) == 1 and seen[0][1] == tuple(data.input_shape)
+    assert sum(int((~m).sum()) for m in seen[0][0].values()) > 0  # it got the run's saved (sparse) mask
+    assert all(bool(m.all()) for m in mask.values())  # a slim network is loaded unmasked

@@ -31,9 +31,9 @@ from ..experiment import load_splits
 from ..io import save_json
 from ..masks import Mask, prunable_parameters
 from ..models import build_model
+from ..plan import restore_model, slims
 from ..report import budget_text
 from ..runfolder import RunFolder
-from ..structured import slim_to_mask
 from ..train import loss_function
 from .flatness import flatness
 from .hessian import top_eigenvalues, trace
@@ -53,10 +53,10 @@ def load_run_and_data(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
     cfg = resolve.load(run_dir / "config.yaml")
     data = load_splits(cfg, download=False)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
-    if cfg.prune.granularity == "channel":  # model.pt holds the slim network; nothing in it is masked
-        RunFolder(run_dir).load_result(model, lambda m, mask: slim_to_mask(m, mask, tuple(data.input_shape)))
+    granularity, shape = cfg.prune.granularity, tuple(data.input_shape)
+    mask = RunFolder(run_dir).load_result(model, lambda m, saved: restore_model(granularity, m, saved, shape))
+    if slims(granularity):  # model.pt holds the network without its pruned units; nothing in it is masked
         return cfg, model, Mask.ones(model), data
-    mask = RunFolder(run_dir).load_result(model)
     return cfg, model, mask.canonical(model), data
 
 
