@@ -224,3 +224,26 @@ def test_recorded_steps_are_spread_over_the_round():
         if n < total:  # no gap wider than ⌈total/n⌉ steps: the window spans the round
             gaps = [b - a for a, b in zip([0, *recorded], recorded, strict=False)]
             assert max(gaps) <= -(-total // n)
+
+
+def test_the_driver_threads_one_model_io_to_every_round(tmp_path, monkeypatch):
+    """Each round gets the run's `ModelIO` (one per run): one float sample of the data's shape, called as model(x)."""
+    from causalprune import experiment
+    from causalprune.config import config_from_dict
+    from causalprune.modelio import ModelIO
+
+    from .conftest import TINY
+
+    seen = []
+    real = experiment.run_round
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("io"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "run_round", spy)
+    run_experiment(config_from_dict(TINY, ["prune.method=magnitude"]), tmp_path / "run", quiet=True)
+    assert len(seen) == TINY["prune"]["n_iter"]
+    assert all(isinstance(io, ModelIO) for io in seen) and all(io is seen[0] for io in seen)
+    assert seen[0].plain and seen[0].example.dtype == torch.float32
+    assert torch.equal(seen[0].example, torch.zeros(1, 64))  # digits: 8×8 pixels, flattened

@@ -28,6 +28,7 @@ import subprocess
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from .events import EpochEvent, Event, EventSink, NullSink, RoundEvent, StageEve
 from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
 from .metrics import efficiency, measured_efficiency
+from .modelio import ModelIO
 from .models import build_model, load_pretrained, pretrained_status
 from .plan import Plan, WeightPlan, apply_updates, build_plan, rewind, run_round, score_round
 from .platform import SINGLE, Platform
@@ -156,6 +158,16 @@ class Run:
     def eval_sets(self, model: nn.Module) -> dict[str, float]:
         """Return validation and test metrics as ``val_<metric>`` / ``test_<metric>`` entries."""
         return {f"{split}_{k}": v for split in ("val", "test") for k, v in self.eval(model, split).items()}
+
+    @cached_property
+    def io(self) -> ModelIO:
+        """Return how the driver calls the model: ``model(x)`` on one sample of the data's shape (`ModelIO`).
+
+        Float32 zeros, as ``torch.zeros(1, *input_shape)``; integer inputs (token ids) keep their dtype.
+        """
+        dtype = getattr(self.data.train[0], "dtype", None)
+        integer = isinstance(dtype, torch.dtype) and not (dtype.is_floating_point or dtype.is_complex)
+        return ModelIO.from_shape(tuple(self.data.input_shape), dtype if integer else None)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -372,7 +384,7 @@ def level_stage(run: Run, model: nn.Module, theta_pre: dict[str, torch.Tensor], 
             run.plan, run.criterion, model, mask, k, target, seed=cfg.seed, settings=_settings(run),
             trajectory=recorder.trajectory() if recorder is not None else None, data=run.score_batches,
             loss_fn=loss_function(run.data.task), inputs=run.data.train[0], input_shape=tuple(run.data.input_shape),
-            theta_pre=theta_pre,
+            theta_pre=theta_pre, io=run.io,
         )  # fmt: skip
         run.add_time("solve_s", time.perf_counter() - t0)
     finally:
@@ -463,12 +475,12 @@ def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quie
         run = Run(cfg, criterion, folder, load_splits(cfg, device), device, Path(pre_cache) if pre_cache else None,
                   plat=plat)
         model = run.new_model()
-        run.plan = build_plan(model, cfg.prune, tuple(run.data.input_shape)) if criterion.prunes else \
+        run.plan = build_plan(model, cfg.prune, run.io) if criterion.prunes else \
             WeightPlan.build(model, cfg.prune)  # (dense: counted as weights)
         if criterion.prunes and not criterion.needs and run.plan.units is not None:
             # units traced from the model, scored from the model alone: a method that cannot score them fails now
             score_round(criterion, run.plan, ScoreInput.build(model, run.plan.initial_mask(), settings=_settings(run),
-                                                              groups=run.plan.units))  # fmt: skip
+                                                              groups=run.plan.units, io=run.io))  # fmt: skip
         folder.claim(cfg)
         started = folder.started_threads()
         if started is not None and started != torch.get_num_threads():
@@ -578,7 +590,7 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
             "n_post": cfg.prune.n_post,
             "total": cfg.total_epochs() if run.criterion.prunes else len(history),
         },
-        "efficiency": efficiency(model, run.data.input_shape),
+        "efficiency": efficiency(model, run.io),
         "timing": {k: round(v, 3) for k, v in run.timing.items()},
         "device": str(run.device),
         "world_size": run.plat.world_size,
@@ -591,9 +603,8 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
     summary.update(run.plan.run_facts(mask))
     if run.plan.slims:  # measured against the dense network of the same architecture
         dense = run.new_model()  # the same architecture, dense, for the measured comparison
-        shape = tuple(run.data.input_shape)
-        summary["efficiency"] = _versus_dense(efficiency(dense, shape), summary["efficiency"])
-        summary["efficiency"].update(measured_efficiency(dense, model, shape))
+        summary["efficiency"] = _versus_dense(efficiency(dense, run.io), summary["efficiency"])
+        summary["efficiency"].update(measured_efficiency(dense, model, run.io))
     flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
     final_stage_name = "post" if run.criterion.prunes else cfg.prune.method
     run.events.emit(SummaryEvent(stage=final_stage_name, level=None, step=run.step, summary=flat))  # then summary.json

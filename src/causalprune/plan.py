@@ -169,7 +169,8 @@ class _ChannelKind:
     slims = ChannelPlan.slims
 
     @staticmethod
-    def build(model: nn.Module, prune: PruneConfig, input_shape: tuple[int, ...] | None = None) -> ChannelPlan:
+    def build(model: nn.Module, prune: PruneConfig,
+              input_shape: tuple[int, ...] | ModelIO | None = None) -> ChannelPlan:  # fmt: skip
         if input_shape is None:
             raise ValueError("a channel plan traces the model: it needs one sample's input shape")
         return ChannelPlan.build(model, prune, input_shape)
@@ -184,8 +185,8 @@ class _ChannelKind:
 PLANS: dict[str, Any] = {"weight": WeightPlan, "channel": _ChannelKind}
 
 
-def build_plan(model: nn.Module, prune: PruneConfig, input_shape: tuple[int, ...] | None = None) -> Plan:
-    """Return the plan of ``prune.granularity`` for `model` (channels are traced on one sample of `input_shape`)."""
+def build_plan(model: nn.Module, prune: PruneConfig, input_shape: tuple[int, ...] | ModelIO | None = None) -> Plan:
+    """Return the plan of ``prune.granularity`` for `model` (channels traced on `input_shape`: shape or ModelIO)."""
     if prune.granularity not in PLANS:
         raise ValueError(f"unknown granularity {prune.granularity!r}; valid: {', '.join(PLANS)}")
     return PLANS[prune.granularity].build(model, prune, input_shape)
