@@ -231,3 +231,38 @@ def test_the_loss_check_leaves_dropout_draws_and_running_stats_as_they_were():
     assert a.pruner.mask == b.pruner.mask
     for (n, x), (_, y) in zip(checked.state_dict().items(), unchecked.state_dict().items(), strict=True):
         assert torch.equal(x, y), n  # weights and BatchNorm running statistics bit for bit
+
+
+class Scheduled(Digits):
+    """SGD under a decaying LR schedule (epoch or step interval); records the LR of every epoch's first step."""
+
+    def __init__(self, interval: str) -> None:
+        super().__init__()
+        self.interval, self.first_lr = interval, []
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 0:
+            self.first_lr.append(self.optimizers().param_groups[0]["lr"])
+        return super().training_step(batch, batch_idx)
+
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5**t)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": self.interval}}
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_a_rewind_restarts_the_trainers_lr_schedule(tmp_path, interval):
+    """Each round (epochs 1-3) starts at the LR the schedule had at θ_pre (epoch 1); without rewind it decays on."""
+    pl.seed_everything(0, verbose=False)
+    module = Scheduled(interval)
+    callback = CausalPruning(amount=0.8, method="magnitude", n_iter=3, start_epoch=1)
+    trainer = pl.Trainer(max_epochs=5, accelerator="cpu", devices=1, logger=False, callbacks=[callback],
+                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                         num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, _loader())
+    per_epoch = 1 if interval == "epoch" else 8  # scheduler steps per epoch (512 samples / 64)
+    at_pre = 0.1 * 0.5**per_epoch  # the LR at θ_pre: the schedule after epoch 0
+    assert callback.pruner.lr_scheduler is trainer.lr_scheduler_configs[0].scheduler
+    assert module.first_lr == pytest.approx([0.1, at_pre, at_pre, at_pre, at_pre])  # epoch 4: post-training
+    assert callback.pruner._capacity == 8  # steps_per_epoch: the Trainer's batches per epoch

@@ -319,3 +319,28 @@ def test_the_trainer_prunes_channels_of_a_bert_traced_through_dict_inputs(tmp_pa
     assert sum(widths) + slim.bert.pooler.dense.out_features == int(keep.sum())
     with torch.no_grad():
         torch.testing.assert_close(slim(**batch).logits, masked, rtol=0, atol=1e-6)  # masked ≡ slim
+
+
+class FirstStepLR(transformers.TrainerCallback):
+    """Records the optimizer's LR at the first step of every epoch (8 steps of 8 sequences each)."""
+
+    def __init__(self):
+        self.lr = []
+
+    def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+        if state.global_step % 8 == 0:
+            self.lr.append(optimizer.param_groups[0]["lr"])
+
+
+def test_a_rewind_restarts_the_trainers_lr_schedule(tmp_path):
+    """A linear decay over 32 steps: each round (epochs 1-2) and the epoch after start at the LR of θ_pre (step 8)."""
+    cb, watch = CausalPruningCallback(sparsity=0.5, method="magnitude", n_iter=2, start_epoch=1), FirstStepLR()
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path), num_train_epochs=4, per_device_train_batch_size=8, learning_rate=1e-3,
+        report_to=[], use_cpu=True, logging_strategy="no", seed=0, disable_tqdm=True, save_strategy="no",
+        lr_scheduler_type="linear")  # fmt: skip
+    trainer = transformers.Trainer(model=_model(), args=args, train_dataset=Tokens(), callbacks=[cb, watch])
+    trainer.train()
+    at_pre = 1e-3 * (1 - 8 / 32)
+    assert cb.pruner.lr_scheduler is trainer.lr_scheduler and cb.pruner._capacity == 8  # 8 batches per epoch
+    assert watch.lr == pytest.approx([1e-3, at_pre, at_pre, at_pre])

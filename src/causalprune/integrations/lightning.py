@@ -57,7 +57,12 @@ class CausalPruning(pl.Callback):
             minus the first, so a regulariser or auxiliary loss added in ``training_step``
             would bias every recorded row. Methods that record nothing skip it.
         **pruner_options: passed to `CausalPruner` (``settings``, ``granularity``, ``scope``,
-            ``save_recording``, ...); an unknown name is refused in one line.
+            ``save_recording``, ...); an unknown name is refused in one line. Unless given,
+            ``lr_scheduler`` is the Trainer's scheduler when it has exactly one (so a rewind
+            restarts the LR schedule, docs/method.md "Rewinding"; Lightning steps its schedulers
+            at each epoch's last batch, before the round ends, except ``ReduceLROnPlateau``, which
+            it steps once more after the rewind) and ``steps_per_epoch`` the Trainer's training
+            batches per epoch.
 
     Logged (through the module's logger) at each round's end: ``causal_pruning/sparsity``,
     ``causal_pruning/round``. Checkpoints carry the pruner's state (`state_dict`): a fit resumed
@@ -130,7 +135,14 @@ class CausalPruning(pl.Callback):
                 return loss_fn(outputs, targets)
 
         self._call = (forward, loss)
-        return CausalPruner(module, trainer.optimizers[0], loss, forward=forward, **self.options)
+        options = dict(self.options)
+        configs = trainer.lr_scheduler_configs
+        if "lr_scheduler" not in options and len(configs) == 1:  # a rewind restarts the schedule (docs/method.md)
+            options["lr_scheduler"] = configs[0].scheduler
+        batches = trainer.num_training_batches  # inf before the train dataloader is set up (a resume's fit start)
+        if "steps_per_epoch" not in options and isinstance(batches, int) and batches >= 1:
+            options["steps_per_epoch"] = batches
+        return CausalPruner(module, trainer.optimizers[0], loss, forward=forward, **options)
 
     def _loss_now(self, module: pl.LightningModule, inputs: Any, targets: Any) -> float:
         """``loss_fn(module(inputs), targets)`` now, leaving the RNG and every buffer as they were."""

@@ -193,7 +193,8 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
         self._token: str | None = None  # names the state file last written (kept in trainer_state.json too)
 
     # --- the pruner ---------------------------------------------------------------------------
-    def _start(self, args: Any, model: nn.Module, optimizer: Any) -> CausalPruner:
+    def _start(self, args: Any, model: nn.Module, optimizer: Any, lr_scheduler: Any = None,
+               train_dataloader: Any = None) -> CausalPruner:  # fmt: skip
         if args.world_size > 1 or args.n_gpu > 1:
             raise ValueError(f"CausalPruningCallback runs in one process on one device (world size {args.world_size}, "
                              f"{args.n_gpu} GPUs): each replica would record its own batches and select its own mask")
@@ -214,7 +215,13 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
             params = self.params if self.params is not None else linear_weights(model, self.prune_embeddings,
                                                                                   self.prune_head)  # fmt: skip
         # batches, example inputs and tracing go through ModelIO(batch, _call_with_batch, _model_loss): model(**batch)
-        pruner = CausalPruner(model, optimizer, _model_loss, params=params, forward=_call_with_batch, **self.options)
+        options = dict(self.options)
+        if "lr_scheduler" not in options and lr_scheduler is not None:  # a rewind restarts it (docs/method.md)
+            options["lr_scheduler"] = lr_scheduler
+        batches = len(train_dataloader) if hasattr(train_dataloader, "__len__") else 0  # 1 step per batch
+        if "steps_per_epoch" not in options and batches >= 1:
+            options["steps_per_epoch"] = batches
+        pruner = CausalPruner(model, optimizer, _model_loss, params=params, forward=_call_with_batch, **options)
         self._hooks = [model.register_forward_pre_hook(self._before_forward, with_kwargs=True),
                        model.register_forward_hook(self._after_forward, with_kwargs=True)]  # fmt: skip
         return pruner
@@ -265,7 +272,8 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
                              f"state ({path} is missing): resume from a checkpoint saved with CausalPruningCallback, "
                              "or start training again")  # fmt: skip
         if saved.get("pruner") is not None:
-            self.pruner = self._start(args, model, optimizer)
+            self.pruner = self._start(args, model, optimizer, kwargs.get("lr_scheduler"),
+                                      kwargs.get("train_dataloader"))
             with warnings.catch_warnings(record=True) as caught:  # re-issued here, pointing at the caller's code
                 warnings.simplefilter("always")
                 self.pruner.load_state_dict(saved["pruner"], source=f"{folder} (step {state.global_step})")
@@ -277,7 +285,8 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
         """Take θ_pre and start the rounds at `start_epoch` (at an epoch's start, not in a resumed epoch's middle)."""
         epoch = float(state.epoch or 0)
         if self.pruner is None and _whole(epoch) and round(epoch) >= self.start_epoch:
-            self.pruner = self._start(args, model, optimizer)
+            self.pruner = self._start(args, model, optimizer, kwargs.get("lr_scheduler"),
+                                      kwargs.get("train_dataloader"))
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         """Arm the forward hook: the next training forward is this step's."""
