@@ -100,7 +100,8 @@ def test_score_api_errors():
 @pytest.mark.parametrize("name", criteria.names("weight"))
 def test_every_criterion_one_shot(name, tiny_config, tmp_path):
     s = run_experiment(tiny_config(f"prune.method={name}", "prune.n_iter=1"), tmp_path / "r", quiet=True)
-    assert abs(s["sparsity_actual"] * s["params_prunable"] - 0.8 * s["params_prunable"]) <= 1
+    tol = 1 if criteria.get(name).pool is None else 21  # a per-row pool rounds each of the 42 rows (test_wanda)
+    assert abs(s["sparsity_actual"] * s["params_prunable"] - 0.8 * s["params_prunable"]) <= tol
     assert {"size", "size_nz", "compression_ratio", "flops", "flops_nz", "theoretical_speedup"} <= set(s["efficiency"])
 
 

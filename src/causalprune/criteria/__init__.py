@@ -13,6 +13,8 @@ contains a method name:
   vary a method.
 * ``placebo_for``: the method it is the placebo control of (tables pair them).
 * ``reference``: the baseline every table compares each method with (magnitude).
+* ``pool``: which of its weights compete at weight level (a `selection.Pool`, e.g. Wanda's
+  per-output-row `selection.ROWS`); None: the pool ``prune.scope`` names.
 * ``prunes``: False for ``dense``, the no-pruning baseline trained for the same epochs.
 
 A method scores units of one or more kinds: its ``scorers`` are keyed by the unit kind of
@@ -44,6 +46,7 @@ from ..config import SECTIONS
 if TYPE_CHECKING:
     from ..masks import Mask
     from ..modelio import ModelIO
+    from ..selection import Pool
     from ..trajectory import Trajectory
 
 NEEDS = ("trajectory", "batches", "input_shape")
@@ -128,6 +131,7 @@ class Criterion:
     placebo_for: str | None = None  # this method is the placebo control of that one
     reference: bool = False  # tables report every method's paired difference to this one
     prunes: bool = True
+    pool: Pool | None = None  # weight level: its own selection pool (e.g. per output row); None: prune.scope
 
     @property
     def fn(self) -> ScoreFn | None:
@@ -197,10 +201,11 @@ METHODS: dict[str, Criterion] = {}
 
 def register(name: str, *, description: str, needs: Iterable[str] = (), higher_is_important: bool = True,
              settings: type | None = None, reads: Iterable[str] | None = None, placebo_for: str | None = None,
-             reference: bool = False) -> Callable[[ScoreFn], ScoreFn]:  # fmt: skip
+             reference: bool = False, pool: Pool | None = None) -> Callable[[ScoreFn], ScoreFn]:  # fmt: skip
     """Decorator: register `fn(ScoreInput) -> Scored` as pruning method `name`.
 
-    `reads` defaults to every field of `settings`.
+    `reads` defaults to every field of `settings`; `pool` is the selection pool of its
+    single weights (None: ``prune.scope``'s).
     """
     needs = frozenset(needs)
     if needs - set(NEEDS):
@@ -212,7 +217,7 @@ def register(name: str, *, description: str, needs: Iterable[str] = (), higher_i
 
     def wrap(fn: ScoreFn) -> ScoreFn:
         _add(Criterion(name, description, {"weight": fn}, needs, higher_is_important, settings, frozenset(reads),
-                       placebo_for, reference))  # fmt: skip
+                       placebo_for, reference, pool=pool))  # fmt: skip
         return fn
 
     return wrap
@@ -328,7 +333,7 @@ def score(
 
 _add(Criterion("dense", "no pruning, same total epochs", prunes=False))
 
-from . import causal, magnitude, saliency, synflow  # noqa: E402,F401,I001  (registration side effects)
+from . import causal, magnitude, saliency, synflow, wanda  # noqa: E402,F401,I001  (registration side effects)
 from . import channel  # noqa: E402,F401  (channel-level scores of the methods above: registered after them)
 
 __all__ = ["METHODS", "NEEDS", "Criterion", "ScoreInput", "Scored", "get", "names", "placebo_of", "references",
