@@ -182,6 +182,9 @@ class PruneConfig:
     speedup: float | None = None  # channel: target MACs reduction dense / pruned (> 1) instead of prune.sparsity
     max_layer_ratio: float = 1.0  # channel: at most this fraction of one layer's channels is pruned (one stays)
     round_to: int = 1  # channel: every layer keeps a multiple of this many channels (or all of them)
+    # weight: "N:M" (e.g. "2:4"): every block of M consecutive inputs of a weight row keeps N (docs/method.md,
+    # "N:M sparsity"); sets prune.sparsity to (M - N) / M; null: no pattern
+    pattern: str | None = None
 
     GRANULARITIES = ("weight", "channel")
     DEFAULT_SPARSITY = 0.9
@@ -194,9 +197,22 @@ class PruneConfig:
             raise ConfigError(f"prune.sparsity ({given['sparsity']}) and prune.speedup ({given['speedup']}) are both "
                               f"set{where}; give one budget: prune.speedup (a MACs reduction) or prune.sparsity "
                               f"({hint})")  # fmt: skip
+        if isinstance(given.get("pattern"), int) and not isinstance(given["pattern"], bool):
+            raise ConfigError(f"prune.pattern must be a quoted string \"N:M\" such as \"2:4\", got {given['pattern']} "
+                              "(YAML reads an unquoted 2:4 as the base-60 number 124)")  # fmt: skip
 
     def __post_init__(self) -> None:
         check_choice(self.granularity, self.GRANULARITIES, "prune.granularity")
+        if self.pattern is not None:
+            n, m = parse_pattern(self.pattern)
+            if self.granularity != "weight":
+                raise ConfigError(f"prune.pattern {self.pattern!r} needs prune.granularity: weight, got "
+                                  f"{self.granularity} (N:M keeps single weights)")  # fmt: skip
+            nm = (m - n) / m
+            if self.sparsity not in (None, self.DEFAULT_SPARSITY, nm):
+                raise ConfigError(f"prune.sparsity {self.sparsity} conflicts with prune.pattern {self.pattern!r}, "
+                                  f"which prunes (M - N) / M = {nm:g}; leave prune.sparsity null or give {nm:g}")
+            object.__setattr__(self, "sparsity", nm)  # the pattern is the budget
         if self.speedup is not None:
             if not self.speedup > 1:
                 raise ConfigError(f"prune.speedup must be > 1 (dense MACs / pruned MACs), got {self.speedup}")
@@ -219,6 +235,16 @@ class PruneConfig:
         check_positive(self.n_prune, "prune.n_prune", allow_zero=True)  # 0: score at θ_pre (SNIP-style)
         check_positive(self.score_batches, "prune.score_batches")
         check_positive(self.n_post, "prune.n_post", allow_zero=True)
+
+
+def parse_pattern(text: str) -> tuple[int, int]:
+    """Return (N, M) of an N:M pattern such as ``"2:4"``; raise `ConfigError` unless integers 0 < N < M."""
+    parts = text.split(":") if isinstance(text, str) else []
+    if len(parts) == 2 and all(p.strip().isascii() and p.strip().isdigit() for p in parts):
+        n, m = int(parts[0]), int(parts[1])
+        if 0 < n < m:
+            return n, m
+    raise ConfigError(f"prune.pattern must be \"N:M\" with integers 0 < N < M (e.g. \"2:4\"), got {text!r}")
 
 
 #: Method settings sections: name → settings dataclass, registered by the criteria that own them.

@@ -25,13 +25,13 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from .config import PruneConfig
+from .config import PruneConfig, parse_pattern
 from .criteria import Criterion, Scored, ScoreInput
 from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
 from .modelio import ModelIO
 from .recording import stage_seed
-from .selection import Pool, schedule, select
+from .selection import Pool, blocks, schedule, select
 from .structured import ChannelPlan, slim_to_mask
 
 
@@ -92,7 +92,12 @@ class Plan(Protocol):
 
 @dataclass
 class WeightPlan:
-    """Single weights (``prune.granularity: weight``): masks under `selection.select` with ``prune.scope``."""
+    """Single weights (``prune.granularity: weight``): masks under `selection.select` with ``prune.scope``.
+
+    With ``prune.pattern`` "N:M" the units are blocks of M consecutive inputs (`selection.blocks`)
+    instead of ``prune.scope``: round k prunes round(s_k · M) entries of every block, s_k the
+    schedule's cumulative sparsity, whose last value (M − N) / M leaves exactly N per block.
+    """
 
     kind: ClassVar[str] = "weight"
     slims: ClassVar[bool] = False
@@ -102,8 +107,22 @@ class WeightPlan:
     @classmethod
     def build(cls, model: nn.Module, prune: PruneConfig, input_shape: tuple[int, ...] | None = None,
               initial: Mask | None = None) -> WeightPlan:  # fmt: skip
-        """Return the plan of `model`'s prunable weights (or of those `initial` covers) under `prune`."""
-        return cls(prune, initial if initial is not None else Mask.ones(model))
+        """Return the plan of `model`'s prunable weights (or of those `initial` covers) under `prune`.
+
+        With ``prune.pattern``, a weight whose input dimension (dim 1) is not a multiple of M is
+        refused in one line naming it, before anything trains.
+        """
+        plan = cls(prune, initial if initial is not None else Mask.ones(model))
+        nm = plan.pattern_pool
+        if nm is not None:
+            for name, m in plan.initial.items():
+                nm.units(name, m.shape)  # raises ValueError naming the tensor and its shape
+        return plan
+
+    @property
+    def pattern_pool(self) -> Pool | None:
+        """Return the N:M blocks of ``prune.pattern`` (`selection.blocks(M)`), or None (no pattern)."""
+        return None if self.prune.pattern is None else blocks(parse_pattern(self.prune.pattern)[1])
 
     @property
     def target_key(self) -> str:
@@ -134,8 +153,10 @@ class WeightPlan:
                mask: Mask, pool: Pool | None = None) -> Mask:  # fmt: skip
         """Return `selection.select` of `target` sparsity under ``prune.scope``; pruned weights stay pruned.
 
-        `pool` (a criterion's own, `criteria.Criterion.pool`, e.g. Wanda's per-row pool) replaces the scope's.
+        `pool` (a criterion's own, `criteria.Criterion.pool`, e.g. Wanda's per-row pool) replaces the scope's;
+        ``prune.pattern``'s blocks (`pattern_pool`, which lie within rows) replace both.
         """
+        pool = self.pattern_pool or pool
         if pool is not None:
             return select(scores, target, mask=mask, tie_break=tie_break, pool=pool)
         return select(scores, target, scope=self.prune.scope, mask=mask, tie_break=tie_break)
@@ -160,7 +181,12 @@ class WeightPlan:
 
     def describe(self) -> list[str]:
         """Return the sparsity after each round."""
-        return ["sparsity after each round: " + ", ".join(f"{t:.4f}" for t in self.targets())]
+        lines = ["sparsity after each round: " + ", ".join(f"{t:.4f}" for t in self.targets())]
+        if self.prune.pattern is not None:
+            n, m = parse_pattern(self.prune.pattern)
+            pruned = ", ".join(str(round(t * m)) for t in self.targets())
+            lines.append(f"pattern {n}:{m}: entries pruned per block of {m} inputs after each round: {pruned}")
+        return lines
 
     @staticmethod
     def restore(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> nn.Module:
