@@ -26,7 +26,8 @@ def test_every_method_runs_end_to_end(method, tiny_config, tmp_path):
     prunable = s["params_prunable"]
     assert prunable == 64 * 32 + 32 * 10
     target = 0.0 if method == "dense" else 0.8
-    assert abs(s["sparsity_actual"] * prunable - target * prunable) <= 1  # within one weight
+    tol = 1 if criteria.get(method).pool is None else 21  # within one weight; a per-row pool: half a weight per row
+    assert abs(s["sparsity_actual"] * prunable - target * prunable) <= tol
     # Pruned weights are exactly zero in the saved model, and the saved mask says which.
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     mask = Mask.load(tmp_path / "run" / "mask.pt")

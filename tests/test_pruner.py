@@ -99,7 +99,8 @@ def test_every_registered_method_prunes_through_the_pruner(method):
     pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), sparsity=0.7, n_iter=2, method=method,
                           settings=settings, score_batches=2)  # fmt: skip
     _train(pruner, _data()[:4])
-    assert abs(pruner.mask.sparsity() - 0.7) < 1e-3 and len(pruner.history) == 2
+    tol = 1e-3 if criteria.get(method).pool is None else 1e-2  # a per-row pool (wanda) rounds every row
+    assert abs(pruner.mask.sparsity() - 0.7) < tol and len(pruner.history) == 2
 
 
 def test_state_dict_at_a_round_boundary_resumes_to_the_same_masks():

@@ -13,7 +13,8 @@ channel, kernel position) of the unfolded input (``F.unfold``; each output posit
 token), so a convolution's weight is scored as the matrix (out, in·k) it multiplies.
 The method declares the per-output-row pool (`selection.ROWS`): every row keeps the same
 fraction of its weights, whatever ``prune.scope`` says. A weight shared by several layers
-sums the squared inputs of all of them; a layer that never ran scores 0.
+sums the squared inputs of all the prunable layers that use it (an ``nn.Embedding`` tied to
+a Linear head is not one); a layer that never ran scores 0.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import masks
 from ..masks import prunable_parameters
 from ..modelio import to_device
 from ..selection import ROWS
@@ -84,6 +86,8 @@ def input_norms(inp: ScoreInput) -> dict[str, torch.Tensor]:
         return collect
 
     for mod_name, module in model.named_modules():
+        if not isinstance(module, masks.PRUNABLE_LAYERS):  # e.g. an embedding tied to a Linear head: not read
+            continue
         w = module._parameters.get("weight_orig", module._parameters.get("weight"))
         if w is None or id(w) not in by_id:
             continue
