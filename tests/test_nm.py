@@ -89,7 +89,7 @@ def test_rounds_approach_the_pattern_and_the_last_reaches_it_exactly(kind):
 
 def test_a_weight_whose_inputs_are_not_a_multiple_of_m_is_refused_naming_it():
     net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
-    with pytest.raises(ValueError, match=r"'0\.weight' \(shape \(4, 6\)\) to be a multiple of 4, got 6"):
+    with pytest.raises(ValueError, match=r"^prune.pattern '2:4': .* '0\.weight' \(shape \(4, 6\)\) to be a"):
         WeightPlan.build(net, PruneConfig(pattern="2:4"))
 
 
@@ -136,3 +136,19 @@ def test_a_run_ends_with_every_block_at_n_alive(method, tmp_path):
             assert (counts <= 2).all()
     for counts in alive_per_block(mask, 4):
         assert (counts == 2).all()
+
+
+def test_a_run_on_inputs_not_a_multiple_of_m_writes_nothing(tmp_path):
+    cfg = config_from_dict(TINY, ["prune.method=magnitude", "prune.sparsity=null", "prune.pattern='2:4'",
+                                  "model.widths=[30]"])  # fmt: skip
+    with pytest.raises(ValueError, match=r"prune.pattern '2:4': .* 'net\.3\.weight' \(shape \(10, 30\)\) to be"):
+        run_experiment(cfg, tmp_path / "r", quiet=True)
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_dry_run_prints_the_entries_pruned_per_block():
+    from causalprune.experiment import dry_run
+
+    cfg = config_from_dict(TINY, ["prune.method=magnitude", "prune.sparsity=null", "prune.pattern='2:4'",
+                                  "prune.n_iter=5"])  # fmt: skip
+    assert "pattern 2:4: entries pruned per block of 4 inputs after each round: 1, 2, 2, 2, 2" in str(dry_run(cfg))

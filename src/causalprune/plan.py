@@ -116,7 +116,10 @@ class WeightPlan:
         nm = plan.pattern_pool
         if nm is not None:
             for name, m in plan.initial.items():
-                nm.units(name, m.shape)  # raises ValueError naming the tensor and its shape
+                try:
+                    nm.units(name, m.shape)  # raises ValueError naming the tensor and its shape
+                except ValueError as e:
+                    raise ValueError(f"prune.pattern {prune.pattern!r}: {e}") from None
         return plan
 
     @property
