@@ -87,3 +87,20 @@ def test_end_to_end_run_prunes_every_row_alike(tiny_config, tmp_path):
     # mlp 64 → 32 → 10 at 0.8: 32 rows keep 64 − round(51.2) = 13, 10 rows keep 32 − round(25.6) = 6
     assert s["params_prunable"] == 64 * 32 + 32 * 10
     assert round(s["sparsity_actual"] * s["params_prunable"]) == 32 * 51 + 10 * 26
+
+
+def test_causal_pruner_prunes_every_row_alike():
+    from causalprune import CausalPruner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    batches = [(torch.randn(8, 6), torch.randint(0, 3, (8,))) for _ in range(3)]
+    pruner = CausalPruner(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), sparsity=0.5,
+                          n_iter=2, method="wanda", score_batches=2)  # fmt: skip
+    while not pruner.done:
+        for x, y in batches:
+            pruner.step(x, y)
+        pruner.end_epoch()
+    # round(0.5·6) = 3 and round(0.5·5) = 2 (half to even) pruned in every row
+    assert (~pruner.mask["0.weight"]).sum(1).tolist() == [3] * 5
+    assert (~pruner.mask["2.weight"]).sum(1).tolist() == [2] * 3
