@@ -8,7 +8,8 @@ from torch import nn
 
 from causalprune.config import ConfigError, PruneConfig, config_from_dict, load_config
 from causalprune.experiment import run_experiment
-from causalprune.masks import Mask
+from causalprune.export import load_run
+from causalprune.masks import Mask, prunable_parameters
 from causalprune.plan import WeightPlan
 
 from .conftest import TINY
@@ -136,6 +137,11 @@ def test_a_run_ends_with_every_block_at_n_alive(method, tmp_path):
             assert (counts <= 2).all()
     for counts in alive_per_block(mask, 4):
         assert (counts == 2).all()
+    model, final = load_run(tmp_path / "r")  # after post-training: the mask held at every step
+    assert torch.equal(torch.cat(alive_per_block(final, 4)), torch.cat(alive_per_block(mask, 4)))
+    nonzero = Mask({n: p.detach() != 0 for n, p in prunable_parameters(model).items()})
+    for counts in alive_per_block(nonzero, 4):
+        assert (counts <= 2).all()
 
 
 def test_a_run_on_inputs_not_a_multiple_of_m_writes_nothing(tmp_path):
