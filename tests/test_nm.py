@@ -6,11 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from causalprune.config import ConfigError, PruneConfig, config_from_dict, load_config
+from causalprune.config import ConfigError, PruneConfig, config_from_dict, dump_config, load_config
 from causalprune.experiment import run_experiment
 from causalprune.export import load_run
 from causalprune.masks import Mask, prunable_parameters
 from causalprune.plan import WeightPlan
+from causalprune.selection import ROWS
 
 from .conftest import TINY
 
@@ -92,6 +93,23 @@ def test_a_weight_whose_inputs_are_not_a_multiple_of_m_is_refused_naming_it():
     net = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match=r"^prune.pattern '2:4': .* '0\.weight' \(shape \(4, 6\)\) to be a"):
         WeightPlan.build(net, PruneConfig(pattern="2:4"))
+
+
+def test_the_pattern_replaces_a_criterions_own_pool():
+    net = tiny_model()
+    plan = WeightPlan.build(net, PruneConfig(method="magnitude", pattern="2:4"))
+    scores = random_scores(plan.initial_mask(), seed=5)
+    mask = plan.select(scores, None, 0.5, plan.initial_mask(), pool=ROWS)  # Wanda's rows: blocks lie within them
+    want = oracle(scores, 2, 4)
+    assert all(torch.equal(mask[n], want[n]) for n in want)
+
+
+def test_a_dumped_config_with_a_pattern_loads_as_the_same_config(tmp_path):
+    cfg = config_from_dict(TINY, ["prune.sparsity=null", "prune.pattern='3:8'"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    again = load_config(path)
+    assert again == cfg and again.prune.sparsity == 5 / 8 and again.digest() == cfg.digest()
 
 
 def test_no_pattern_leaves_the_scope_and_the_sparsity_as_they_were():
