@@ -32,7 +32,8 @@ def test_overrides_are_typed():
         ("train.batch_size=abc", "train.batch_size must be an integer, got str"),
         ("train.lr=true", "train.lr must be a number"),
         ("data.name=cifar99",
-         "data.name must be one of cifar10, digits, fashionmnist, friedman, imagenet, mnist, mnist1d, tinyimagenet"),
+         "data.name must be one of cifar10, digits, fashionmnist, friedman, imagenet, mnist, mnist1d, pysrc, "
+         "tinyimagenet"),
         ("data.image_size=32", "data.image_size applies to tinyimagenet, imagenet only, not mnist1d"),
         ("model.pretrained=torchvision", "torchvision weights exist for resnet50 only, not mlp"),
         ("train.post_optimizer=lbfgs", "train.post_optimizer must be one of sgd, adamw"),

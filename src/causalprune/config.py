@@ -57,12 +57,14 @@ class DataConfig:
     image_size: int | None = None  # tinyimagenet / imagenet side length; None: 64 / 224
     on_device: bool = False  # hold in-memory splits on the training device (e.g. CIFAR-10 on a GPU)
     max_samples: int | None = None  # keep a fixed random subset of this many training / test samples (smoke runs)
+    max_chars: int = 1_000_000  # pysrc: characters read from the standard library's sources, all splits together
 
     def __post_init__(self) -> None:
         check_positive(self.n_samples, "data.n_samples")
         check_positive(self.workers, "data.workers", allow_zero=True)
         if self.max_samples is not None:
             check_positive(self.max_samples, "data.max_samples")
+        check_positive(self.max_chars, "data.max_chars")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"data.image_size must be >= 16, got {self.image_size}")
         for key in ("val_fraction", "test_fraction"):
@@ -76,6 +78,8 @@ class DataConfig:
                                 "root": self.root, "download": self.download, "workers": self.workers}  # fmt: skip
         if self.image_size is not None:
             opts["image_size"] = self.image_size
+        if self.name == "pysrc":
+            opts["max_chars"] = self.max_chars
         return opts
 
 
@@ -89,6 +93,12 @@ class ModelConfig:
     batchnorm: bool = False  # mlp, cnn1d, cnn2d: BatchNorm after each hidden linear / conv layer
     shortcut: str = "A"  # resnet20/32/56: "A" zero-padding shortcuts (the paper's) | "B" 1×1 conv + BN projections
     pretrained: str | None = None  # a state-dict file, or "torchvision" (resnet50's ImageNet weights)
+    n_layer: int = 2  # gpt: transformer blocks
+    n_head: int = 4  # gpt: attention heads per block (d_model a multiple of it)
+    d_model: int = 128  # gpt: embedding / residual width
+    d_mlp: int | None = None  # gpt: MLP hidden width; None: 4 × d_model
+    block_size: int = 64  # gpt: context length (pysrc: the window length)
+    tie_weights: bool = False  # gpt: the output head shares the token embedding's tensor
 
     def __post_init__(self) -> None:
         if not 0 <= self.dropout < 1:
@@ -97,6 +107,12 @@ class ModelConfig:
             raise ConfigError(f"model.widths must be positive integers, got {list(self.widths)}")
         if self.shortcut not in ("A", "B"):
             raise ConfigError(f"model.shortcut must be 'A' or 'B', got {self.shortcut!r}")
+        for key in ("n_layer", "n_head", "d_model", "block_size"):
+            check_positive(getattr(self, key), f"model.{key}")
+        if self.d_mlp is not None:
+            check_positive(self.d_mlp, "model.d_mlp")
+        if self.d_model % self.n_head:
+            raise ConfigError(f"model.d_model ({self.d_model}) must be a multiple of model.n_head ({self.n_head})")
 
 
 @dataclass(frozen=True)

@@ -544,6 +544,8 @@ def _stages(run: Run, model: nn.Module, t_start: float, quiet: bool) -> dict[str
 def load_splits(cfg: Config, device: torch.device | None = None, download: bool | None = None) -> Splits:
     """Load the config's data set and split it for its seed (on `device` if ``data.on_device``)."""
     options = cfg.data.pool_options()
+    if cfg.data.name == "pysrc":  # windows as long as the model's context
+        options["block_size"] = cfg.model.block_size
     if download is not None:
         options["download"] = download
     pool = load_pool(cfg.data.name, **options)
@@ -600,6 +602,11 @@ def _finish(run: Run, model: nn.Module, mask: Mask, history: list[dict[str, floa
     }
     for key in ("total_s", "record_s", "solve_s"):
         summary["timing"].setdefault(key, 0.0)
+    if run.data.task == "classification" and run.data.test[1].dim() == 2:  # a language model: per token (nats/char)
+        summary["dense"]["test_loss"] = dense_test.get("loss", dense_test.get("test_loss"))
+        summary["pruned"]["test_loss"] = final["test_loss"]
+        if before_post is not None:
+            summary["pruned"]["test_loss_before_post"] = before_post["loss"]
     summary.update(run.plan.run_facts(mask))
     if run.plan.slims:  # measured against the dense network of the same architecture
         dense = run.new_model()  # the same architecture, dense, for the measured comparison

@@ -66,9 +66,19 @@ class SquaredError(nn.Module):
         return nn.functional.mse_loss(out.reshape(target.shape), target)
 
 
+class TokenCrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy of (N, C) logits vs (N,) targets, or per token of (B, T, V) logits vs (B, T) targets."""
+
+    def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Return the mean cross-entropy over samples, or over every token of a sequence batch."""
+        if out.dim() == 3 and target.dim() == 2:  # a language model's logits: mean over B·T tokens
+            return super().forward(out.reshape(-1, out.shape[-1]), target.reshape(-1))
+        return super().forward(out, target)
+
+
 def loss_function(task: str) -> nn.Module:
-    """Cross-entropy for classification, mean squared error for regression."""
-    return nn.CrossEntropyLoss() if task == "classification" else SquaredError()
+    """Cross-entropy for classification (per token for sequences), mean squared error for regression."""
+    return TokenCrossEntropy() if task == "classification" else SquaredError()
 
 
 def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -121,10 +131,11 @@ def evaluate(model: nn.Module, x: Inputs, y: torch.Tensor, task: str, device: to
         batch_size = min(batch_size, 256)
     for xb, yb in iterate(x, y, batch_size, device):
         out = model(xb)
-        sums[0] += loss_fn(out, yb).double() * len(yb)
+        tokens = yb.numel() if task == "classification" else len(yb)  # (B, T) targets: per token (characters)
+        sums[0] += loss_fn(out, yb).double() * tokens
         if task == "classification":
-            sums[1] += (out.argmax(1) == yb).sum()
-        n += len(yb)
+            sums[1] += (out.argmax(-1) == yb).sum()
+        n += tokens
     model.train(was_training)
     total, correct = sums.tolist()
     metrics = {"loss": total / n}

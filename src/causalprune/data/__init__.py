@@ -20,6 +20,7 @@ import torch
 from .folder import ImageFiles, load_imagenet_pool, load_tinyimagenet_pool
 from .loading import Inputs, iterate, materialize
 from .tabular import load_digits_pool, load_friedman_pool, load_mnist1d_pool
+from .text import VOCAB_SIZE, load_pysrc_splits
 from .vision import crop_flip, load_cifar10_pool, load_fashionmnist_pool, load_mnist_pool
 
 #: (input shape of one sample, outputs) of each data set, known without loading it (dry runs).
@@ -27,6 +28,7 @@ SHAPES: dict[str, tuple[tuple[int, ...], int]] = {
     "digits": ((64,), 10), "mnist1d": ((40,), 10), "friedman": ((10,), 1), "cifar10": ((3, 32, 32), 10),
     "mnist": ((1, 28, 28), 10), "fashionmnist": ((1, 28, 28), 10),
     "tinyimagenet": ((3, 64, 64), 200), "imagenet": ((3, 224, 224), 1000),
+    "pysrc": ((64,), VOCAB_SIZE),  # windows of model.block_size token ids (64 by default)
 }  # fmt: skip
 
 #: Data sets whose side length `data.image_size` sets (the others have a fixed shape).
@@ -55,9 +57,14 @@ class Pool:
     task: str  # classification | regression
     num_classes: int  # 1 for regression (one output)
     augment: str | None = None  # training-batch augmentation: None | crop_flip
+    val: tuple[Inputs, torch.Tensor] | None = None  # a fixed validation set (pysrc), else carved from the pool
+    probe: tuple[Inputs, torch.Tensor] | None = None  # a fixed probe set (pysrc), else carved from the pool
 
     def limit(self, n: int) -> Pool:
-        """At most `n` training and `n` test samples: a fixed random subset (the same for every seed)."""
+        """At most `n` training and `n` test samples: a fixed random subset (the same for every seed).
+
+        A fixed validation or probe set (`val`, `probe`) stays as it is.
+        """
         g = torch.Generator().manual_seed(0)
         keep_train = torch.randperm(len(self.y_train), generator=g)[:n].sort().values
         keep_test = torch.randperm(len(self.y_test), generator=g)[:n].sort().values
@@ -93,6 +100,13 @@ class Splits:
                                    probe=move(self.probe))  # fmt: skip
 
 
+def load_pysrc_pool(max_chars: int = 1_000_000, block_size: int = 64, **_: object) -> Pool:
+    """Load `pysrc` (``data.text``): next-character windows, with its fixed validation and probe sets."""
+    s = load_pysrc_splits(max_chars, block_size)
+    return Pool(*s["train"], *s["test"], task="classification", num_classes=VOCAB_SIZE, val=s["val"],
+                probe=s["probe"])  # fmt: skip
+
+
 DATASETS: dict[str, Callable[..., Pool]] = {
     "digits": load_digits_pool,
     "mnist1d": load_mnist1d_pool,
@@ -102,7 +116,9 @@ DATASETS: dict[str, Callable[..., Pool]] = {
     "fashionmnist": load_fashionmnist_pool,
     "tinyimagenet": load_tinyimagenet_pool,
     "imagenet": load_imagenet_pool,
+    "pysrc": load_pysrc_pool,
 }
+
 
 
 def load_pool(name: str, **options: object) -> Pool:
@@ -118,7 +134,19 @@ def _cached_pool(name: str, options: tuple[tuple[str, object], ...]) -> Pool:
 
 
 def make_splits(pool: Pool, seed: int, val_fraction: float, probe_size: int) -> Splits:
-    """Split the training pool into train / val / probe, deterministically from `seed`."""
+    """Split the training pool into train / val / probe, deterministically from `seed`.
+
+    A pool with its own fixed validation and probe sets (`Pool.val`, `Pool.probe`: pysrc, split by file)
+    keeps them whatever the seed; its probe set is its first `probe_size` samples.
+    """
+    if pool.val is not None and pool.probe is not None:
+        if probe_size > len(pool.probe[1]):
+            raise ValueError(f"causal.probe_size {probe_size} exceeds the {len(pool.probe[1])} samples of the data "
+                             "set's fixed probe split (lower causal.probe_size or raise data.max_chars)")  # fmt: skip
+        px, py = pool.probe
+        return Splits(train=(pool.x_train, pool.y_train), val=pool.val, test=(pool.x_test, pool.y_test),
+                      probe=(px[:probe_size], py[:probe_size]), task=pool.task, num_classes=pool.num_classes,
+                      augment=pool.augment)  # fmt: skip
     n = len(pool.y_train)
     n_val = round(val_fraction * n)
     if n_val + probe_size >= n:

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from .gpt import GPT
 from .imagenet_cifar import MobileNetV1, ResNet18Cifar, VGG16Cifar, resnet50
 from .lenet import LeNet5
 from .pretrained import load_pretrained, pretrained_status
@@ -26,6 +27,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg16": VGG16Cifar,
     "mobilenet_v1": MobileNetV1,
     "resnet50": resnet50,
+    "gpt": GPT,
 }
 
 
@@ -50,6 +52,8 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.
             raise ValueError(f"model cnn1d needs sequence inputs (L,) or (C, L), got samples of shape {input_shape}")
         channels = 1 if len(input_shape) == 1 else input_shape[0]
         return CNN1d(input_shape[-1], num_classes, tuple(cfg.widths), channels, cfg.batchnorm)
+    if name == "gpt":  # (T,) token ids, num_classes = vocabulary size
+        return GPT(num_classes, cfg.block_size, cfg.n_layer, cfg.n_head, cfg.d_model, cfg.d_mlp, cfg.tie_weights)
     if name == "cnn2d" and len(input_shape) == 1 and math.isqrt(input_shape[0]) ** 2 == input_shape[0]:
         return CNN2d(math.isqrt(input_shape[0]), num_classes, tuple(cfg.widths), 1, cfg.batchnorm)  # flat digits
     if len(input_shape) != 3:
@@ -64,5 +68,5 @@ def build_model(cfg: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.
     return create_model(name, num_classes=num_classes, in_channels=input_shape[0])
 
 
-__all__ = ["MLP", "MODELS", "CNN1d", "LeNet5", "build_model", "create_model", "load_pretrained", "pretrained_status",
-           "resnet20", "resnet32", "resnet56"]
+__all__ = ["GPT", "MLP", "MODELS", "CNN1d", "LeNet5", "build_model", "create_model", "load_pretrained",
+           "pretrained_status", "resnet20", "resnet32", "resnet56"]
