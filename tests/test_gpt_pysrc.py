@@ -112,6 +112,15 @@ def test_gpt_config_keys_are_checked():
         config_from_dict(TINY_GPT, ["data.max_chars=0"])
 
 
+def test_pysrc_and_gpt_go_together():
+    from causalprune import resolve
+
+    resolve.check(config_from_dict(TINY_GPT))
+    for override in ("model.name=mlp", "data.name=digits"):
+        with pytest.raises(ConfigError, match="data set pysrc \\(token ids\\) and model gpt go together"):
+            resolve.check(config_from_dict(TINY_GPT, [override]))
+
+
 def test_loss_and_accuracy_are_per_token():
     logits = torch.randn(2, 3, 5)
     target = torch.tensor([[0, 1, 2], [3, 4, 0]])

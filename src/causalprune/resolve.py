@@ -27,6 +27,9 @@ def check(cfg: Config) -> Config:
     if d.on_device and d.name in RESIZABLE:
         raise ConfigError(f"data.on_device needs an in-memory data set; {d.name} is streamed from files")
     check_choice(m.name, tuple(sorted(MODELS)), "model.name")
+    if (d.name == "pysrc") != (m.name == "gpt"):  # token ids in, (B, T, vocabulary) logits out
+        raise ConfigError(f"data.name {d.name} with model.name {m.name}: data set pysrc (token ids) and model gpt go "
+                          "together; use data.name: pysrc with model.name: gpt")  # fmt: skip
     if m.pretrained == "torchvision" and m.name != "resnet50":
         raise ConfigError(f"model.pretrained: torchvision weights exist for resnet50 only, not {m.name}; "
                           "give the path of a state-dict file instead")  # fmt: skip
