@@ -23,6 +23,8 @@ BUILD = {
     "mobilenet_v1": ({}, (1, 3, 64, 64)),
     "resnet50": ({}, (1, 3, 64, 64)),  # ≈ 17 s on one CPU core: groups of 11 456 channels
 }
+# Registered models whose channel groups are not traced yet, and why (a channel run of them is refused in one line).
+NOT_TRACED = {"gpt": "token inputs; its heads and MLP neurons as groups are the transformers issue's next part"}
 
 
 def random_keep(cg, fraction=0.3, seed=0):
@@ -39,10 +41,10 @@ def n_params(model):
 
 
 def test_every_registered_model_is_covered():
-    assert set(BUILD) == set(MODELS)
+    assert set(BUILD) | set(NOT_TRACED) == set(MODELS) and not set(BUILD) & set(NOT_TRACED)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("name", list(BUILD))
 def test_remove_random_groups_keeps_a_working_network(name):
     kwargs, shape = BUILD[name]
     torch.manual_seed(0)
