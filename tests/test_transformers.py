@@ -344,3 +344,11 @@ def test_a_rewind_restarts_the_trainers_lr_schedule(tmp_path):
     at_pre = 1e-3 * (1 - 8 / 32)
     assert cb.pruner.lr_scheduler is trainer.lr_scheduler and cb.pruner._capacity == 8  # 8 batches per epoch
     assert watch.lr == pytest.approx([1e-3, at_pre, at_pre, at_pre])
+
+
+def test_a_callback_called_outside_a_trainers_handler_warns_that_reporters_will_not_see_rounds():
+    from types import SimpleNamespace
+
+    cb = CausalPruningCallback(sparsity=0.5, n_iter=2, start_epoch=1)
+    with pytest.warns(UserWarning, match="reporters .* will not see them"):
+        cb.on_train_begin(SimpleNamespace(), SimpleNamespace(global_step=0), SimpleNamespace())

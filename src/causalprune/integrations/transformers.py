@@ -257,6 +257,10 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
             self._stop()
         self._training = (args, state)
         self._handler = _calling_handler(self)
+        if self._handler is None:
+            warnings.warn("CausalPruningCallback: the Trainer's CallbackHandler was not found among its callers, so "
+                          "rounds go to state.log_history only and reporters (TensorBoard, MLflow, ...) will not "
+                          "see them through on_log", stacklevel=2)  # fmt: skip
         if state.global_step == 0:
             return
         folder = checkpoint_dir(args, state)
