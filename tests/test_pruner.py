@@ -325,3 +325,45 @@ def test_a_round_that_ends_with_every_recorded_step_lost_is_refused_in_one_line(
         pruner.end_epoch()
     with pytest.raises(ValueError, match="the pruner state is not a complete CausalPruner state: no mask"):
         pruner.load_state_dict({k: v for k, v in state.items() if k != "mask"})
+
+
+@pytest.mark.parametrize("method", ["magnitude", "causal"])
+def test_pattern_keeps_n_of_every_m_inputs_after_every_round_and_step(method):
+    model, opt = _setup()
+    pruner = CausalPruner(model, opt, nn.CrossEntropyLoss(), method=method, pattern="2:4", n_iter=2,
+                          schedule="linear")  # fmt: skip
+    assert pruner.prune.sparsity == 0.5  # the pattern is the budget: (M - N) / M
+    params = dict(model.named_parameters())
+    kept_per_round = []
+    while not pruner.done:
+        for x, y in _data():
+            pruner.step(x, y)
+            for name, m in pruner.mask.items():  # after every optimizer step: pruned entries stay zero
+                assert (params[name][~m] == 0).all()
+        if pruner.end_epoch() is not None:
+            counts = {name: m.reshape(m.shape[0], -1, 4).sum(-1) for name, m in pruner.mask.items()}
+            kept_per_round.append({int(c) for v in counts.values() for c in v.unique()})
+            for name, m in pruner.mask.items():  # the weights themselves hold the pattern, not only the mask
+                nonzero = (params[name] != 0).reshape(m.shape[0], -1, 4).sum(-1)
+                assert int(nonzero.max()) <= (2 if pruner.done else 3)
+    assert kept_per_round == [{3}, {2}]  # round k prunes round(s_k * M) of every block: s = 0.25, 0.5
+
+
+def test_pattern_is_checked_when_the_pruner_is_built():
+    model, opt = _setup()
+    with pytest.raises(ValueError, match=r"prune.pattern must be \"N:M\" with integers 0 < N < M.*got '4:2'"):
+        CausalPruner(model, opt, nn.CrossEntropyLoss(), pattern="4:2")
+    with pytest.raises(ValueError, match="needs prune.granularity: weight, got channel"):
+        CausalPruner(model, opt, nn.CrossEntropyLoss(), method="magnitude", pattern="2:4", granularity="channel")
+    with pytest.raises(ValueError, match=r"conflicts with prune.pattern '2:4'"):
+        CausalPruner(model, opt, nn.CrossEntropyLoss(), pattern="2:4", sparsity=0.7)
+    with pytest.raises(ValueError, match=r"needs dim 1 of '0.weight' \(shape \(3, 6\)\) to be a multiple of 4, got 6"):
+        CausalPruner(nn.Sequential(nn.Linear(6, 3)), opt, nn.CrossEntropyLoss(), pattern="2:4")
+
+
+def test_the_callbacks_forward_pattern_and_refuse_a_bad_one_when_built():
+    from causalprune.pruner import check_options
+
+    check_options({"pattern": "2:4"}, "CausalPruning")  # a CausalPruner option the integrations pass through
+    with pytest.raises(ValueError, match=r"got '2-4'"):
+        check_options({"pattern": "2-4"}, "CausalPruning")

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from . import criteria
-from .config import PruneConfig
+from .config import PruneConfig, parse_pattern
 from .masks import Mask, MaskHandle, parameter_aliases, prunable_parameters
 from .modelio import ModelIO
 from .plan import Plan, WeightPlan, build_plan, rewind, run_round
@@ -119,6 +119,10 @@ class CausalPruner:
         steps_per_epoch: optimizer steps per epoch, when known: the first round's
             trajectory is then allocated up front (later rounds use the length of the
             first), so scoring reads it without a copy.
+        pattern: ``"N:M"`` (e.g. ``"2:4"``): in every pruned weight each block of M
+            consecutive inputs of a row keeps at most N after every round, exactly N after
+            the last (`plan.WeightPlan`, docs/method.md "N:M sparsity"); sets `sparsity` to
+            (M - N) / M (leave it at its default or give that value); weight granularity only.
 
     Attributes:
         mask: the current `Mask` (all alive before the first round ends).
@@ -159,6 +163,7 @@ class CausalPruner:
         plan: Plan | None = None,
         lr_scheduler: Any = None,
         steps_per_epoch: int | None = None,
+        pattern: str | None = None,
     ) -> None:
         self.criterion = criteria.get(method)
         if not self.criterion.prunes:
@@ -169,7 +174,10 @@ class CausalPruner:
                                  schedule=schedule, scope=scope, n_iter=n_iter, n_prune=epochs_per_round,
                                  rewind=rewind, reset_bn=reset_bn, granularity=granularity, speedup=speedup,
                                  max_layer_ratio=max_layer_ratio, round_to=round_to,
-                                 score_batches=score_batches)  # fmt: skip
+                                 score_batches=score_batches, pattern=pattern)  # fmt: skip
+        if pattern is not None and plan is not None:
+            raise ValueError(f"pattern {pattern!r} applies to the weight plan that granularity 'weight' builds; "
+                             "a given plan selects its own units (leave pattern=None)")  # fmt: skip
         self.settings = _settings_of(self.criterion, settings)
         self.recording = Recording.of(self.settings)
         if self.criterion.records:
@@ -482,7 +490,7 @@ def check_options(options: Mapping[str, Any], who: str, taken: Collection[str] =
 
     The integrations pass their ``**pruner_options`` through; a name they already give
     (``forward``, the model, the loss) would otherwise surface as Python's "got multiple
-    values for keyword argument".
+    values for keyword argument". A ``pattern`` is parsed here too (`config.parse_pattern`).
     """
     params = inspect.signature(CausalPruner.__init__).parameters
     valid = sorted(n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in taken)
@@ -492,6 +500,8 @@ def check_options(options: Mapping[str, Any], who: str, taken: Collection[str] =
     unknown = [n for n in options if n not in valid]
     if unknown:
         raise ValueError(f"unknown option(s) {', '.join(unknown)} for {who}; valid: {', '.join(valid)}")
+    if options.get("pattern") is not None:  # a bad "N:M" fails when the callback is built, not at fit start
+        parse_pattern(options["pattern"])
 
 
 def _subset(model: nn.Module, params: Sequence[str]) -> Mask:
