@@ -25,14 +25,17 @@ in ``out`` is refused, naming the expected one):
 Every format also writes a JSON sidecar ``<file>.json``: the format, ``files`` (every file
 the export wrote besides the sidecar, ``{"name", "bytes"}``, names relative to the sidecar's
 folder), ``bytes`` (their total on disk; for ``sparse`` also the dense file's,
-``dense_bytes``), one sample's input shape, the number of outputs, the exported network's
+``dense_bytes``), one sample's input shape and dtype (``input_dtype``), the number of outputs, the exported network's
 ``model`` config (for a channel run ``widths`` are the slim widths and ``dense_widths`` the
 config's), ``layer_widths`` (output channels of every prunable layer), the run's method,
 sparsity, seed and the summary's ``efficiency`` entry (as the run recorded it).
 
 The model is rebuilt from the run folder by `load_run` (``config.yaml`` + ``model.pt``;
 for a channel run the dense model is first slimmed to the groups ``mask.pt`` keeps) and the
-example input from `causalprune.data.shape_of`; no data is loaded.
+example input from the run's `ModelIO` (`run_io`): float32 samples of the data set's shape
+(`causalprune.data.shape_of`), or for a token data set (`TOKEN_DATA`: ``pysrc``) int64 token
+ids, one window of ``model.block_size``, drawn in ``[0, vocabulary)`` from a fixed seed. The
+sidecar's ``input_dtype`` says which; no data is loaded.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ DEFAULT_NAME = {"pt2": "model.pt2", "onnx": "model.onnx", "state_dict": "state_d
 EXAMPLE_BATCH = 2  # a batch of 1 would be specialised by torch.export
 ONNX_MODULES = ("onnx", "onnxscript")  # torch.onnx.export's dynamo exporter needs both; onnxruntime checks the file
 ONNX_EXTERNAL_BYTES = 1 << 30  # bytes of weights from which an ONNX export keeps them in <file>.data (limit 2 GiB)
+#: Data sets whose samples are int64 token ids, one window of ``model.block_size`` (the model embeds them).
+TOKEN_DATA = ("pysrc",)
 
 
 class LoadedRun(NamedTuple):
@@ -91,6 +96,21 @@ def layer_widths(model: torch.nn.Module) -> dict[str, int]:
     return {name: int(p.shape[0]) for name, p in prunable_parameters(model).items()}
 
 
+def run_io(cfg: Any) -> ModelIO:
+    """Build the inputs of a run's model from its config, without loading data.
+
+    Float32 samples of the data set's shape (`causalprune.data.shape_of`) for every data set
+    but the token data sets (`TOKEN_DATA`), whose samples are int64 token ids of one window of
+    ``model.block_size``; their example holds ``EXAMPLE_BATCH + 1`` windows of ids drawn in
+    ``[0, vocabulary)`` from a fixed seed, so every batch an export uses sees distinct rows.
+    """
+    shape, outputs = shape_of(cfg.data.name, cfg.data.image_size)
+    if cfg.data.name not in TOKEN_DATA:
+        return ModelIO.from_shape(tuple(shape))
+    g = torch.Generator().manual_seed(0)
+    return ModelIO(torch.randint(0, outputs, (EXAMPLE_BATCH + 1, int(cfg.model.block_size)), generator=g))
+
+
 def _load(run_dir: str | Path) -> _Finished:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -99,7 +119,8 @@ def _load(run_dir: str | Path) -> _Finished:
         if not (run_dir / f).exists():
             raise FileNotFoundError(f"{run_dir} is not a finished run folder (no {f})")
     cfg = resolve.load(run_dir / "config.yaml")
-    input_shape, outputs = shape_of(cfg.data.name, cfg.data.image_size)
+    _, outputs = shape_of(cfg.data.name, cfg.data.image_size)
+    input_shape = run_io(cfg).input_shape or ()
     model = build_model(cfg.model, input_shape, outputs)
     dense_widths = layer_widths(model)
     folder = RunFolder(run_dir)
@@ -268,7 +289,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     run = _load(run_dir)
     model, input_shape, summary, cfg = run.model, run.input_shape, run.summary, run.cfg
     channel = slims(cfg.prune.granularity)
-    mio = ModelIO.from_shape(input_shape)
+    mio = run_io(cfg)
     example = _example(mio)
     note = ""
     check = ""
@@ -305,6 +326,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
         "bytes": total,
         **sizes,
         "input_shape": list(input_shape),
+        "input_dtype": str(mio.example.dtype).removeprefix("torch."),
         "outputs": outputs,
         "dynamic_batch": dynamic,
         "example_batch": EXAMPLE_BATCH,
@@ -347,5 +369,5 @@ def _slim_widths(model_cfg: dict[str, Any], dense: dict[str, int], slim: dict[st
     return {"widths": list(slim.values())[:-1], "dense_widths": widths}
 
 
-__all__ = ["DEFAULT_NAME", "FORMATS", "SUFFIXES", "LoadedRun", "export_run", "layer_widths", "load_finished_model",
-           "load_run"]  # fmt: skip
+__all__ = ["DEFAULT_NAME", "FORMATS", "SUFFIXES", "TOKEN_DATA", "LoadedRun", "export_run", "layer_widths",
+           "load_finished_model", "load_run", "run_io"]  # fmt: skip
