@@ -104,3 +104,45 @@ def test_causal_pruner_prunes_every_row_alike():
     # round(0.5·6) = 3 and round(0.5·5) = 2 (half to even) pruned in every row
     assert (~pruner.mask["0.weight"]).sum(1).tolist() == [3] * 5
     assert (~pruner.mask["2.weight"]).sum(1).tolist() == [2] * 3
+
+
+@pytest.mark.parametrize(("sets", "method", "read"), [
+    ([], "wanda", 10),  # unset: prune.score_batches, as before
+    (["prune.calibration_batches=3"], "wanda", 3),
+    (["prune.calibration_batches=3"], "sparsegpt", 3),
+    (["prune.calibration_batches=3", "prune.score_batches=4"], "snip", 4),  # other methods: score_batches
+])  # fmt: skip
+def test_calibration_batches_is_what_the_calibrating_criteria_read(sets, method, read, tiny_config, tmp_path,
+                                                                   monkeypatch):  # fmt: skip
+    original = criteria.METHODS[method]
+    score = original.scorer("weight")
+    seen = []
+
+    def counting(inp):
+        seen.append(len(inp.data))
+        return score(inp)
+
+    monkeypatch.setitem(criteria.METHODS, method, original.with_scorer("weight", counting))
+    run_experiment(tiny_config(f"prune.method={method}", *sets), tmp_path / "r", quiet=True)
+    assert seen == [read, read]  # both rounds
+
+
+def test_calibration_batches_is_checked_and_round_trips(tmp_path):
+    from causalprune.config import ConfigError, config_from_dict, dump_config, load_config
+
+    from .conftest import TINY
+
+    for bad in ("0", "-2"):
+        with pytest.raises(ConfigError, match=rf"^prune.calibration_batches must be an integer >= 1 or null "
+                                              rf"\(prune.score_batches\), got {bad}$"):  # fmt: skip
+            config_from_dict(TINY, [f"prune.calibration_batches={bad}"])
+    with pytest.raises(ConfigError, match=r"^prune.calibration_batches must be an integer"):
+        config_from_dict(TINY, ["prune.calibration_batches=abc"])
+    assert PruneConfig().calibration_batches is None
+    for sets in ([], ["prune.calibration_batches=4"]):
+        cfg = config_from_dict(TINY, sets)
+        path = tmp_path / "c.yaml"
+        path.write_text(dump_config(cfg))
+        again = load_config(path)
+        assert again == cfg and again.digest() == cfg.digest()
+    assert config_from_dict(TINY, []).digest() == config_from_dict(TINY, ["prune.calibration_batches=null"]).digest()

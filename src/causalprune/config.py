@@ -191,6 +191,8 @@ class PruneConfig:
     n_prune: int = 2  # epochs per round (recorded for causal methods)
     n_post: int = 20  # epochs of training with the final mask
     score_batches: int = 10  # training batches that data-driven criteria (snip, grasp, ...) score on
+    # training batches the calibrating criteria (wanda, sparsegpt) read; null: prune.score_batches
+    calibration_batches: int | None = None
     rewind: bool = True  # reset alive weights to θ_pre after each round and before post-training
     reset_bn: bool = False  # also reset BatchNorm running statistics when rewinding
     # Structured pruning (docs/structured.md): what one pruned unit is, and the channel budget.
@@ -250,6 +252,10 @@ class PruneConfig:
         check_positive(self.n_pre, "prune.n_pre", allow_zero=True)
         check_positive(self.n_prune, "prune.n_prune", allow_zero=True)  # 0: score at θ_pre (SNIP-style)
         check_positive(self.score_batches, "prune.score_batches")
+        if self.calibration_batches is not None and (isinstance(self.calibration_batches, bool)
+                                                     or self.calibration_batches < 1):  # fmt: skip
+            raise ConfigError(f"prune.calibration_batches must be an integer >= 1 or null (prune.score_batches), "
+                              f"got {self.calibration_batches}")  # fmt: skip
         check_positive(self.n_post, "prune.n_post", allow_zero=True)
 
 

@@ -206,11 +206,18 @@ class Run:
         return AUGMENTATIONS[self.data.augment] if self.data.augment else None
 
     def score_batches(self, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Return `prune.score_batches` shuffled training batches for data-driven criteria."""
+        """Return `prune.score_batches` shuffled training batches for data-driven criteria.
+
+        A calibrating criterion (`criteria.Criterion.calibrates`: wanda, sparsegpt) reads
+        ``prune.calibration_batches`` of them instead when that key is set.
+        """
         x, y = self.data.train
         perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
         bs = self.cfg.train.batch_size
-        return [(materialize(x[i]), y[i]) for i in perm.split(bs)[: self.cfg.prune.score_batches]]
+        n = self.cfg.prune.score_batches
+        if self.criterion.calibrates and self.cfg.prune.calibration_batches is not None:
+            n = self.cfg.prune.calibration_batches
+        return [(materialize(x[i]), y[i]) for i in perm.split(bs)[:n]]
 
     def new_model(self) -> nn.Module:
         """Build the config's model (seeded), load pretrained weights, move it to the device."""

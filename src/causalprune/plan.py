@@ -192,7 +192,7 @@ class WeightPlan:
         return lines
 
     @staticmethod
-    def restore(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> nn.Module:
+    def restore(model: nn.Module, mask: Mask, input_shape: tuple[int, ...] | ModelIO) -> nn.Module:
         """Return a freshly built `model` shaped as a finished run's model.pt holds it: unchanged for weights."""
         return model
 
@@ -210,7 +210,7 @@ class _ChannelKind:
         return ChannelPlan.build(model, prune, input_shape)
 
     @staticmethod
-    def restore(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> nn.Module:
+    def restore(model: nn.Module, mask: Mask, input_shape: tuple[int, ...] | ModelIO) -> nn.Module:
         return slim_to_mask(model, mask, input_shape)
 
 
@@ -233,7 +233,8 @@ def slims(granularity: str) -> bool:
     return bool(PLANS[granularity].slims)
 
 
-def restore_model(granularity: str, model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> nn.Module:
+def restore_model(granularity: str, model: nn.Module, mask: Mask,
+                  input_shape: tuple[int, ...] | ModelIO) -> nn.Module:
     """Return a freshly built dense `model` shaped as a finished run of `granularity` saved it (slim for channels)."""
     if granularity not in PLANS:
         raise ValueError(f"unknown granularity {granularity!r}; valid: {', '.join(PLANS)}")
@@ -300,9 +301,11 @@ def run_round(
     """
     score_seed = stage_seed(seed, f"level_{k}/score")
     batches = (data(score_seed) if criterion.needs_data else []) if callable(data) else list(data)
+    # the pool the plan will select within (weight plans: the pattern's blocks, else the criterion's own)
+    pool = (getattr(plan, "pattern_pool", None) or criterion.pool) if plan.kind == "weight" else None
     inp = ScoreInput.build(model, mask, inputs=inputs, input_shape=input_shape, settings=settings, seed=score_seed,
                            trajectory=trajectory, data=batches, loss_fn=loss_fn, target_sparsity=target,
-                           groups=plan.units, io=io)  # fmt: skip
+                           groups=plan.units, io=io, pool=pool)  # fmt: skip
     scored = score_round(criterion, plan, inp)
     scores, tie = scored.oriented(criterion.higher_is_important)
     own_pool = {"pool": criterion.pool} if criterion.pool is not None else {}  # e.g. Wanda's rows (weight plans)

@@ -16,6 +16,8 @@ contains a method name:
 * ``pool``: which of its weights compete at weight level (a `selection.Pool`, e.g. Wanda's
   per-output-row `selection.ROWS`); None: the pool ``prune.scope`` names.
 * ``prunes``: False for ``dense``, the no-pruning baseline trained for the same epochs.
+* ``calibrates``: its batches are calibration batches (Wanda, SparseGPT): the driver reads
+  ``prune.calibration_batches`` of them when that key is set (else ``prune.score_batches``).
 
 A method scores units of one or more kinds: its ``scorers`` are keyed by the unit kind of
 a plan (`causalprune.plan.Plan.kind`): ``weight`` (single weights, `register`), ``channel``
@@ -69,6 +71,9 @@ class ScoreInput:
     input_dtype: torch.dtype | None = None  # the inputs' dtype (token ids: an integer type); None: float
     groups: Any = None  # channel granularity: the model's `groups.ChannelGroups` (None: weight level)
     io: ModelIO | None = None  # how the model is called (forward, loss, example inputs); None: model(x), loss_fn
+    # weight level: the pool the plan selects within (prune.pattern's blocks, else the method's own pool); None:
+    # prune.scope's (SparseGPT chooses its mask while it scores, unit by unit)
+    pool: Pool | None = None
 
     def __post_init__(self) -> None:
         # Criteria key their scores by the model's canonical names (a mask keyed by an alias
@@ -132,6 +137,7 @@ class Criterion:
     reference: bool = False  # tables report every method's paired difference to this one
     prunes: bool = True
     pool: Pool | None = None  # weight level: its own selection pool (e.g. per output row); None: prune.scope
+    calibrates: bool = False  # its batches are calibration batches (prune.calibration_batches when set)
 
     @property
     def fn(self) -> ScoreFn | None:
@@ -201,11 +207,12 @@ METHODS: dict[str, Criterion] = {}
 
 def register(name: str, *, description: str, needs: Iterable[str] = (), higher_is_important: bool = True,
              settings: type | None = None, reads: Iterable[str] | None = None, placebo_for: str | None = None,
-             reference: bool = False, pool: Pool | None = None) -> Callable[[ScoreFn], ScoreFn]:  # fmt: skip
+             reference: bool = False, pool: Pool | None = None,
+             calibrates: bool = False) -> Callable[[ScoreFn], ScoreFn]:  # fmt: skip
     """Decorator: register `fn(ScoreInput) -> Scored` as pruning method `name`.
 
     `reads` defaults to every field of `settings`; `pool` is the selection pool of its
-    single weights (None: ``prune.scope``'s).
+    single weights (None: ``prune.scope``'s); `calibrates`: it reads ``prune.calibration_batches`` batches.
     """
     needs = frozenset(needs)
     if needs - set(NEEDS):
@@ -217,7 +224,7 @@ def register(name: str, *, description: str, needs: Iterable[str] = (), higher_i
 
     def wrap(fn: ScoreFn) -> ScoreFn:
         _add(Criterion(name, description, {"weight": fn}, needs, higher_is_important, settings, frozenset(reads),
-                       placebo_for, reference, pool=pool))  # fmt: skip
+                       placebo_for, reference, pool=pool, calibrates=calibrates))  # fmt: skip
         return fn
 
     return wrap
@@ -333,7 +340,7 @@ def score(
 
 _add(Criterion("dense", "no pruning, same total epochs", prunes=False))
 
-from . import causal, magnitude, saliency, synflow, wanda  # noqa: E402,F401,I001  (registration side effects)
+from . import causal, magnitude, saliency, sparsegpt, synflow, wanda  # noqa: E402,F401,I001  (registration side effects)
 from . import channel  # noqa: E402,F401  (channel-level scores of the methods above: registered after them)
 
 __all__ = ["METHODS", "NEEDS", "Criterion", "ScoreInput", "Scored", "get", "names", "placebo_of", "references",

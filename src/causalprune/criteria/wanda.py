@@ -122,7 +122,7 @@ def input_norms(inp: ScoreInput) -> dict[str, torch.Tensor]:
     return out
 
 
-@register("wanda", needs=["batches"], pool=ROWS,
+@register("wanda", needs=["batches"], pool=ROWS, calibrates=True,
           description="|W_ij| · ‖X_j‖₂ per output row (Wanda, Sun et al. 2024)")  # fmt: skip
 def wanda(inp: ScoreInput) -> Scored:
     """Score each weight by |W_ij| · ‖X_j‖₂, the norm of its input feature over the calibration batches."""
