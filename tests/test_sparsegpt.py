@@ -169,3 +169,20 @@ def test_end_to_end_two_four_run_holds_the_pattern(tmp_path):
 def test_list_shows_it(capsys):
     assert main(["list"]) == 0
     assert "sparsegpt" in capsys.readouterr().out
+
+
+def test_causal_pruner_prunes_every_row_alike_and_keeps_the_reconstruction():
+    from causalprune import CausalPruner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
+    batches = [(torch.randn(8, 8), torch.randint(0, 3, (8,))) for _ in range(3)]
+    pruner = CausalPruner(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), sparsity=0.5,
+                          n_iter=2, method="sparsegpt", score_batches=2)  # fmt: skip
+    while not pruner.done:
+        for x, y in batches:
+            pruner.step(x, y)
+        pruner.end_epoch()
+    assert (~pruner.mask["0.weight"]).sum(1).tolist() == [4] * 5  # round(0.5·8) per row
+    assert (~pruner.mask["2.weight"]).sum(1).tolist() == [2] * 3  # round(0.5·5) = 2 (half to even)
+    assert (model[0].weight[~pruner.mask["0.weight"]] == 0).all()

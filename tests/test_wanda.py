@@ -146,3 +146,18 @@ def test_calibration_batches_is_checked_and_round_trips(tmp_path):
         again = load_config(path)
         assert again == cfg and again.digest() == cfg.digest()
     assert config_from_dict(TINY, []).digest() == config_from_dict(TINY, ["prune.calibration_batches=null"]).digest()
+
+
+def test_a_bad_calibration_batches_exits_2_in_one_line_writing_nothing(tmp_path, capsys):
+    from causalprune.cli import main
+    from causalprune.config import config_from_dict, dump_config
+
+    from .conftest import TINY
+
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(config_from_dict(TINY, ["prune.method=wanda"])))
+    out = tmp_path / "r"
+    assert main(["run", str(path), "--out", str(out), "--set", "prune.calibration_batches=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prune.calibration_batches must be an integer >= 1 or null" in err[0], err
+    assert not out.exists()
