@@ -186,3 +186,10 @@ def test_causal_pruner_prunes_every_row_alike_and_keeps_the_reconstruction():
     assert (~pruner.mask["0.weight"]).sum(1).tolist() == [4] * 5  # round(0.5·8) per row
     assert (~pruner.mask["2.weight"]).sum(1).tolist() == [2] * 3  # round(0.5·5) = 2 (half to even)
     assert (model[0].weight[~pruner.mask["0.weight"]] == 0).all()
+
+
+def test_grids_vary_only_the_calibrating_methods_along_calibration_batches():
+    varied = sorted(n for n in criteria.names() if criteria.get(n).reads_key("prune.calibration_batches"))
+    assert varied == ["sparsegpt", "wanda"]
+    assert criteria.get("sparsegpt").reads_key("sparsegpt.percdamp")
+    assert not criteria.get("wanda").reads_key("sparsegpt.percdamp")

@@ -190,11 +190,13 @@ class Criterion:
         in ``SHARED``, e.g. ``causal.probe_size`` carves the probe set out of the training
         data). ``prune.sparsity`` does not vary a method that does not prune. Every other
         key (data, model, train, prune, seed) varies every method; ``prune.speedup`` is a budget like
-        ``prune.sparsity``.
+        ``prune.sparsity``; ``prune.calibration_batches`` varies the calibrating methods only.
         """
         section, _, name = key.partition(".")
         if key in ("prune.sparsity", "prune.speedup"):
             return self.prunes
+        if key == "prune.calibration_batches":  # read by the calibrating methods only
+            return self.calibrates
         if section in SECTIONS:
             if name in getattr(SECTIONS[section], "SHARED", ()):
                 return True
