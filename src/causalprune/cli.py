@@ -251,7 +251,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_run
 
-    r = export_run(args.run_dir, args.format, args.out)
+    r = export_run(args.run_dir, args.format, args.out, semi_structured=args.semi_structured)
     files = ", ".join(f"{p} ({f['bytes']} bytes)" for p, f in zip(r["paths"], r["files"], strict=True))
     print(f"wrote {files} and the sidecar {r['file']}.json (input shape {tuple(r['input_shape'])})")
     if "static_batch_reason" in r:
@@ -260,6 +260,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         print(f"onnx: {r['check']}")
     if "note" in r:
         print(f"note: {r['note']}")
+    if "semi_structured" in r:
+        dense = "; ".join(f"{k}: {v}" for k, v in r["kept_dense"].items()) or "none"
+        print(f"semi-structured 2:4 ({r['dtype']}): {', '.join(r['semi_structured']) or 'none'}; kept dense: {dense}")
     return 0
 
 
@@ -359,6 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "default RUN_DIR/model.pt2, model.onnx, state_dict.pt, model.safetensors or sparse_csr.pt); "
                         "a sidecar FILE.json lists every file written with its size, the input shape and the run's "
                         "efficiency")  # fmt: skip
+    p.add_argument("--semi-structured", action="store_true",
+                   help="format state_dict of a prune.pattern \"2:4\" run: its pruned Linear weights as "
+                        "torch.sparse.to_sparse_semi_structured tensors in float16 (2:4 only; needs a CUDA device "
+                        "of compute capability 8.0+, else refused in one line)")  # fmt: skip
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("list", help="list models, data sets, methods, solvers, loss changes, schedules")

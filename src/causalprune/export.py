@@ -22,6 +22,20 @@ in ``out`` is refused, naming the expected one):
   smaller than ``state_dict`` above about 50 % sparsity. A slim channel network has no zeros
   to compress, so its sparse file is larger than the dense one: the sidecar's ``note`` says so.
 
+``semi_structured=True`` (``--semi-structured``, format ``state_dict`` only) converts the
+weights of a ``prune.pattern: "2:4"`` run for NVIDIA's sparse tensor cores: the model is cast
+to float16 on the CUDA device, and every pruned ``nn.Linear`` weight becomes a
+`torch.sparse.to_sparse_semi_structured` tensor (saved with `torch.save`; reading it needs
+``weights_only=False`` and a CUDA device). That API takes 2:4 only (float16 / bfloat16; int8),
+on CUDA compute capability 8.0+ (`SEMI_STRUCTURED_PATTERN`, `semi_structured_support`). Before
+any conversion every pruned Linear weight is checked to hold at most 2 nonzeros in every block
+of 4 consecutive inputs of a row (`check_semi_structured`: a weight that does not is refused,
+naming its row and block); a weight whose shape the kernels do not take (float16: rows a
+multiple of 32, columns of 64: `SEMI_STRUCTURED_MIN`) or that is tied to a non-Linear tensor
+stays dense, and the sidecar's ``kept_dense`` says why. A run with another pattern, another
+format, or no CUDA device of compute capability 8.0+ is refused in one line naming what is
+missing, before anything is written.
+
 Every format also writes a JSON sidecar ``<file>.json``: the format, ``files`` (every file
 the export wrote besides the sidecar, ``{"name", "bytes"}``, names relative to the sidecar's
 folder), ``bytes`` (their total on disk; for ``sparse`` also the dense file's,
@@ -41,6 +55,7 @@ sidecar's ``input_dtype`` says which; no data is loaded.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import importlib.util
 import io
@@ -68,6 +83,9 @@ DEFAULT_NAME = {"pt2": "model.pt2", "onnx": "model.onnx", "state_dict": "state_d
 EXAMPLE_BATCH = 2  # a batch of 1 would be specialised by torch.export
 ONNX_MODULES = ("onnx", "onnxscript")  # torch.onnx.export's dynamo exporter needs both; onnxruntime checks the file
 ONNX_EXTERNAL_BYTES = 1 << 30  # bytes of weights from which an ONNX export keeps them in <file>.data (limit 2 GiB)
+SEMI_STRUCTURED_PATTERN = "2:4"  # the one pattern torch.sparse.to_sparse_semi_structured takes (float16/bfloat16)
+SEMI_STRUCTURED_DTYPE = torch.float16  # the converted model's dtype
+SEMI_STRUCTURED_MIN = (32, 64)  # float16 weight (rows, columns): each a multiple of these (PyTorch's CUTLASS kernels)
 #: Data sets whose samples are int64 token ids, one window of ``model.block_size`` (the model embeds them).
 TOKEN_DATA = ("pysrc",)
 
@@ -260,6 +278,84 @@ def _export_onnx(model: torch.nn.Module, mio: ModelIO, example: Any,
     return dynamic, files, f"checked with onnxruntime (batch {batch}): max abs difference {diff:.3g}", why
 
 
+def semi_structured_support() -> str:
+    """Return what this machine lacks for semi-structured (2:4) tensors, or "" when it has a CUDA device of sm80+."""
+    if not torch.cuda.is_available():
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    major, minor = torch.cuda.get_device_capability()
+    if major < 8:
+        return (f"CUDA device {torch.cuda.get_device_name()} has compute capability {major}.{minor}, below 8.0 "
+                "(Ampere)")  # fmt: skip
+    return ""
+
+
+def check_semi_structured(model: torch.nn.Module, mask: Mask) -> tuple[list[str], dict[str, str]]:
+    """Check that every pruned Linear weight holds 2:4; return (weights to convert, {kept dense: why}).
+
+    A weight is pruned when `mask` masks any of its entries. Each block of 4 consecutive
+    inputs of each row must hold at most 2 nonzeros (checked on the weights themselves); a
+    weight that does not raises a ValueError naming it, its first such row and block. Of the
+    weights that hold it, those the kernels cannot take (shape not a multiple of
+    `SEMI_STRUCTURED_MIN`, or tied to a tensor that is not a Linear weight) are kept dense.
+    """
+    n, m = (int(v) for v in SEMI_STRUCTURED_PATTERN.split(":"))
+    prunable = prunable_parameters(model)
+    names = {id(p): name for name, p in prunable.items()}
+    linear = {id(mod.weight) for mod in model.modules() if isinstance(mod, torch.nn.Linear)}
+    tied = {id(p) for p in (mod.weight for mod in model.modules() if not isinstance(mod, torch.nn.Linear)
+                            and isinstance(getattr(mod, "weight", None), torch.Tensor))}  # fmt: skip
+    convert: list[str] = []
+    dense: dict[str, str] = {}
+    for pid, name in names.items():
+        if pid not in linear or name not in mask or bool(mask[name].all()):
+            continue
+        w = prunable[name].detach()
+        rows, cols = w.shape
+        if cols % m:
+            raise ValueError(f"weight {name} (shape {tuple(w.shape)}) has {cols} inputs, not a multiple of {m}: it "
+                             f"cannot hold {SEMI_STRUCTURED_PATTERN}")  # fmt: skip
+        kept = (w != 0).reshape(rows, cols // m, m).sum(-1)  # (rows, blocks): nonzeros per block of m inputs
+        if int(kept.max()) > n:
+            r, b = (int(i) for i in (kept > n).nonzero()[0])
+            raise ValueError(f"weight {name} is not {SEMI_STRUCTURED_PATTERN}: row {r}, inputs "
+                             f"{b * m}..{b * m + m - 1} hold {int(kept[r, b])} nonzeros (at most {n}); "
+                             f"--semi-structured needs every pruned Linear weight 2:4")  # fmt: skip
+        r_min, c_min = SEMI_STRUCTURED_MIN
+        if pid in tied:
+            dense[name] = "tied to a weight that is not a Linear's (an embedding)"
+        elif rows % r_min or cols % c_min:
+            dense[name] = (f"shape {tuple(w.shape)}: the kernels take rows a multiple of {r_min} and columns a "
+                           f"multiple of {c_min}")  # fmt: skip
+        else:
+            convert.append(name)
+    return convert, dense
+
+
+def _check_semi_structured_run(fmt: str, cfg: Any) -> None:
+    """Refuse --semi-structured, in one line, for a format other than state_dict or a run not pruned 2:4."""
+    if fmt != "state_dict":
+        raise ValueError(f"--semi-structured writes format state_dict (torch.save of the converted tensors), got "
+                         f"--format {fmt}")  # fmt: skip
+    if cfg.prune.pattern != SEMI_STRUCTURED_PATTERN:
+        raise ValueError(f"--semi-structured needs a run pruned with prune.pattern \"{SEMI_STRUCTURED_PATTERN}\" "
+                         f"(torch.sparse.to_sparse_semi_structured takes 2:4 only, for float16/bfloat16); this run "
+                         f"has prune.pattern {cfg.prune.pattern!r}")  # fmt: skip
+
+
+def _save_semi_structured(model: torch.nn.Module, convert: list[str], out: Path) -> None:
+    """Cast a copy of `model` to float16 on CUDA, make the `convert` weights semi-structured, `torch.save` its state."""
+    from torch.sparse import to_sparse_semi_structured
+
+    model = copy.deepcopy(model).to(device="cuda", dtype=SEMI_STRUCTURED_DTYPE)
+    params = prunable_parameters(model)
+    targets = {id(params[name]) for name in convert}
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.Linear) and id(mod.weight) in targets:
+            mod.weight = torch.nn.Parameter(to_sparse_semi_structured(mod.weight.detach()), requires_grad=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+
+
 def _out_path(run_dir: str | Path, fmt: str, out: str | Path | None) -> Path:
     """The export's file: `out`, or the format's default name in the run folder; refuse a suffix of another format."""
     path = Path(out) if out is not None else Path(run_dir) / DEFAULT_NAME[fmt]
@@ -272,12 +368,15 @@ def _out_path(run_dir: str | Path, fmt: str, out: str | Path | None) -> Path:
     return path
 
 
-def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> dict[str, Any]:
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
+               semi_structured: bool = False) -> dict[str, Any]:  # fmt: skip
     """Export a finished run's model in format `fmt` to `out` and write the sidecar ``<out>.json``.
 
     `out` defaults to the format's file in the run folder (`DEFAULT_NAME`) and must end in
     the format's suffix (`SUFFIXES`). Returns the sidecar's content plus ``"file"`` (the
     exported file's path) and ``"paths"`` (every file written besides the sidecar).
+    `semi_structured`: format ``state_dict`` of a 2:4 run with its pruned Linear weights as
+    `torch.sparse.to_sparse_semi_structured` tensors in float16 (CUDA sm80+; module docstring).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -288,6 +387,16 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     path = _out_path(run_dir, fmt, out)
     run = _load(run_dir)
     model, input_shape, summary, cfg = run.model, run.input_shape, run.summary, run.cfg
+    semi: dict[str, Any] = {}
+    if semi_structured:  # every refusal before anything is written
+        _check_semi_structured_run(fmt, cfg)
+        convert, kept_dense = check_semi_structured(model, run.mask)
+        missing = semi_structured_support()
+        if missing:
+            raise ValueError(f"--semi-structured needs a CUDA device of compute capability 8.0+ (Ampere or newer) "
+                             f"for torch.sparse.to_sparse_semi_structured: {missing}")  # fmt: skip
+        semi = {"semi_structured": convert, "kept_dense": kept_dense,
+                "dtype": str(SEMI_STRUCTURED_DTYPE).removeprefix("torch.")}  # fmt: skip
     channel = slims(cfg.prune.granularity)
     mio = run_io(cfg)
     example = _example(mio)
@@ -306,6 +415,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
             dense = path.with_name(f".{path.name}.dense")  # measured, then removed
             sizes["dense_bytes"] = save_dense(model, dense)
             dense.unlink()
+            dynamic = True
+        elif semi:
+            _save_semi_structured(model, semi["semi_structured"], path)
             dynamic = True
         else:  # state_dict / safetensors: the dense weights, zeros where pruned
             save_dense(model, path)
@@ -340,6 +452,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
         "efficiency": summary.get("efficiency"),
         "torch": torch.__version__,
         "run": str(run_dir),
+        **semi,
     }
     if channel:
         sidecar["speedup_target"] = summary.get("speedup_target")
@@ -369,5 +482,6 @@ def _slim_widths(model_cfg: dict[str, Any], dense: dict[str, int], slim: dict[st
     return {"widths": list(slim.values())[:-1], "dense_widths": widths}
 
 
-__all__ = ["DEFAULT_NAME", "FORMATS", "SUFFIXES", "TOKEN_DATA", "LoadedRun", "export_run", "layer_widths",
-           "load_finished_model", "load_run", "run_io"]  # fmt: skip
+__all__ = ["DEFAULT_NAME", "FORMATS", "SEMI_STRUCTURED_PATTERN", "SUFFIXES", "TOKEN_DATA", "LoadedRun",
+           "check_semi_structured", "export_run", "layer_widths", "load_finished_model", "load_run", "run_io",
+           "semi_structured_support"]  # fmt: skip
