@@ -367,3 +367,14 @@ def test_the_callbacks_forward_pattern_and_refuse_a_bad_one_when_built():
     check_options({"pattern": "2:4"}, "CausalPruning")  # a CausalPruner option the integrations pass through
     with pytest.raises(ValueError, match=r"got '2-4'"):
         check_options({"pattern": "2-4"}, "CausalPruning")
+
+
+def test_the_lightning_and_hf_callbacks_take_pattern_and_refuse_a_bad_one():
+    lightning = pytest.importorskip("causalprune.integrations.lightning")
+    cb = lightning.CausalPruning(method="magnitude", pattern="2:4", loss_fn=nn.CrossEntropyLoss())
+    assert cb.options["pattern"] == "2:4"  # forwarded to CausalPruner when the fit starts
+    with pytest.raises(ValueError, match=r"got '3:3'"):
+        lightning.CausalPruning(method="magnitude", pattern="3:3", loss_fn=nn.CrossEntropyLoss())
+    transformers = pytest.importorskip("causalprune.integrations.transformers")
+    with pytest.raises(ValueError, match=r"got '3:3'"):
+        transformers.CausalPruningCallback(method="magnitude", pattern="3:3")
