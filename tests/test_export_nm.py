@@ -93,3 +93,10 @@ def test_where_cuda_supports_it_the_sidecar_lists_converted_and_dense_weights(nm
     assert list(side["kept_dense"]) == ["net.3.weight"]
     printed = capsys.readouterr().out
     assert "semi-structured 2:4 (float16): net.1.weight; kept dense: net.3.weight: shape (10, 32)" in printed
+
+
+def test_every_sidecar_records_the_runs_pattern(nm_run, tmp_path, capsys):
+    assert main(["export", str(nm_run), "--format", "state_dict", "--out", str(tmp_path / "d.pt")]) == 0
+    assert "(input shape (64,) float32)" in capsys.readouterr().out
+    side = json.loads((tmp_path / "d.pt.json").read_text())
+    assert side["pattern"] == "2:4" and "semi_structured" not in side

@@ -253,7 +253,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     r = export_run(args.run_dir, args.format, args.out, semi_structured=args.semi_structured)
     files = ", ".join(f"{p} ({f['bytes']} bytes)" for p, f in zip(r["paths"], r["files"], strict=True))
-    print(f"wrote {files} and the sidecar {r['file']}.json (input shape {tuple(r['input_shape'])})")
+    print(f"wrote {files} and the sidecar {r['file']}.json (input shape {tuple(r['input_shape'])} {r['input_dtype']})")
     if "static_batch_reason" in r:
         print(f"batch fixed to {r['example_batch']}: {r['static_batch_reason']}")
     if "check" in r:

@@ -39,9 +39,10 @@ missing, before anything is written.
 Every format also writes a JSON sidecar ``<file>.json``: the format, ``files`` (every file
 the export wrote besides the sidecar, ``{"name", "bytes"}``, names relative to the sidecar's
 folder), ``bytes`` (their total on disk; for ``sparse`` also the dense file's,
-``dense_bytes``), one sample's input shape and dtype (``input_dtype``), the number of outputs, the exported network's
-``model`` config (for a channel run ``widths`` are the slim widths and ``dense_widths`` the
-config's), ``layer_widths`` (output channels of every prunable layer), the run's method,
+``dense_bytes``), one sample's input shape and dtype (``input_dtype``), the number of
+outputs, the exported network's ``model`` config (for a channel run ``widths`` are the slim
+widths and ``dense_widths`` the config's), ``layer_widths`` (output channels of every
+prunable layer), the run's ``pattern`` (``prune.pattern``, null without one), method,
 sparsity, seed and the summary's ``efficiency`` entry (as the run recorded it).
 
 The model is rebuilt from the run folder by `load_run` (``config.yaml`` + ``model.pt``;
@@ -446,6 +447,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
         "layer_widths": widths,
         "data": cfg.data.name,
         "granularity": cfg.prune.granularity,
+        "pattern": cfg.prune.pattern,
         "method": summary.get("method"),
         "sparsity": summary.get("sparsity_actual", summary.get("sparsity_target")),
         "seed": summary.get("seed"),
