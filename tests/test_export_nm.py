@@ -100,3 +100,21 @@ def test_every_sidecar_records_the_runs_pattern(nm_run, tmp_path, capsys):
     assert "(input shape (64,) float32)" in capsys.readouterr().out
     side = json.loads((tmp_path / "d.pt.json").read_text())
     assert side["pattern"] == "2:4" and "semi_structured" not in side
+
+
+def test_the_conversion_casts_a_copy_and_converts_exactly_the_listed_weights(nm_run, tmp_path, monkeypatch):
+    seen = []
+
+    def fake(w):  # to_sparse_semi_structured needs CUDA: record what it is given, keep it dense
+        seen.append((tuple(w.shape), w.dtype))
+        return w.clone()
+
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", fake)
+    model, _ = export.load_run(nm_run)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export._save_semi_structured(model, ["net.1.weight"], tmp_path / "s.pt", device="cpu")
+    assert seen == [((32, 64), torch.float16)]
+    state = torch.load(tmp_path / "s.pt", weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values())
+    assert torch.equal(state["net.1.weight"], before["net.1.weight"].half())
+    assert all(torch.equal(v, before[k]) and v.dtype == torch.float32 for k, v in model.state_dict().items())

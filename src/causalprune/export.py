@@ -343,11 +343,11 @@ def _check_semi_structured_run(fmt: str, cfg: Any) -> None:
                          f"has prune.pattern {cfg.prune.pattern!r}")  # fmt: skip
 
 
-def _save_semi_structured(model: torch.nn.Module, convert: list[str], out: Path) -> None:
-    """Cast a copy of `model` to float16 on CUDA, make the `convert` weights semi-structured, `torch.save` its state."""
+def _save_semi_structured(model: torch.nn.Module, convert: list[str], out: Path, device: str = "cuda") -> None:
+    """Cast a copy of `model` to float16 on `device`, make the `convert` weights semi-structured, save its state."""
     from torch.sparse import to_sparse_semi_structured
 
-    model = copy.deepcopy(model).to(device="cuda", dtype=SEMI_STRUCTURED_DTYPE)
+    model = copy.deepcopy(model).to(device=device, dtype=SEMI_STRUCTURED_DTYPE)
     params = prunable_parameters(model)
     targets = {id(params[name]) for name in convert}
     for mod in model.modules():
