@@ -38,7 +38,7 @@ from torch import nn
 from . import __version__, criteria, lasso, resolve
 from .config import Config, ConfigError
 from .criteria import Criterion, ScoreInput
-from .data import AUGMENTATIONS, Splits, load_pool, make_splits, materialize, shape_of
+from .data import AUGMENTATIONS, Splits, input_io, load_pool, make_splits, materialize, shape_of
 from .events import EpochEvent, Event, EventSink, NullSink, RoundEvent, StageEvent, SummaryEvent, stage_level
 from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
@@ -685,7 +685,8 @@ def dry_run(cfg: Config) -> DryRun:
         recorded = f" (recorded{spread})" if criterion.records else ""
         lines.append(f"method {p.method}: pre {p.n_pre} epochs; {p.n_iter} rounds × {p.n_prune} epochs{recorded}; "
                      f"post {p.n_post} epochs; total {cfg.total_epochs()}")  # fmt: skip
-        lines.extend(build_plan(model, p, tuple(shape)).describe())
+        lines.extend(build_plan(model, p, input_io(cfg.data.name, cfg.data.image_size,
+                                                   getattr(cfg.model, "block_size", None))).describe())
     t, post = cfg.train, cfg.train.for_stage("post")
     fast = [k for k in ("amp", "channels_last", "compile") if getattr(t, k)]
     fast += ["data on device"] if cfg.data.on_device else []

@@ -144,7 +144,7 @@ def _load(run_dir: str | Path) -> _Finished:
     dense_widths = layer_widths(model)
     folder = RunFolder(run_dir)
     channel = slims(cfg.prune.granularity)  # a channel run's model.pt holds the slim network
-    prepare = (lambda m, mask: restore_model(cfg.prune.granularity, m, mask, tuple(input_shape))) if channel \
+    prepare = (lambda m, mask: restore_model(cfg.prune.granularity, m, mask, run_io(cfg))) if channel \
         else None
     mask = folder.load_result(model, prepare)  # names a damaged model.pt / mask.pt
     mask = Mask.ones(model) if channel else mask.canonical(model)  # nothing of a slim network is masked

@@ -30,6 +30,15 @@ it by residual additions or concatenations. The coupling is traced by Torch-Prun
   channels — ``conv1`` of each BasicBlock, whose output feeds only ``conv2`` of the same
   block — are groups. With option-B shortcuts (``shortcut="B"``: 1×1 conv + BN) the
   residual stream is traced and every channel is a group.
+* **Attention heads.** Torch-Pruning couples the q, k and v projections of an attention
+  and the output projection's columns channel by channel (the attention product is
+  elementwise to its tracer), but a channel of one head cannot be removed alone: the
+  projections are reshaped into (heads, head width). A model declares its heads through a
+  method ``channel_pruning_heads()`` → {a projection of the attention (e.g. q): head count}
+  (or the caller passes `heads`); every layer group containing such a producer is then cut
+  into whole heads — group h bundles the head's ``width / heads`` channels, all its slices
+  — and a head is removed with all of them. Its Torch-Pruning importance is the mean of its
+  channels'. The model (or the integration) reads the new head count after removal.
 * **Masked ≡ slim.** `zero_groups_` zeroes every slice of the removed groups (weights,
   biases, and a BatchNorm's weight and bias so that it outputs exactly zero in eval
   mode); `remove_groups_` removes them physically. Both networks compute the same
@@ -70,7 +79,7 @@ class ChannelGroup:
 
     Attributes:
         layer: name of the root layer (the first layer, in module order, whose output channel this is).
-        channel: the channel's index in the root layer's output.
+        channel: the channel's index in the root layer's output (for a head: the head's index).
         size: number of entries in its regressor column (the producer weight slices, all alive).
         slices: every parameter slice removed with the group (producer and consumer weights, biases,
             normalisation weights and biases).
@@ -84,6 +93,16 @@ class ChannelGroup:
     slices: list[Slice] = field(repr=False)
     n_entries: int = 0
     unsupported: list[str] = field(default_factory=list, repr=False)
+    channels: list[int] = field(default_factory=list)  # the root layer's output channels removed with it
+
+    def __post_init__(self) -> None:
+        if not self.channels:
+            self.channels = [self.channel]
+
+    @property
+    def is_head(self) -> bool:
+        """True when the group is an attention head (several channels of its root layer)."""
+        return len(self.channels) > 1
 
 
 def _is_depthwise(m: nn.Module) -> bool:
@@ -123,13 +142,14 @@ class ChannelGroups:
 
     def __init__(self, model: nn.Module, dg: tp.DependencyGraph, groups: list[ChannelGroup],
                  roots: dict[str, nn.Module], layers: dict[str, list[int]], names: list[str],
-                 shapes: dict[str, torch.Size], tp_groups: dict[str, tuple[Any, list[int]]],
-                 example_inputs: Any, ignored: list[str]) -> None:  # fmt: skip
+                 shapes: dict[str, torch.Size], tp_groups: dict[str, tuple[Any, list[list[int]]]],
+                 example_inputs: Any, ignored: list[str], heads: dict[str, int] | None = None) -> None:  # fmt: skip
         self.model, self._dg, self.groups = model, dg, groups
         self._roots, self.layers, self.names, self.shapes = roots, layers, names, shapes
-        # root layer → (Torch-Pruning's group of its channels, root index of each of its channels in our order)
+        # root layer → (Torch-Pruning's group of its channels, root indices of each of our groups, in our order)
         self._tp_groups = tp_groups
         self._example, self._ignored = example_inputs, ignored  # to rebuild the groups on a copy (`slim_copy`)
+        self.heads = dict(heads or {})  # module name → head count, of the layers cut into heads
         self.removed = False
         all_shapes = {n: p.shape for n, p in model.named_parameters()}
         touched = {s.name for g in groups for s in g.slices}
@@ -245,15 +265,16 @@ class ChannelGroups:
         `imp` is called once per layer group on Torch-Pruning's own group object (all coupled
         slices); its per-channel values are put in our group order. A layer group for which
         it has no value (e.g. `BNScaleImportance` where no BatchNorm is coupled) raises
-        ValueError naming the layer.
+        ValueError naming the layer. A head scores the mean of its channels' values.
         """
         out = torch.empty(self.G, dtype=torch.float64)
-        for layer, (tp_group, order) in self._tp_groups.items():
+        for layer, (tp_group, members) in self._tp_groups.items():
             values = imp(tp_group)
             if values is None:
                 raise ValueError(f"{type(imp).__name__} gives no score to the channels of layer {layer!r}")
             values = values.detach().to("cpu", torch.float64).reshape(-1)
-            out[torch.tensor(self.layers[layer], dtype=torch.long)] = values[torch.tensor(order, dtype=torch.long)]
+            per_group = torch.stack([values[torch.tensor(m, dtype=torch.long)].mean() for m in members])
+            out[torch.tensor(self.layers[layer], dtype=torch.long)] = per_group
         return out
 
     def slim_copy(self, keep: torch.Tensor | Sequence[bool]) -> nn.Module:
@@ -265,7 +286,8 @@ class ChannelGroups:
         keep = self._keep(keep)
         copy = copy_without_hooks(self.model)
         modules = dict(copy.named_modules())
-        groups = channel_groups(copy, self._example, [modules[n] for n in self._ignored])
+        groups = channel_groups(copy, self._example, [modules[n] for n in self._ignored],
+                                {modules[n]: h for n, h in self.heads.items()})  # fmt: skip
         if groups.G != self.G:
             raise RuntimeError(f"the copy has {groups.G} channel groups, the model {self.G}")
         return groups.remove_groups_(copy, keep)
@@ -300,8 +322,8 @@ class ChannelGroups:
             raise ValueError("these groups were already used to slim the model; build new ones")
         plan = []
         for layer, idx in self.layers.items():
-            drop = [self.groups[i].channel for i in idx if not bool(keep[i])]
-            if len(drop) == len(idx):
+            drop = [c for i in idx if not bool(keep[i]) for c in self.groups[i].channels]
+            if all(not bool(keep[i]) for i in idx):
                 raise ValueError(f"removing all {len(idx)} channels of layer {layer!r} would empty it")
             if drop:
                 plan.append((layer, drop))
@@ -332,8 +354,14 @@ def _ignored_by_model(model: nn.Module) -> list[nn.Module]:
     return list(fn()) if callable(fn) else []
 
 
+def _heads_by_model(model: nn.Module) -> dict[nn.Module, int]:
+    fn = getattr(model, "channel_pruning_heads", None)
+    return dict(fn()) if callable(fn) else {}
+
+
 def channel_groups(model: nn.Module, example_inputs: ModelIO | torch.Tensor | Sequence[torch.Tensor],
-                   ignored_layers: Sequence[nn.Module] = ()) -> ChannelGroups:  # fmt: skip
+                   ignored_layers: Sequence[nn.Module] = (),
+                   heads: Mapping[nn.Module, int] | None = None) -> ChannelGroups:  # fmt: skip
     """Build the channel groups of `model` with Torch-Pruning's `DependencyGraph`.
 
     Args:
@@ -343,13 +371,20 @@ def channel_groups(model: nn.Module, example_inputs: ModelIO | torch.Tensor | Se
             Torch-Pruning's ``forward_fn``), or a batch the model accepts (only shapes matter).
         ignored_layers: extra layers whose output channels must not be pruned (with the
             model's own ``channel_pruning_ignored_layers()``, when it has one).
+        heads: attention projections → head count (with the model's own
+            ``channel_pruning_heads()``): the layer groups they produce are cut into whole heads.
 
     Returns:
         `ChannelGroups`: one group per removable output channel of every Conv/Linear layer
-        except the output layer(s) and the ignored ones.
+        (per head of an attention) except the output layer(s) and the ignored ones.
+
+    Raises:
+        ValueError: if a declared head count does not divide its layer's output channels.
     """
     ignored = list(ignored_layers) + _ignored_by_model(model)
     ignored_names = [n for n, m in model.named_modules() if any(m is i for i in ignored)]  # for `slim_copy`
+    head_of = {**_heads_by_model(model), **dict(heads or {})}
+    head_names = {n: int(head_of[m]) for n, m in model.named_modules() if m in head_of}
     was_training = model.training
     model.eval()
     traced, forward_fn = example_inputs, None
@@ -393,7 +428,7 @@ def channel_groups(model: nn.Module, example_inputs: ModelIO | torch.Tensor | Se
     groups: list[ChannelGroup] = []
     roots: dict[str, nn.Module] = {}
     layers: dict[str, list[int]] = {}
-    tp_groups: dict[str, tuple[Any, list[int]]] = {}
+    tp_groups: dict[str, tuple[Any, list[list[int]]]] = {}
     for _, first, chan, root, items, tp_group in found:
         root_name = module_names[first]
         roots[root_name] = first
@@ -417,17 +452,43 @@ def channel_groups(model: nn.Module, example_inputs: ModelIO | torch.Tensor | Se
                     entry[0].add(int(i))
         layers[root_name] = []
         order_r = sorted(range(n_out), key=lambda r: chan[r])
-        tp_groups[root_name] = (tp_group, order_r)
-        for r in order_r:
-            c = int(chan[r])
+        bundles = _bundles(order_r, chan, _head_count(items, head_of, module_names, root_name))
+        tp_groups[root_name] = (tp_group, bundles)
+        for b_idx, bundle in enumerate(bundles):
+            merged: dict[tuple[str, int], tuple[set[int], bool]] = {}
+            for r in bundle:
+                for key, (ix, prod) in per_channel[r].items():
+                    merged.setdefault(key, (set(), prod))[0].update(ix)
             slices = [Slice(name, dim, torch.tensor(sorted(ix), dtype=torch.long), prod)
-                      for (name, dim), (ix, prod) in per_channel[r].items()]  # fmt: skip
+                      for (name, dim), (ix, prod) in merged.items()]  # fmt: skip
             width = [int(s.index.numel()) * (all_shapes[s.name].numel() // all_shapes[s.name][s.dim]) for s in slices]
             size = sum(w for w, s in zip(width, slices, strict=True) if s.producer)
+            channels = [int(chan[r]) for r in bundle]
+            index = channels[0] if len(bundle) == 1 else b_idx
             layers[root_name].append(len(groups))
-            groups.append(ChannelGroup(root_name, c, size, slices, sum(width), sorted(unsupported)))
+            groups.append(ChannelGroup(root_name, index, size, slices, sum(width), sorted(unsupported), channels))
     with_columns = {s.name for g in groups for s in g.slices if s.producer}
     names = [n for n in prunable if n in with_columns]
     return ChannelGroups(model, dg, groups, roots, layers, names, dict(shapes), tp_groups, example_inputs,
-                         ignored_names)  # fmt: skip
+                         ignored_names, head_names)  # fmt: skip
+
+
+def _head_count(items: list[tuple[nn.Module, bool, list[int], list[int]]], head_of: Mapping[nn.Module, int],
+                module_names: Mapping[nn.Module, str], root_name: str) -> int | None:  # fmt: skip
+    """Return the head count declared for a producer of this layer group (None: plain channels)."""
+    counts = {int(head_of[m]) for m, out, _, _ in items if out and m in head_of}
+    if len(counts) > 1:
+        raise ValueError(f"layer group {root_name!r}: its projections declare different head counts {sorted(counts)}")
+    return counts.pop() if counts else None
+
+
+def _bundles(order_r: list[int], chan: Mapping[int, int], n_heads: int | None) -> list[list[int]]:
+    """Cut a layer group's channels (root indices in channel order) into groups: one each, or whole heads."""
+    if n_heads is None:
+        return [[r] for r in order_r]
+    n = len(order_r)
+    if n_heads < 1 or n % n_heads:
+        raise ValueError(f"a head count of {n_heads} does not divide the layer's {n} output channels")
+    width = n // n_heads
+    return [[r for r in order_r if int(chan[r]) // width == h] for h in range(n_heads)]
 

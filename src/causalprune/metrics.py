@@ -17,6 +17,11 @@ two measurements of the slim network itself:
   pooling count one op per output element. So ``Linear(4, 3) + Linear(3, 2)`` gives
   4·3 + 3 + 3·2 + 2 = 23 (18 weight MACs + 5 bias additions), the same layers without
   biases 18.
+  The counter sees modules only; the attention products of
+  ``F.scaled_dot_product_attention`` (q·kᵀ and the weights times v) are added by
+  `attention_macs`: B·heads·L·S·(E + Ev) per call, the full L × S product even when the
+  attention is causal (as fvcore and ``torch.utils.flop_counter`` count it). A network
+  without that call counts as before.
 * `latency_ms`: CPU wall-clock latency of one forward pass, median over repeated runs, per
   batch size. A measurement of this machine, never an assertion: it depends on the
   thread count (returned with it), the CPU and what else runs.
@@ -95,8 +100,38 @@ def macs_and_params(model: nn.Module, inputs: InputsLike) -> tuple[int, int]:
         model, example = _Call(model, io), (example,)
     elif io.kind == "tuple":
         example = tuple(example)
-    macs, params = tp.utils.count_ops_and_params(model, example)
-    return int(macs), int(params)
+    with _AttentionCounter() as attention:
+        macs, params = tp.utils.count_ops_and_params(model, example)
+    return int(macs) + attention.macs, int(params)
+
+
+def attention_macs(q_shape: Sequence[int], k_shape: Sequence[int], v_shape: Sequence[int]) -> int:
+    """Return the MACs of one attention product: q·kᵀ then the weights times v.
+
+    Shapes are (..., L, E) for q, (..., S, E) for k and (..., S, Ev) for v (leading dims:
+    batch, heads); the result is Π(leading)·L·S·(E + Ev).
+    """
+    *lead, n_q, e = q_shape
+    n_s, e_v = k_shape[-2], v_shape[-1]
+    count = 1
+    for d in lead:
+        count *= int(d)
+    return count * int(n_q) * int(n_s) * (int(e) + int(e_v))
+
+
+class _AttentionCounter(torch.overrides.TorchFunctionMode):
+    """Sum `attention_macs` over the ``F.scaled_dot_product_attention`` calls made under it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.macs = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # torch.overrides.TorchFunctionMode protocol
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.scaled_dot_product_attention:
+            q, k, v = (args + tuple(kwargs.get(n) for n in ("query", "key", "value")[len(args):]))[:3]
+            self.macs += attention_macs(q.shape, k.shape, v.shape)
+        return func(*args, **kwargs)
 
 
 class _Call(nn.Module):

@@ -379,10 +379,12 @@ def _output_positions(model: nn.Module, input_shape: tuple[int, ...] | ModelIO) 
     return out
 
 
-def slim_to_mask(model: nn.Module, mask: Mask, input_shape: tuple[int, ...]) -> nn.Module:
-    """Slim a freshly built dense `model` to the channel groups a finished run's `mask` keeps (to load its model.pt)."""
-    device = next(model.parameters()).device
-    groups = channel_groups(model, torch.zeros(1, *input_shape, device=device))
+def slim_to_mask(model: nn.Module, mask: Mask, input_shape: tuple[int, ...] | ModelIO) -> nn.Module:
+    """Slim a freshly built dense `model` to the channel groups a finished run's `mask` keeps (to load its model.pt).
+
+    `input_shape` is one sample's shape (a float tensor) or the run's `ModelIO` (e.g. token ids).
+    """
+    groups = channel_groups(model, ModelIO.of(input_shape))
     return groups.remove_groups_(model, groups.keep_of(mask.canonical(model)))
 
 

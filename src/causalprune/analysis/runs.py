@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .. import resolve
-from ..data import materialize
+from ..data import input_io, materialize
 from ..experiment import load_splits
 from ..io import save_json
 from ..masks import Mask, prunable_parameters
@@ -53,8 +53,9 @@ def load_run_and_data(run_dir: Path) -> tuple[Any, torch.nn.Module, Mask, Any]:
     cfg = resolve.load(run_dir / "config.yaml")
     data = load_splits(cfg, download=False)
     model = build_model(cfg.model, data.input_shape, data.num_classes)
-    granularity, shape = cfg.prune.granularity, tuple(data.input_shape)
-    mask = RunFolder(run_dir).load_result(model, lambda m, saved: restore_model(granularity, m, saved, shape))
+    granularity = cfg.prune.granularity
+    io = input_io(cfg.data.name, cfg.data.image_size, getattr(cfg.model, "block_size", None))
+    mask = RunFolder(run_dir).load_result(model, lambda m, saved: restore_model(granularity, m, saved, io))
     if slims(granularity):  # model.pt holds the network without its pruned units; nothing in it is masked
         return cfg, model, Mask.ones(model), data
     return cfg, model, mask.canonical(model), data

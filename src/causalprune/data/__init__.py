@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..modelio import ModelIO
 from .folder import ImageFiles, load_imagenet_pool, load_tinyimagenet_pool
 from .loading import Inputs, iterate, materialize
 from .tabular import load_digits_pool, load_friedman_pool, load_mnist1d_pool
@@ -41,6 +42,22 @@ def shape_of(name: str, image_size: int | None = None) -> tuple[tuple[int, ...],
     if name in RESIZABLE and image_size:
         shape = (shape[0], image_size, image_size)
     return shape, outputs
+
+#: data sets whose samples are int64 token ids (one window of ``model.block_size``), not float tensors
+TOKEN_DATA = ("pysrc",)
+
+
+def input_io(name: str, image_size: int | None = None, block_size: int | None = None) -> ModelIO:
+    """Return how a model of data set `name` is called, known without loading it: one sample of zeros.
+
+    Float32 samples of `shape_of`, or for a token data set (`TOKEN_DATA`) int64 ids of one
+    window of `block_size` (default: the data set's own).
+    """
+    shape, _ = shape_of(name, image_size)
+    if name not in TOKEN_DATA:
+        return ModelIO.from_shape(shape)
+    return ModelIO.from_shape((int(block_size),) if block_size else shape, torch.long)
+
 
 #: Training-batch augmentations by name: fn(batch, generator) -> batch.
 AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {"crop_flip": crop_flip}
@@ -168,5 +185,5 @@ def make_splits(pool: Pool, seed: int, val_fraction: float, probe_size: int) -> 
     )
 
 
-__all__ = ["AUGMENTATIONS", "DATASETS", "SHAPES", "ImageFiles", "Inputs", "Pool", "Splits", "iterate", "load_pool",
-           "make_splits", "materialize", "shape_of"]
+__all__ = ["AUGMENTATIONS", "DATASETS", "SHAPES", "TOKEN_DATA", "ImageFiles", "Inputs", "Pool", "Splits", "input_io",
+           "iterate", "load_pool", "make_splits", "materialize", "shape_of"]

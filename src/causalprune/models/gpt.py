@@ -3,8 +3,15 @@
 Pre-norm blocks (LayerNorm → causal self-attention → residual; LayerNorm → GELU MLP → residual),
 learned positional embeddings, a final LayerNorm and a linear head to the vocabulary. The attention's
 q, k and v are separate `nn.Linear` projections (a head is rows ``h·d_head : (h+1)·d_head`` of each, and
-the same columns of ``proj``); the head count is read from ``n_head`` and the head width from
-``q.out_features // n_head``, so a network whose heads were removed keeps working. Inputs are (B, T)
+the same columns of ``proj``); the head width ``d_head`` is fixed when the model is built and the head
+count is read from the projections (``n_head = q.out_features // d_head``), so a network whose heads
+were removed (``prune.granularity: channel``) reports and uses its new head count.
+
+Channel groups (`causalprune.groups`): the model declares its heads (`channel_pruning_heads`: every
+attention's ``q`` with its head count — Torch-Pruning couples q, k, v and proj's columns channel by
+channel, and a head bundles ``d_head`` of those channels) and keeps the residual stream
+(`channel_pruning_ignored_layers`: ``proj`` and ``down`` of every block, whose outputs are the
+stream). The groups are then whole heads and the MLPs' hidden neurons. Inputs are (B, T)
 token ids with T <= ``block_size``; outputs (B, T, vocab) logits.
 """
 
@@ -22,17 +29,21 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         if d_model % n_head:
             raise ValueError(f"model.d_model {d_model} must be a multiple of model.n_head {n_head}")
-        self.n_head = n_head
+        self.d_head = d_model // n_head
         self.q = nn.Linear(d_model, d_model)
         self.k = nn.Linear(d_model, d_model)
         self.v = nn.Linear(d_model, d_model)
         self.proj = nn.Linear(d_model, d_model)
 
+    @property
+    def n_head(self) -> int:
+        """The number of heads: the projections' width over the head width (fewer once heads are removed)."""
+        return self.q.out_features // self.d_head
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend over the positions up to each one (B, T, d) → (B, T, d)."""
         b, t, _ = x.shape
-        h = self.n_head
-        q, k, v = (lin(x).reshape(b, t, h, -1).transpose(1, 2) for lin in (self.q, self.k, self.v))
+        q, k, v = (lin(x).reshape(b, t, -1, self.d_head).transpose(1, 2) for lin in (self.q, self.k, self.v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.proj(y.transpose(1, 2).reshape(b, t, -1))
 
@@ -93,6 +104,14 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def channel_pruning_heads(self) -> dict[nn.Module, int]:
+        """Return every attention's q projection → its head count (a channel group is a whole head)."""
+        return {block.attn.q: block.attn.n_head for block in self.blocks}
+
+    def channel_pruning_ignored_layers(self) -> list[nn.Module]:
+        """Return the layers whose outputs are the residual stream (kept whole) and the head."""
+        return [m for block in self.blocks for m in (block.attn.proj, block.mlp.down)] + [self.head]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """Return the (B, T, vocab_size) logits of the (B, T) token ids `idx`."""
