@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import criteria
+from . import criteria, hfheads
 from .config import PruneConfig, parse_pattern
 from .masks import Mask, MaskHandle, parameter_aliases, prunable_parameters
 from .modelio import ModelIO
@@ -203,6 +203,8 @@ class CausalPruner:
         if params is not None and (granularity == "channel" or plan is not None):
             raise ValueError("params selects weights; at channel granularity the traced groups decide what is pruned")
         self.plan: Plan | None = plan
+        if plan is None and granularity == "channel":  # GPT-2's Conv1D, grouped-query attention: refused now
+            hfheads.refuse_untraceable(model)
         if plan is None and granularity == "weight":
             self.plan = WeightPlan.build(model, self.prune, initial=None if params is None else _subset(model, params))
         self.mask = self.plan.initial_mask() if self.plan is not None else Mask.ones(model)
@@ -288,7 +290,9 @@ class CausalPruner:
         if self.plan is None or not self.plan.slims or not self.done:
             raise ValueError("slim() needs granularity='channel' and every round done")
         self.make_permanent()
-        return self.plan.finish(self.model, self.mask)
+        slim = self.plan.finish(self.model, self.mask)
+        hfheads.update_head_counts(slim)  # a Hugging Face model's head-count attributes (BERT)
+        return slim
 
     # --- checkpoints ----------------------------------------------------------------------
     @property
@@ -391,7 +395,15 @@ class CausalPruner:
         return None if inputs is None else ModelIO.from_inputs(inputs, self.forward, self.loss_fn)
 
     def _build_plan(self, inputs: Any) -> None:
-        self.plan = build_plan(self.model, self.prune, self._io(inputs))  # traced through the forward
+        if self.prune.granularity == "channel":  # a BERT / LLaMA model: whole heads, MLP neurons (hfheads)
+            hfheads.declare(self.model)
+        try:
+            self.plan = build_plan(self.model, self.prune, self._io(inputs))  # traced through the forward
+        except ValueError as e:
+            hint = hfheads.tracing_hint(self.model) if e.__cause__ is not None else ""
+            if not hint:
+                raise
+            raise type(e)(f"{e}{hint}") from e
         if self._loaded is None:  # a fresh start; a loaded state brought its mask and targets
             self.targets = self.plan.targets()
             self._set_mask(self.plan.initial_mask())
