@@ -162,3 +162,12 @@ def _check_summary(run):
 def test_structured_gpt_config_is_what_the_issue_asks():
     cfg = load_config("structured-gpt-pysrc")
     assert (cfg.model.name, cfg.data.name, cfg.prune.granularity, cfg.prune.speedup) == ("gpt", "pysrc", "channel", 2.0)
+
+
+@pytest.mark.parametrize("name", ["gpt-pysrc", "structured-gpt-pysrc"])
+def test_the_transformer_configs_have_gpu_twins_with_the_same_method_and_budget(name):
+    cpu, gpu = load_config(name), load_config(f"{name}-gpu")
+    same = ("method", "granularity", "sparsity", "speedup", "pattern")
+    assert [getattr(gpu.prune, k) for k in same] == [getattr(cpu.prune, k) for k in same]
+    assert (gpu.model.name, gpu.data.name, gpu.train.device, gpu.train.amp) == ("gpt", "pysrc", "auto", True)
+    assert gpu.model.d_model > cpu.model.d_model and gpu.data.max_chars > cpu.data.max_chars

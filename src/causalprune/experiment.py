@@ -669,12 +669,15 @@ def dry_run(cfg: Config) -> DryRun:
         missing = str(e)
         lines.append(f"data {cfg.data.name}: NOT PRESENT — {e}")
     shape, classes = shape_of(cfg.data.name, cfg.data.image_size)
+    io = input_io(cfg.data.name, cfg.data.image_size, getattr(cfg.model, "block_size", None))
+    shape = io.input_shape or shape
     model = build_model(cfg.model, shape, classes)
     if cfg.model.pretrained:
         lines.append(f"pretrained weights {cfg.model.pretrained}: {pretrained_status(cfg.model.pretrained)}")
     n_all = sum(p.numel() for p in model.parameters())
     n_prunable = sum(p.numel() for p in prunable_parameters(model).values())
-    lines.append(f"model {cfg.model.name}: {n_all:,} parameters, {n_prunable:,} prunable, input {shape}")
+    kind = "" if io.input_dtype in (None, torch.float32) else f" of {str(io.input_dtype).removeprefix('torch.')}"
+    lines.append(f"model {cfg.model.name}: {n_all:,} parameters, {n_prunable:,} prunable, input {shape}{kind}")
     if not criterion.prunes:
         epochs = cfg.train.epochs if cfg.train.epochs is not None else cfg.total_epochs()
         lines.append(f"method {cfg.prune.method}: {epochs} epochs, no pruning")
@@ -685,8 +688,7 @@ def dry_run(cfg: Config) -> DryRun:
         recorded = f" (recorded{spread})" if criterion.records else ""
         lines.append(f"method {p.method}: pre {p.n_pre} epochs; {p.n_iter} rounds × {p.n_prune} epochs{recorded}; "
                      f"post {p.n_post} epochs; total {cfg.total_epochs()}")  # fmt: skip
-        lines.extend(build_plan(model, p, input_io(cfg.data.name, cfg.data.image_size,
-                                                   getattr(cfg.model, "block_size", None))).describe())
+        lines.extend(build_plan(model, p, io).describe())
     t, post = cfg.train, cfg.train.for_stage("post")
     fast = [k for k in ("amp", "channels_last", "compile") if getattr(t, k)]
     fast += ["data on device"] if cfg.data.on_device else []
