@@ -305,8 +305,10 @@ def test_the_trainer_prunes_channels_of_a_bert_traced_through_dict_inputs(tmp_pa
         report_to=[], use_cpu=True, logging_strategy="no", seed=0, disable_tqdm=True, save_strategy="no")  # fmt: skip
     transformers.Trainer(model=model, args=args, train_dataset=Labelled(), callbacks=[cb]).train()
     groups = cb.pruner.plan.groups
-    assert sorted(groups.layers) == ["bert.encoder.layer.0.intermediate.dense",
-                                     "bert.encoder.layer.1.intermediate.dense", "bert.pooler.dense"]  # fmt: skip
+    assert sorted(groups.layers) == [  # whole heads (causalprune.hfheads), FFN neurons, the pooler's width
+        "bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.0.intermediate.dense",
+        "bert.encoder.layer.1.attention.self.query", "bert.encoder.layer.1.intermediate.dense", "bert.pooler.dense"]
+    assert groups.G == 2 * 2 + 2 * 64 + 32
     last = cb.pruner.history[-1]
     assert last["channels_pruned"] == groups.G // 2 and last["T"] == 8  # causal: one recorded row per step
     keep = groups.keep_of(cb.pruner.mask)
@@ -316,7 +318,9 @@ def test_the_trainer_prunes_channels_of_a_bert_traced_through_dict_inputs(tmp_pa
         masked = model(**batch).logits
     slim = cb.pruner.slim()
     widths = [slim.bert.encoder.layer[i].intermediate.dense.out_features for i in range(2)]
-    assert sum(widths) + slim.bert.pooler.dense.out_features == int(keep.sum())
+    heads = [slim.bert.encoder.layer[i].attention.self.num_attention_heads for i in range(2)]
+    assert sum(widths) + sum(heads) + slim.bert.pooler.dense.out_features == int(keep.sum())
+    assert [slim.bert.encoder.layer[i].attention.self.query.out_features for i in range(2)] == [16 * h for h in heads]
     with torch.no_grad():
         torch.testing.assert_close(slim(**batch).logits, masked, rtol=0, atol=1e-6)  # masked ≡ slim
 

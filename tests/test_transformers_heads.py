@@ -173,3 +173,18 @@ def test_a_model_that_declares_its_own_groups_is_left_alone():
     model.channel_pruning_ignored_layers = lambda: []
     assert hfheads.declare(model) is None and not hasattr(model, "channel_pruning_heads")
     assert hfheads.declare(nn.Linear(2, 2)) is None
+
+
+def test_the_trainer_callback_refuses_gpt2_at_channel_granularity_in_one_line(tmp_path):
+    from causalprune.integrations.transformers import CausalPruningCallback
+
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=48, n_positions=16, n_embd=32,
+                                                                 n_layer=2, n_head=2))  # fmt: skip
+    data = [{"input_ids": IDS[0], "labels": IDS[0]}] * 4
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), num_train_epochs=1, report_to=[],
+                                          per_device_train_batch_size=2, use_cpu=True, disable_tqdm=True,
+                                          save_strategy="no")  # fmt: skip
+    cb = CausalPruningCallback(granularity="channel", method="magnitude", n_iter=1)
+    with pytest.raises(ValueError, match="cannot prune GPT2LMHeadModel: Torch-Pruning does not trace") as e:
+        transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb]).train()
+    assert "\n" not in str(e.value)

@@ -37,7 +37,7 @@ except ImportError as e:  # pragma: no cover - the extra is missing
     raise ImportError("causalprune.integrations.transformers needs transformers: "
                       "pip install 'causalprune[transformers]'") from e  # fmt: skip
 
-from .. import criteria
+from .. import criteria, hfheads
 from ..io import save_torch
 from ..masks import prunable_parameters, register_prunable_layer
 from ..pruner import CausalPruner, check_options
@@ -74,8 +74,9 @@ def attention_layers(model: nn.Module) -> list[nn.Module]:
 
     Their outputs are split into heads (a reshape to a fixed head size) or feed the residual
     stream, so their output channels are not channel groups a slim network can drop: at
-    channel granularity the callback leaves them out (heads are another unit kind), which
-    leaves the MLP hidden widths (and a pooler) as the groups.
+    channel granularity the callback leaves them out for a model of no architecture
+    `causalprune.hfheads` recognises, which leaves its MLP hidden widths (and a pooler) as
+    the groups. BERT and LLaMA get whole heads instead.
     """
     out: list[nn.Module] = []
     for m in model.modules():
@@ -133,10 +134,12 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
             ``save_recording``, ``granularity``, ...); an unknown name is refused in one line.
             ``granularity="channel"`` prunes whole channel groups that Torch-Pruning traces
             through ``model(**batch)`` on the first training batch, with the methods of
-            ``supported_methods("channel")``: the layers of `attention_layers` are left out
-            unless the model declares ``channel_pruning_ignored_layers()`` itself, so BERT's
-            groups are its MLP hidden widths and pooler; ``callback.pruner.slim()`` removes
-            the pruned channels after training.
+            ``supported_methods("channel")``: a BERT or LLaMA model's groups are its whole
+            attention heads and MLP neurons (`causalprune.hfheads`; GPT-2's ``Conv1D`` and
+            grouped-query attention are refused in one line); for another model the layers
+            of `attention_layers` are left out unless it declares
+            ``channel_pruning_ignored_layers()`` itself; ``callback.pruner.slim()`` removes
+            the pruned channels after training (and updates BERT's head counts).
 
     After each round ``causal_pruning/sparsity`` and ``causal_pruning/round`` are logged as
     `Trainer.log` logs: added to ``state.log_history`` and sent to every callback's
@@ -208,7 +211,8 @@ class CausalPruningCallback(TrainerCallback, ExportableState):
             raise ValueError("CausalPruningCallback needs the Trainer's optimizer (it was not created yet)")
         if self.options.get("granularity", "weight") == "channel":  # the traced groups decide what is pruned
             params = None
-            if not callable(getattr(model, "channel_pruning_ignored_layers", None)):
+            known = hfheads.declare(model)  # BERT / LLaMA: whole heads and MLP neurons (causalprune.hfheads)
+            if known is None and not callable(getattr(model, "channel_pruning_ignored_layers", None)):
                 layers = attention_layers(model)
                 model.channel_pruning_ignored_layers = lambda: layers  # read by causalprune.groups.channel_groups
         else:
