@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -480,13 +481,19 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse ``a.b=value`` (value read as YAML: 0.9 → float, true → bool, [1, 2] → list)."""
+    """Parse ``a.b=value`` (value read as YAML: 0.9 → float, true → bool, [1, 2] → list).
+
+    One exception to YAML: an unquoted ``N:M`` (digits) stays the text "N:M" — on the command
+    line ``--set prune.pattern=2:4`` means the pattern, not YAML 1.1's base-60 number 124.
+    """
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, _, raw = text.partition("=")
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has no key")
+    if re.fullmatch(r"\s*\d+:\d+\s*", raw):
+        return key.split("."), raw.strip()
     try:
         value = yaml.load(raw, Loader=StrictLoader) if raw.strip() else ""  # a safe loader
     except DuplicateKeyError as e:
