@@ -188,3 +188,24 @@ def test_the_trainer_callback_refuses_gpt2_at_channel_granularity_in_one_line(tm
     with pytest.raises(ValueError, match="cannot prune GPT2LMHeadModel: Torch-Pruning does not trace") as e:
         transformers.Trainer(model=model, args=args, train_dataset=data, callbacks=[cb]).train()
     assert "\n" not in str(e.value)
+
+
+def test_a_macs_budget_with_causal_scores_slims_a_llama_to_its_counted_macs():
+    from causalprune.metrics import macs_and_params
+    from causalprune.structured import SPEEDUP_TOLERANCE
+
+    model = _llama()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    pruner = CausalPruner(model, opt, _loss, granularity="channel", speedup=1.5, n_iter=1,
+                          forward=lambda m, ids: m(input_ids=ids))  # fmt: skip
+    g = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        ids = torch.randint(0, 48, (4, 8), generator=g)
+        pruner.step(ids, ids)
+    pruner.end_epoch()
+    last = pruner.history[-1]
+    assert last["G"] == 2 * 4 + 2 * 64 and last["T"] == 6  # causal: one column per head or neuron
+    dense = pruner.plan.dense_macs
+    slim = pruner.slim()
+    io = ModelIO.from_inputs(ids, lambda m, x: m(input_ids=x), None)
+    assert macs_and_params(slim, io)[0] == last["macs"] <= dense / 1.5 * (1 + SPEEDUP_TOLERANCE)
