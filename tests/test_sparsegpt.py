@@ -193,3 +193,18 @@ def test_grids_vary_only_the_calibrating_methods_along_calibration_batches():
     assert varied == ["sparsegpt", "wanda"]
     assert criteria.get("sparsegpt").reads_key("sparsegpt.percdamp")
     assert not criteria.get("wanda").reads_key("sparsegpt.percdamp")
+
+
+@pytest.mark.parametrize(("method", "kept"), [("wanda", 3), ("snip", 2)])
+def test_causal_pruner_keeps_calibration_batches_for_the_calibrating_methods_only(method, kept):
+    from causalprune import CausalPruner
+
+    model = nn.Sequential(nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
+    pruner = CausalPruner(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), sparsity=0.5,
+                          method=method, score_batches=2, calibration_batches=3)  # fmt: skip
+    for _ in range(5):
+        pruner.step(torch.randn(4, 8), torch.randint(0, 3, (4,)))
+    assert len(pruner._recent) == kept
+    with pytest.raises(Exception, match="calibration_batches"):
+        CausalPruner(model, torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), sparsity=0.5,
+                     method="wanda", calibration_batches=0)  # fmt: skip

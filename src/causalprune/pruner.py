@@ -99,6 +99,8 @@ class CausalPruner:
         probe_data: (inputs, targets) or batches for ``delta_loss="probe"``.
         score_data: batches that data-driven methods (snip, grasp, taylor, fisher) score
             on; default: the last `score_batches` batches the loop trained on.
+        calibration_batches: the calibrating methods (wanda, sparsegpt: `Criterion.calibrates`)
+            read the last this many trained batches (default None: `score_batches`).
         example_inputs: one batch of inputs, for channel tracing and for data-free methods
             that need an input shape (synflow); default: the first batch seen.
         forward: ``forward(model, inputs)`` when the model is not called as ``model(inputs)``.
@@ -153,6 +155,7 @@ class CausalPruner:
         probe_data: Any = None,
         score_data: Sequence[tuple[Any, Any]] | None = None,
         score_batches: int = 10,
+        calibration_batches: int | None = None,
         example_inputs: Any = None,
         forward: Callable[[nn.Module, Any], Any] | None = None,
         seed: int = 0,
@@ -174,7 +177,8 @@ class CausalPruner:
                                  schedule=schedule, scope=scope, n_iter=n_iter, n_prune=epochs_per_round,
                                  rewind=rewind, reset_bn=reset_bn, granularity=granularity, speedup=speedup,
                                  max_layer_ratio=max_layer_ratio, round_to=round_to,
-                                 score_batches=score_batches, pattern=pattern)  # fmt: skip
+                                 score_batches=score_batches, calibration_batches=calibration_batches,
+                                 pattern=pattern)  # fmt: skip
         if pattern is not None and plan is not None:
             raise ValueError(f"pattern {pattern!r} applies to the weight plan that granularity 'weight' builds; "
                              "a given plan selects its own units (leave pattern=None)")  # fmt: skip
@@ -216,7 +220,8 @@ class CausalPruner:
         self.round = 1
         self.epoch_in_round = 0
         self.done = False
-        self._recent: deque[tuple[Any, Any]] = deque(maxlen=score_batches)
+        kept = calibration_batches if self.criterion.calibrates and calibration_batches is not None else score_batches
+        self._recent: deque[tuple[Any, Any]] = deque(maxlen=kept)  # the batches data-driven methods score on
         self._recorder: TrajectoryRecorder | None = None
         self._restore: dict[str, Any] | None = None  # a loaded recording, put into the round's recorder
         self._lost = 0  # recorded steps of the round in progress that a loaded state did not hold
