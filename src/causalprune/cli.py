@@ -193,8 +193,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
     seeds = sorted({s["seed"] for s in summaries})
     damaged = f" ({len(skipped)} damaged, skipped)" if skipped else ""
     header = f"{folder}: {len(summaries)} finished runs{damaged}, seeds {','.join(map(str, seeds))}\n\n"
-    print(write_table(summaries, folder, header))
-    print(f"wrote {folder / 'table.md'} and {folder / 'table.csv'}")
+    print(write_table(summaries, folder, header, html=args.html))
+    page = f" and {folder / 'report.html'}" if args.html else ""
+    print(f"wrote {folder / 'table.md'}, {folder / 'table.csv'}, {folder / 'figures'}{page}")
+    for line in (folder / "figures" / "skipped.txt").read_text().splitlines():
+        print(f"  {line}")  # a figure with nothing to show
     return 0
 
 
@@ -348,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="turn the finished run folders under a folder into table.md / table.csv")
     p.add_argument("folder", help="a compare output folder (or any folder of run folders)")
+    p.add_argument("--html", action="store_true",
+                   help="also write report.html: the tables and figures in one self-contained page (opens offline)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("export", help="write a finished run's model as a file that loads without causalprune")

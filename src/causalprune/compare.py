@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import report
+from . import figures, report
 from .config import Config, read_yaml
 from .executors import Executor, Sequential
 from .grid import Cell, Failed, Grid, parse_grid, run_cells, short, slug
@@ -159,8 +159,11 @@ def collect(folder: Path, skipped: list[str] | None = None) -> list[dict[str, An
     return summaries
 
 
-def write_table(summaries: list[dict[str, Any]], out: Path, header: str) -> str:
-    """Write table.md, table.csv and boxplots for `summaries` under `out`; return the markdown.
+def write_table(summaries: list[dict[str, Any]], out: Path, header: str, html: bool = False) -> str:
+    """Write table.md, table.csv, boxplots and figures/ for `summaries` under `out`; return the markdown.
+
+    figures/ holds `figures.figures_for`'s PNG and SVG files (a figure with nothing to show is
+    skipped: figures/skipped.txt says why); `html` also writes report.html, tables and figures in one page.
 
     Summaries of several experiments (`report.experiments`) are never pooled: table.md holds a
     one-line note on what differs and one table per experiment, table.csv one row per
@@ -185,6 +188,10 @@ def write_table(summaries: list[dict[str, Any]], out: Path, header: str) -> str:
         rows = [r for t in tables.values() for r in t]
     save_text(table, out / "table.md")
     save_text(report.to_csv(rows), out / "table.csv")
+    drawn, notes = figures.figures_for(rows, out / "figures")
+    save_text("".join(f"{n}\n" for n in notes), out / "figures" / "skipped.txt")
+    if html:
+        save_text(figures.report_html(table, drawn, title=f"causalprune report: {out}"), out / "report.html")
     return table
 
 

@@ -207,6 +207,11 @@ def table_rows(summaries: Sequence[dict[str, Any]], baselines: Sequence[str] | N
                 if all("speedup_measured" in r.get("efficiency", {}) for r in runs)
                 else {}
             ),
+            **(
+                {"speedup_macs": statistics.fmean(r["efficiency"]["speedup_macs"] for r in runs)}
+                if all("speedup_macs" in r.get("efficiency", {}) for r in runs)
+                else {}
+            ),
             "time_s": statistics.fmean(r["timing"]["total_s"] for r in runs),
             "_final_by_seed": final,
         }  # fmt: skip
