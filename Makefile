@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # pinning stops pip from fetching a multi-GB CUDA wheel it was not asked for.
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test demo bench gpu-check lint clean docs
+.PHONY: setup test demo bench gpu-check lint clean docs figures
 
 setup: $(STAMP)
 
@@ -49,3 +49,7 @@ clean:
 
 docs: setup
 	$(BIN)/mkdocs build --strict
+
+# the docs' study figures (docs/figures/<study>-*.png) from their stored tables (docs/data/*.csv)
+figures: setup
+	$(BIN)/python docs/data/make_figures.py

@@ -2,6 +2,7 @@
 
 import math
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,3 +136,33 @@ def test_cli_report_html_on_finished_runs(tmp_path, capsys):
     page = (tmp_path / "runs" / "report.html").read_text()
     assert "data:image/png;base64," in page and "://" not in page
     assert "skipped.txt" not in capsys.readouterr().out
+
+
+def _extract():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("docs_extract", root / "docs" / "data" / "extract.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return root, module
+
+
+def test_the_docs_stored_tables_are_their_pages_tables_and_their_figures_are_embedded():
+    import csv
+    import re
+
+    root, extract = _extract()
+    for page, section, experiment, name in extract.STUDIES:
+        with (root / "docs" / "data" / name).open(newline="") as f:
+            stored = [{k: v for k, v in r.items() if v} for r in csv.DictReader(f)]
+        assert stored == extract.tables(root / page, section, experiment), f"{name} is stale: python {extract.__file__}"
+        text = (root / page).read_text()
+        embeds = re.findall(rf"\(figures/({Path(name).stem}-[\w.-]+\.png)\)", text)
+        assert embeds and all((root / "docs" / "figures" / e).is_file() for e in embeds), (page, embeds)
+    rows = figures.rows_from_csv(root / "docs" / "data" / "structured.csv")
+    bn = [r for r in rows if r["method"] == "bn_scale" and r["experiment"] == "cnn1d-mnist1d"]
+    _, y, se = figures.accuracy_curves(bn)["bn_scale"]
+    assert y[0] == pytest.approx(94.12) and se[0] == pytest.approx(0.55 / math.sqrt(5))  # docs/structured.md's row
+    assert figures.speedup_points(bn)["bn_scale"][1][0] == pytest.approx(1.16)

@@ -104,12 +104,26 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, folder: Path, name: str, svg: bool) -> list[Path]:
     paths = [folder / f"{name}.png"]
-    fig.savefig(paths[0], dpi=110)
+    fig.savefig(paths[0], dpi=110, bbox_inches="tight")  # "tight": a legend beside the plot is kept
     if svg:
         paths.append(folder / f"{name}.svg")
-        fig.savefig(paths[1])
+        fig.savefig(paths[1], bbox_inches="tight")
     _pyplot().close(fig)
     return paths
+
+
+_STYLES = ("-", "--", ":")  # matplotlib's 10 colours, then again dashed, then dotted
+
+
+def _legend(ax: Any, n: int) -> None:
+    if n > 8:  # many methods: beside the plot, not over it
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=7)
+
+
+def _width(n: int) -> float:
+    return 3.4 if n > 8 else 0.0
 
 
 def _title(key: str) -> str:
@@ -137,29 +151,30 @@ def write_figures(rows: Sequence[dict[str, Any]], folder: Path | str, prefix: st
     if len(curves) < 2 and len(budgets) < 2:
         notes.append(f"no accuracy figure{what}: one method at one budget")
     else:
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for method, (x, y, se) in curves.items():
-            ax.errorbar(x, y, yerr=se, marker="o", capsize=3, label=method)
+        fig, ax = plt.subplots(figsize=(6.4 + _width(len(curves)), 4.4))
+        for i, (method, (x, y, se)) in enumerate(curves.items()):
+            ax.errorbar(x, y, yerr=se, marker="o", capsize=3, label=method, linestyle=_STYLES[i // 10 % 3])
         ax.set_xlabel(budget_label(rows))
         ax.set_ylabel(f"{metric_label(rows)} (final, mean ± SE)")
         ax.set_title(title or "final test metric against the budget", fontsize=9)
-        ax.legend(fontsize=7)
+        _legend(ax, len(curves))
         fig.tight_layout()
         written += _save(fig, folder, f"{prefix}accuracy", svg)
     diffs = {k: v for k, v in paired_curves(rows).items() if v}
     if not diffs:
         notes.append(f"no paired figure{what}: no method has a placebo or a reference baseline to pair with")
     else:
-        fig, axes = plt.subplots(1, len(diffs), figsize=(5.2 * len(diffs), 4.2), squeeze=False)
+        most = max(len(v) for v in diffs.values())
+        fig, axes = plt.subplots(len(diffs), 1, figsize=(6.4 + _width(most), 3.6 * len(diffs)), squeeze=False)
         unit = "% points" if _scale(rows) == 100.0 else metric_label(rows)
-        for ax, (key, by_method) in zip(axes[0], diffs.items(), strict=True):
-            for method, (x, y, se) in by_method.items():
-                ax.errorbar(x, y, yerr=se, marker="o", capsize=3, label=method)
+        for ax, (key, by_method) in zip(axes[:, 0], diffs.items(), strict=True):
+            for i, (method, (x, y, se)) in enumerate(by_method.items()):
+                ax.errorbar(x, y, yerr=se, marker="o", capsize=3, label=method, linestyle=_STYLES[i // 10 % 3])
             ax.axhline(0.0, color="black", linewidth=0.8)
             ax.set_xlabel(budget_label(rows))
             ax.set_ylabel(f"paired difference ({unit}, ± SE)")
             ax.set_title(_title(key), fontsize=9)
-            ax.legend(fontsize=7)
+            _legend(ax, len(by_method))
         if title:
             fig.suptitle(title, fontsize=9)
         fig.tight_layout()
@@ -169,7 +184,7 @@ def write_figures(rows: Sequence[dict[str, Any]], folder: Path | str, prefix: st
         notes.append(f"no speed-up figure{what}: " + ("weight runs (no slimmed network to time)" if not is_channel(rows)
                                                       else "no measured speed-up in the rows"))  # fmt: skip
     else:
-        fig, ax = plt.subplots(figsize=(5.2, 4.6))
+        fig, ax = plt.subplots(figsize=(5.2 + _width(len(points)), 4.6))
         top = 1.0
         for method, (x, y) in points.items():
             ax.plot(x, y, "o", label=method)
@@ -178,7 +193,7 @@ def write_figures(rows: Sequence[dict[str, Any]], folder: Path | str, prefix: st
         ax.set_xlabel("MACs speed-up (dense / pruned MACs)")
         ax.set_ylabel("measured speed-up (CPU latency)")
         ax.set_title(title or "measured against MACs speed-up", fontsize=9)
-        ax.legend(fontsize=7)
+        _legend(ax, len(points) + 1)
         fig.tight_layout()
         written += _save(fig, folder, f"{prefix}speedup", svg)
     return written, notes
@@ -248,6 +263,25 @@ def rows_from_csv(path: Path | str) -> list[dict[str, Any]]:
     return rows
 
 
+def figures_from_tables(paths: Sequence[Path | str], folder: Path | str) -> tuple[list[Path], list[str]]:
+    """Draw the figures of stored tables (`rows_from_csv`) as PNGs in `folder`.
+
+    Files are named ``<csv stem>-<figure>.png``, or ``<csv stem>-<experiment>-<figure>.png`` when a
+    table holds several experiments; returns (files written, notes on figures skipped).
+    """
+    written: list[Path] = []
+    notes: list[str] = []
+    for path in paths:
+        rows = rows_from_csv(path)
+        split = list(dict.fromkeys(r["experiment"] for r in rows))
+        for exp in split:
+            prefix = f"{Path(path).stem}-" + (f"{slug(exp)}-" if len(split) > 1 else "")
+            w, n = write_figures([r for r in rows if r["experiment"] == exp], folder, prefix, exp, svg=False)
+            written += w
+            notes += n
+    return written, notes
+
+
 # --- one self-contained page ------------------------------------------------------------------------------------
 
 
@@ -302,5 +336,5 @@ def report_html(table_md: str, figures: Sequence[Path | str], title: str = "caus
     return "\n".join(parts) + "\n"
 
 
-__all__ = ["accuracy_curves", "figures_for", "markdown_html", "paired_curves", "report_html", "rows_from_csv",
-           "speedup_points", "write_figures"]  # fmt: skip
+__all__ = ["accuracy_curves", "figures_for", "figures_from_tables", "markdown_html", "paired_curves", "report_html",
+           "rows_from_csv", "speedup_points", "write_figures"]  # fmt: skip
