@@ -12,6 +12,7 @@ from . import __version__, criteria, lasso, platform, selection, trajectory
 
 if TYPE_CHECKING:
     from .config import Config
+    from .executors import Executor
     from .grid import Failed
 
 DEMO = {"methods": "causal,magnitude,random", "sparsity": "0.9,0.98", "seeds": "0,1"}
@@ -129,15 +130,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _compare(config: str | None, overrides: list[str], methods: str, sparsity: str | None, seeds: str,
-             out: str | None, grid: list[str], speedup: str | None = None, jobs: int = 1) -> int:  # fmt: skip
+             out: str | None, grid: list[str], speedup: str | None = None, jobs: int = 1,
+             engine: argparse.Namespace | None = None) -> int:  # fmt: skip
     from .compare import parse_grid, run_grid
     from .config import ConfigError
-    from .executors import Sequential, executor_for
 
     if jobs != 1 and platform.launched():
         raise ConfigError(f"--jobs {jobs} and --nproc do not combine: a distributed grid runs its cells one after "
                           "another (give one of them)")  # fmt: skip
-    executor = executor_for(jobs) if not platform.launched() else Sequential(catch=False)
+    _check_engine(engine)
     cfg = _load(config, overrides)
     if speedup is not None and sparsity is not None:
         raise ConfigError("give --sparsity or --speedup, not both (one budget per comparison)")
@@ -148,6 +149,7 @@ def _compare(config: str | None, overrides: list[str], methods: str, sparsity: s
     speedups = _floats(speedup, "--speedup") if speedup is not None else (
         [cfg.prune.speedup] if sparsity is None and cfg.prune.speedup is not None else None)  # fmt: skip
     out_dir = Path(out) if out else Path("runs") / f"compare-{cfg.name}-{cfg.digest()}"
+    executor = _executor(engine, jobs, out_dir)
     _, table, failed = run_grid(cfg, _methods(methods, cfg.prune.granularity), _floats(sparsity or "0", "--sparsity"),
                                 _ints(seeds, "--seeds"), out_dir, parse_grid(grid), speedups, executor)  # fmt: skip
     if platform.current().is_primary:
@@ -156,6 +158,43 @@ def _compare(config: str | None, overrides: list[str], methods: str, sparsity: s
             print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}")
         return _report_failed(failed)
     return 1 if failed else 0
+
+
+def _check_engine(args: argparse.Namespace | None) -> None:
+    """Refuse, in one line, an unknown ``--executor`` or an option of another executor than the one chosen."""
+    if args is None:
+        return
+    name = args.executor
+    if name not in ("local", "ray", "slurm"):
+        raise ValueError(f"--executor must be local, ray or slurm, got {name!r}")
+    slurm = [f for f, v in (("--slurm-partition", args.slurm_partition), ("--slurm-time", args.slurm_time),
+                            ("--runs-per-job", args.runs_per_job)) if v is not None]  # fmt: skip
+    if slurm and name != "slurm":
+        raise ValueError(f"{slurm[0]} is a Slurm option: it needs --executor slurm (the executor is {name})")
+    if args.ray_address is not None and name != "ray":
+        raise ValueError(f"--ray-address needs --executor ray (the executor is {name})")
+    if args.gpus_per_run is not None and name == "local":
+        raise ValueError("--gpus-per-run needs --executor ray or slurm (local runs take train.device)")
+    if name != "local" and (platform.launched() or (getattr(args, "nproc", None) or 1) > 1):
+        raise ValueError(f"--executor {name} and --nproc do not combine: give one of them")
+
+
+def _executor(args: argparse.Namespace | None, jobs: int, out: Path) -> Executor:
+    """Return the executor ``--executor`` names (default local: ``--jobs`` processes); Slurm logs: out/slurm_logs."""
+    from .executors import Sequential, executor_for
+
+    _check_engine(args)
+    name = args.executor if args is not None else "local"
+    if name == "ray":
+        from .executors_ray import RayExecutor
+
+        return RayExecutor(address=args.ray_address, gpus_per_run=args.gpus_per_run or 0, jobs=jobs)
+    if name == "slurm":
+        from .executors_slurm import SlurmExecutor
+
+        return SlurmExecutor(out / "slurm_logs", partition=args.slurm_partition, time_min=args.slurm_time,
+                             gpus_per_run=args.gpus_per_run or 0, runs_per_job=args.runs_per_job or 1, jobs=jobs)
+    return executor_for(jobs) if not platform.launched() else Sequential(catch=False)
 
 
 def _report_failed(failed: list[Failed]) -> int:
@@ -169,11 +208,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if args.jobs != 1 and args.nproc is not None and args.nproc > 1:
         raise ValueError(f"--jobs {args.jobs} and --nproc {args.nproc} do not combine: a distributed grid runs its "
                          "cells one after another (give one of them)")  # fmt: skip
+    _check_engine(args)
     launched = _launch(args)
     if launched is not None:
         return launched
     return _compare(args.config, args.set, args.methods, args.sparsity, args.seeds, args.out, args.grid,
-                    args.speedup, args.jobs)
+                    args.speedup, args.jobs, args)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -243,7 +283,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import run_sweep
 
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.sweep).stem}"
-    n, failed = run_sweep(args.sweep, out, jobs=args.jobs)
+    n, failed = run_sweep(args.sweep, out, jobs=args.jobs, executor=_executor(args, args.jobs, out))
     summaries = collect(out)
     if summaries:
         done = f"{n} runs" if not failed else f"{n} runs ({len(failed)} failed)"
@@ -278,6 +318,21 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="YAML config file, or a shipped config's name (causalprune list); default: the demo config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set prune.sparsity=0.98 (repeatable)")  # fmt: skip
+
+
+def _add_executor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--executor", default="local", metavar="local|ray|slurm",
+                   help="where the runs run: local (--jobs processes here, the default), ray (one Ray task per run; "
+                        "pip install 'causalprune[ray]'), slurm (submitit jobs; pip install 'causalprune[slurm]')")
+    p.add_argument("--gpus-per-run", type=float, default=None, metavar="G",
+                   help="GPUs each run reserves (ray, slurm; default 0)")
+    p.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                   help="join this Ray cluster (ray://host:port, host:port or auto); default: start a local Ray")
+    p.add_argument("--slurm-partition", default=None, help="Slurm partition (slurm; default: the cluster's)")
+    p.add_argument("--slurm-time", type=int, default=None, metavar="MIN",
+                   help="time limit of each Slurm job in minutes (slurm)")
+    p.add_argument("--runs-per-job", type=int, default=None, metavar="K",
+                   help="runs per Slurm job, one after another in it (slurm; default 1)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -315,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run N cells at once, each in its own process, sharing the cores (default 1: one after "
                         "another)")  # fmt: skip
+    _add_executor_args(p)
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="the built-in demo: MNIST-1D MLP, causal vs magnitude vs random")
@@ -347,6 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run N runs at once, each in its own process, sharing the cores (default 1)")
     p.add_argument("--out", default=None, help="output folder (default runs/sweep-<name>)")
+    _add_executor_args(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("report", help="turn the finished run folders under a folder into table.md / table.csv")

@@ -10,8 +10,8 @@ gate (a run that finds no shared θ_pre trains it itself, under the cache's lock
 The executor decides each task's CPU threads and passes them as ``fn(*args, threads=n)``;
 the task applies them (a run: ``train.threads``) and never learns which executor ran it.
 Here: `Sequential` (one task after another in this process) and `LocalPool` (N spawned
-processes on this machine, the cores shared among them); Ray or Slurm executors implement
-the same `Executor` protocol.
+processes on this machine, the cores shared among them); `executors_ray.RayExecutor` and
+`executors_slurm.SlurmExecutor` implement the same `Executor` protocol on a cluster.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ class Task:
     fn: Callable[..., Any]
     args: tuple[Any, ...] = ()
     after: tuple[str, ...] = ()  # keys of tasks that end (finished or failed) before this one starts
+    threads: int | None = None  # CPU threads the task sets itself (a run's train.threads); None: the executor's
 
 
 @dataclass(frozen=True)

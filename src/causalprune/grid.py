@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +148,7 @@ def tasks(cells: Sequence[Cell], out: Path) -> list[Task]:
             after = (first[shared],) if shared in first else ()
             first.setdefault(shared, key)
         args = (cell.config, str(out / cell.folder), cell.label, str(pre_folder(out)))
-        out_tasks.append(Task(key, run_cell, args, after))
+        out_tasks.append(Task(key, run_cell, args, after, cell.config.train.threads))
     return out_tasks
 
 
@@ -179,11 +180,46 @@ def _failed(cell: Cell, out: Path, outcome: Outcome, write: bool) -> Failed:
     return Failed(cell, folder, error, log)
 
 
+class Progress:
+    """One live line of counts, ``<d> done, <r> running, <f> failed, <q> queued``, as tasks start and end.
+
+    On a terminal the line is redrawn in place; otherwise one line is printed as each task ends.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total, self.running, self.done, self.failed = total, 0, 0, 0
+        self.tty = sys.stdout.isatty()
+
+    def line(self) -> str:
+        """Return the counts as one line."""
+        queued = self.total - self.running - self.done - self.failed
+        return f"{self.done} done, {self.running} running, {self.failed} failed, {queued} queued"
+
+    def started(self, task: Task) -> None:
+        """Count `task` as running (submitted to the executor)."""
+        self.running += 1
+        if self.tty:
+            print("\r" + self.line(), end="", flush=True)
+
+    def ended(self, outcome: Outcome) -> None:
+        """Count a task's end: done, or failed."""
+        self.running -= 1
+        self.done, self.failed = self.done + outcome.ok, self.failed + (not outcome.ok)
+        print(("\r" if self.tty else "") + self.line(), end="" if self.tty else "\n", flush=True)
+
+    def close(self) -> None:
+        """End the live line."""
+        if self.tty:
+            print(flush=True)
+
+
 def run_cells(cells: Sequence[Cell], out: Path, executor: Executor,
               describe: Callable[[Cell], str] | None = None) -> tuple[list[dict[str, Any]], list[Failed]]:  # fmt: skip
     """Run every cell under `out` on `executor`; return the summaries of those that finished, and the failures.
 
-    Prints ``[i/n] <describe(cell)>`` as each starts (the primary process only, under torchrun).
+    Prints ``[i/n] <describe(cell)>`` as each starts (the primary process only, under torchrun);
+    for an executor that says it is ``live`` (Ray, Slurm), one line of counts instead
+    (`Progress`).
     """
     primary = current_platform().is_primary
     planned = tasks(cells, out)
@@ -195,11 +231,16 @@ def run_cells(cells: Sequence[Cell], out: Path, executor: Executor,
         if primary:
             print(f"[{next(count)}/{len(planned)}] {say(by_key[task.key])}", flush=True)
 
-    outcomes = executor.run(planned, started)
+    if getattr(executor, "live", False):
+        progress = Progress(len(planned))
+        outcomes = executor.run(planned, progress.started, progress.ended)
+        progress.close()
+    else:
+        outcomes = executor.run(planned, started)
     summaries = [o.value for o in outcomes if o.ok]
     failed = [_failed(c, out, o, primary) for c, o in zip(cells, outcomes, strict=True) if not o.ok]
     return summaries, failed
 
 
-__all__ = ["Cell", "Failed", "Grid", "parse_grid", "plan", "pre_folder", "run_cell", "run_cells", "short", "slug",
-           "tasks"]
+__all__ = ["Cell", "Failed", "Grid", "Progress", "parse_grid", "plan", "pre_folder", "run_cell", "run_cells", "short",
+           "slug", "tasks"]

@@ -71,6 +71,7 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1,
     executor = executor if executor is not None else executor_for(jobs)
     cells = plan_sweep(path, out)
     todo = [c for c in cells if not (out / c.folder / "summary.json").exists()]
-    print(f"{len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run with {jobs} process(es)")
+    where = f"on {executor.name}" if hasattr(executor, "name") else f"with {jobs} process(es)"
+    print(f"{len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run {where}")
     _, failed = run_cells(todo, out, executor)
     return len(cells), failed

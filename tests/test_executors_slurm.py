@@ -1,0 +1,73 @@
+"""Grids as submitit jobs (`--executor slurm`), run through submitit's local backend: the same runs as local."""
+
+import os
+
+import pytest
+
+from causalprune.cli import main
+from causalprune.compare import run_grid
+from causalprune.config import config_from_dict
+from causalprune.executors import Task
+
+from .conftest import TINY
+from .grid_oracle import GRID, fingerprint, tiny_file
+
+submitit = pytest.importorskip("submitit", reason="the slurm extra is not installed (pip install 'causalprune[slurm]')")
+
+from causalprune.executors_slurm import SlurmExecutor  # noqa: E402
+
+
+def test_a_grid_as_local_submitit_jobs_gives_the_local_masks_and_accuracies(tmp_path, capsys):
+    local = tmp_path / "local"
+    assert main(["compare", str(tiny_file(tmp_path)), *GRID, "--out", str(local)]) == 0
+    out = tmp_path / "slurm"
+    cfg = config_from_dict(TINY, ["train.threads=1"])
+    executor = SlurmExecutor(out / "slurm_logs", cluster="local", runs_per_job=3, max_running=2, poll_s=0.2)
+    capsys.readouterr()
+    summaries, _, failed = run_grid(cfg, ["causal", "magnitude"], [0.8, 0.9], [0, 1], out, executor=executor)
+    printed = capsys.readouterr().out
+    assert failed == [] and len(summaries) == 8 and "8 done, 0 running, 0 failed, 0 queued" in printed
+    assert fingerprint(out) == fingerprint(local)
+    logs = sorted(p.name for p in (out / "slurm_logs").glob("*_log.err"))
+    assert len(logs) == 3  # jobs of ≤ 3 runs: one of the 2 runs that train θ_pre, then 2 of the 6 that read it
+
+    # re-submitted: finished runs are read back, an interrupted one resumes
+    untouched = out / "magnitude" / "p0.9" / "seed_1" / "level_1" / "mask.pt"
+    stamp = untouched.stat().st_mtime_ns
+    (out / "causal" / "p0.9" / "seed_0" / "summary.json").unlink()
+    _, _, failed = run_grid(cfg, ["causal", "magnitude"], [0.8, 0.9], [0, 1], out, executor=executor)
+    assert failed == [] and fingerprint(out) == fingerprint(local) and untouched.stat().st_mtime_ns == stamp
+
+
+def test_a_job_that_dies_fails_its_runs_naming_its_log_and_the_rest_go_on(tmp_path):
+    def dies(*, threads):  # defined here: submitit ships it by value
+        os._exit(3)
+
+    def works(x, *, threads):
+        return x + threads
+
+    executor = SlurmExecutor(tmp_path / "logs", cluster="local", threads=1, poll_s=0.2)
+    outcomes = executor.run([Task("a/seed_0", dies), Task("b", works, (1,), after=("a/seed_0",))])
+    assert [o.ok for o in outcomes] == [False, True] and outcomes[1].value == 2
+    error = outcomes[0].error
+    assert error.startswith("the job ") and " running a/seed_0 ended without a result (" in error
+    assert error.endswith("_0_log.err") and str(tmp_path / "logs") in error and "\n" not in error
+
+
+def test_slurm_options_are_checked_before_anything_is_submitted(tmp_path, capsys):
+    run = ["compare", str(tiny_file(tmp_path)), "--methods", "magnitude", "--seeds", "0", "--out", str(tmp_path / "c")]
+    for bad, line in [
+        ({"runs_per_job": 0}, "--runs-per-job must be a positive number of runs, got 0"),
+        ({"time_min": 0}, "--slurm-time must be a positive number of minutes, got 0"),
+        ({"gpus_per_run": 0.5}, "--gpus-per-run must be a whole number >= 0 under Slurm, got 0.5"),
+        ({"cluster": "pbs"}, "cluster must be slurm or local, got 'pbs'"),
+    ]:
+        with pytest.raises(ValueError) as e:
+            SlurmExecutor(tmp_path / "l", **{"cluster": "local", **bad})
+        assert str(e.value) == line
+    if os.system("command -v sbatch >/dev/null") != 0:  # this machine has no Slurm: one line, exit 2
+        assert main([*run, "--executor", "slurm"]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "causalprune: error: --executor slurm: this machine has no Slurm (sbatch is not on PATH); nothing was "
+            "submitted"]  # fmt: skip
+        assert not (tmp_path / "c").exists()
