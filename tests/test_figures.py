@@ -99,7 +99,7 @@ def test_write_table_draws_figures_and_a_self_contained_page(tmp_path):
     assert not (figs / "speedup.png").exists()
     assert "weight runs" in (figs / "skipped.txt").read_text()
     page = (tmp_path / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 2
+    assert page.count('src="data:image/png;base64,') == 3  # accuracy, paired, boxplots
     assert "http" not in page and "://" not in page  # opens offline: no external reference
     assert "<td>causal</td>" in page and "<th>method</th>" in page
 
@@ -166,3 +166,13 @@ def test_the_docs_stored_tables_are_their_pages_tables_and_their_figures_are_emb
     _, y, se = figures.accuracy_curves(bn)["bn_scale"]
     assert y[0] == pytest.approx(94.12) and se[0] == pytest.approx(0.55 / math.sqrt(5))  # docs/structured.md's row
     assert figures.speedup_points(bn)["bn_scale"][1][0] == pytest.approx(1.16)
+
+
+def test_several_experiments_get_one_set_each_and_the_page_renders_headings_and_tables(tmp_path):
+    runs = _summaries() + [{**s, "experiment": "F"} for s in _summaries()]
+    rows = [r for t in report.experiments(runs).values() for r in report.table_rows(t)]
+    written, _ = figures.figures_for(rows, tmp_path, svg=False)
+    assert sorted(p.name for p in written) == ["E-accuracy.png", "E-paired.png", "F-accuracy.png", "F-paired.png"]
+    page = figures.report_html("### E\n\n| a | b |\n|---|---|\n| 1 & 2 | <x> |\n", [*written, tmp_path / "x.svg"])
+    assert "<h3>E</h3>" in page and "<td>1 &amp; 2</td><td>&lt;x&gt;</td>" in page
+    assert page.count("<img ") == 4  # the PNGs only

@@ -191,7 +191,8 @@ def write_table(summaries: list[dict[str, Any]], out: Path, header: str, html: b
     drawn, notes = figures.figures_for(rows, out / "figures")
     save_text("".join(f"{n}\n" for n in notes), out / "figures" / "skipped.txt")
     if html:
-        save_text(figures.report_html(table, drawn, title=f"causalprune report: {out}"), out / "report.html")
+        pngs = [*drawn, *sorted(out.glob("boxplots*.png"))]
+        save_text(figures.report_html(table, pngs, title=f"causalprune report: {out}"), out / "report.html")
     return table
 
 
