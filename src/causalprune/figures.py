@@ -93,13 +93,18 @@ def speedup_points(rows: Sequence[dict[str, Any]]) -> dict[str, tuple[np.ndarray
             for m, p in out.items()}  # fmt: skip
 
 
-def _pyplot() -> Any:
-    import matplotlib
+class _Figures:
+    """Figures without pyplot's global state (safe when two grids write tables at once in one process)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.4, 4.8),
+                 squeeze: bool = True) -> tuple[Any, Any]:  # fmt: skip
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize)
+        FigureCanvasAgg(fig)  # the Agg backend, whatever matplotlib's default
+        return fig, fig.subplots(nrows, ncols, squeeze=squeeze)
 
 
 def _save(fig: Any, folder: Path, name: str, svg: bool) -> list[Path]:
@@ -108,7 +113,6 @@ def _save(fig: Any, folder: Path, name: str, svg: bool) -> list[Path]:
     if svg:
         paths.append(folder / f"{name}.svg")
         fig.savefig(paths[1], bbox_inches="tight")
-    _pyplot().close(fig)
     return paths
 
 
@@ -145,7 +149,7 @@ def write_figures(rows: Sequence[dict[str, Any]], folder: Path | str, prefix: st
     what = f" ({title})" if title else ""
     if not rows:
         return written, [f"no figures{what}: no rows"]
-    plt = _pyplot()
+    plt = _Figures
     curves = accuracy_curves(rows)
     budgets = {float(r["sparsity"]) for r in rows}
     if len(curves) < 2 and len(budgets) < 2:
