@@ -58,8 +58,8 @@ def test_load_run_and_data_asks_the_plan_registry_how_to_rebuild_the_network(tmp
         slims = True
 
         @staticmethod
-        def restore(model, mask, input_shape):
-            seen.append((mask, tuple(input_shape)))
+        def restore(model, mask, inputs):  # inputs: the run's ModelIO
+            seen.append((mask, tuple(inputs.input_shape)))
             return model
 
     monkeypatch.setitem(plan_module.PLANS, "weight", Spy)
