@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test,vision,lightning,transformers,export,docs,onnx,ray,slurm]' $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test,vision,lightning,transformers,export,docs,onnx,ray,slurm,track]' $(TORCH)
 	touch $(STAMP)
 
 lint: setup

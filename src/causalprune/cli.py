@@ -132,6 +132,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _compare(config: str | None, overrides: list[str], methods: str, sparsity: str | None, seeds: str,
              out: str | None, grid: list[str], speedup: str | None = None, jobs: int = 1,
              engine: argparse.Namespace | None = None) -> int:  # fmt: skip
+    from . import tracking
     from .compare import parse_grid, run_grid
     from .config import ConfigError
 
@@ -150,12 +151,14 @@ def _compare(config: str | None, overrides: list[str], methods: str, sparsity: s
         [cfg.prune.speedup] if sparsity is None and cfg.prune.speedup is not None else None)  # fmt: skip
     out_dir = Path(out) if out else Path("runs") / f"compare-{cfg.name}-{cfg.digest()}"
     executor = _executor(engine, jobs, out_dir)
+    tracking.grid_store(cfg.track, out_dir, cfg.name)  # MLflow's default store: the output folder
     _, table, failed = run_grid(cfg, _methods(methods, cfg.prune.granularity), _floats(sparsity or "0", "--sparsity"),
                                 _ints(seeds, "--seeds"), out_dir, parse_grid(grid), speedups, executor)  # fmt: skip
     if platform.current().is_primary:
         if table:
             print(table)
             print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}")
+            tracking.log_grid_artifacts(cfg.track, cfg.name, out_dir, [out_dir / "table.md"])
         return _report_failed(failed)
     return 1 if failed else 0
 
@@ -279,15 +282,20 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from . import tracking
     from .compare import collect, write_table
-    from .sweep import run_sweep
+    from .sweep import load_sweep, run_sweep
 
+    _check_engine(args)  # executor options before the sweep file: one line, nothing read or submitted
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.sweep).stem}"
-    n, failed = run_sweep(args.sweep, out, jobs=args.jobs, executor=_executor(args, args.jobs, out))
+    tracking.grid_store(_tracks(args), out, load_sweep(args.sweep)[1])  # MLflow's default store: the output folder
+    n, failed = run_sweep(args.sweep, out, jobs=args.jobs, executor=_executor(args, args.jobs, out),
+                          overrides=_track_set(args))  # fmt: skip
     summaries = collect(out)
     if summaries:
         done = f"{n} runs" if not failed else f"{n} runs ({len(failed)} failed)"
         print(write_table(summaries, out, f"{args.sweep}: {done}\n\n"))
+        tracking.log_grid_artifacts(_tracks(args), load_sweep(args.sweep)[1], out, [out / "table.md"])
     return _report_failed(failed)
 
 
@@ -320,6 +328,24 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set prune.sparsity=0.98 (repeatable)")  # fmt: skip
 
 
+def _add_track_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--track", default=None, metavar="tensorboard,mlflow",
+                   help="also record every run's events in these trackers (config key track; "
+                        "pip install 'causalprune[track]')")  # fmt: skip
+
+
+def _track_set(args: argparse.Namespace) -> list[str]:
+    """Return the ``--set`` override that ``--track`` stands for (none without it)."""
+    if getattr(args, "track", None) is None:
+        return []
+    return [f"track=[{','.join(_tracks(args))}]"]
+
+
+def _tracks(args: argparse.Namespace) -> list[str]:
+    """Return the trackers ``--track`` names."""
+    return [t.strip() for t in (getattr(args, "track", None) or "").split(",") if t.strip()]
+
+
 def _add_executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", default="local", metavar="local|ray|slurm",
                    help="where the runs run: local (--jobs processes here, the default), ray (one Ray task per run; "
@@ -343,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one experiment (Algorithm 1) into a resumable run folder")
     _add_config_args(p)
+    _add_track_arg(p)
     p.add_argument("--out", default=None, help="run folder (default: runs/<name>-<hash>/seed_<n>)")
     p.add_argument("--resume", action="store_true",
                    help="only continue an interrupted run: refuse to start a new one (re-running the same "
@@ -357,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="run methods × sparsities × seeds and print a table")
     _add_config_args(p)
+    _add_track_arg(p)
     p.add_argument("--out", default=None, help="folder for the runs and table.md / table.csv")
     p.add_argument("--methods", default="causal,magnitude,random", help="comma list, or 'all'")
     p.add_argument("--sparsity", default=None, help="comma list of final sparsities (default 0.9,0.98)")
@@ -400,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a grid of configs (SWEEP.yaml) in parallel processes, resumably")
     p.add_argument("sweep", help="sweep file (base, name, set, grid), or a shipped sweep's name")
+    _add_track_arg(p)
     p.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="run N runs at once, each in its own process, sharing the cores (default 1)")
     p.add_argument("--out", default=None, help="output folder (default runs/sweep-<name>)")
@@ -442,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    if getattr(args, "set", None) is not None:
+        args.set = [*args.set, *_track_set(args)]  # --track: the config key track of every run
     shown = warnings.showwarning
     warnings.showwarning = _warning_line
     finished = False

@@ -308,6 +308,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    track: tuple[str, ...] = ()  # experiment trackers the run's events also go to: tensorboard, mlflow (tracking.py)
     sections: tuple[tuple[str, Any], ...] = field(default_factory=_default_sections)  # (name, settings) pairs
 
     def __getattr__(self, name: str) -> Any:
@@ -353,7 +354,7 @@ class Config:
 
 #: Keys that say how a run executes, not what it computes: they may change between a run's
 #: start and its resume, and are left out of digests, run-folder checks and experiment ids.
-EXECUTION_KEYS = ("train.threads",)
+EXECUTION_KEYS = ("train.threads", "track")
 
 
 def without_execution_keys(d: dict[str, Any]) -> dict[str, Any]:
@@ -361,7 +362,9 @@ def without_execution_keys(d: dict[str, Any]) -> dict[str, Any]:
     out = json.loads(json.dumps(d))
     for key in EXECUTION_KEYS:
         section, _, name = key.partition(".")
-        if isinstance(out.get(section), dict):
+        if not name:  # a top-level key
+            out.pop(section, None)
+        elif isinstance(out.get(section), dict):
             out[section].pop(name, None)
     return out
 

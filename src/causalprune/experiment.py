@@ -35,11 +35,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__, criteria, lasso, resolve
+from . import __version__, criteria, lasso, resolve, tracking
 from .config import Config, ConfigError
 from .criteria import Criterion, ScoreInput
 from .data import AUGMENTATIONS, Splits, input_io, load_pool, make_splits, materialize, shape_of
-from .events import EpochEvent, Event, EventSink, NullSink, RoundEvent, StageEvent, SummaryEvent, stage_level
+from .events import EpochEvent, Event, EventSink, NullSink, RoundEvent, Sinks, StageEvent, SummaryEvent, stage_level
 from .layout import ParamLayout
 from .masks import Mask, prunable_parameters
 from .metrics import efficiency, measured_efficiency
@@ -500,6 +500,8 @@ def _run(cfg: Config, out: str | Path | None, pre_cache: str | Path | None, quie
         folder.write_env(environment(device))
         run.timing = folder.load_timing()
         run.restored, run.events = folder.read_events(), folder.events()
+        if cfg.track and folder.writer:  # the trackers: sinks beside metrics.jsonl (tracking.py)
+            run.events = Sinks([run.events, *tracking.sinks(cfg, folder.path)])
         try:
             return _stages(run, model, t_start, quiet)
         finally:

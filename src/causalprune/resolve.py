@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import criteria
+from . import criteria, tracking
 from .config import Config, ConfigError, check_choice, load_config
 from .data import DATASETS, RESIZABLE
 from .models import MODELS, SHORTCUT_MODELS
@@ -46,6 +46,7 @@ def check(cfg: Config) -> Config:
                           f"{valid}")  # fmt: skip
     if crit.records and p.n_prune < 1:
         raise ConfigError(f"prune.n_prune must be >= 1 for {p.method}, which records the round's training")
+    tracking.check(cfg.track)  # known trackers, their packages installed
     return cfg
 
 

@@ -20,6 +20,7 @@ and draws Fig. 3-style boxplots.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +55,17 @@ def _naming(pairs: list[tuple[str, Any]], cfg: Config) -> tuple[str, Path]:
     return label, Path(slug(",".join(short(k, v) for k, v in pairs)))
 
 
-def plan_sweep(path: str | Path, out: Path) -> list[Cell]:
-    """Return one `Cell` per run of the sweep (folders relative to `out`); configs are checked now."""
+def plan_sweep(path: str | Path, out: Path, overrides: Sequence[str] = ()) -> list[Cell]:
+    """Return one `Cell` per run of the sweep (folders relative to `out`); configs are checked now.
+
+    `overrides` (``key=value``) apply to every run after the sweep's own (the CLI's ``--track``).
+    """
     base, name, fixed, grid = load_sweep(path)
-    return plan(load_config(base, [f"name={name}", *fixed]), grid, _naming)
+    return plan(load_config(base, [f"name={name}", *fixed, *overrides]), grid, _naming)
 
 
-def run_sweep(path: str | Path, out: str | Path, jobs: int = 1,
-              executor: Executor | None = None) -> tuple[int, list[Failed]]:  # fmt: skip
+def run_sweep(path: str | Path, out: str | Path, jobs: int = 1, executor: Executor | None = None,
+              overrides: Sequence[str] = ()) -> tuple[int, list[Failed]]:  # fmt: skip
     """Run every combination of the sweep (skipping finished runs); return the number of runs and the failed ones.
 
     `executor` runs the runs (default: `executors.executor_for(jobs)`: one after another, or
@@ -69,7 +73,7 @@ def run_sweep(path: str | Path, out: str | Path, jobs: int = 1,
     """
     out = Path(out)
     executor = executor if executor is not None else executor_for(jobs)
-    cells = plan_sweep(path, out)
+    cells = plan_sweep(path, out, overrides)
     todo = [c for c in cells if not (out / c.folder / "summary.json").exists()]
     where = f"on {executor.name}" if hasattr(executor, "name") else f"with {jobs} process(es)"
     print(f"{len(cells)} runs, {len(cells) - len(todo)} already finished, {len(todo)} to run {where}")
