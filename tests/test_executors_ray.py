@@ -67,6 +67,23 @@ def test_a_failed_run_on_ray_is_one_line_and_the_rest_finish(ray_session, tmp_pa
     assert "1 done, 0 running, 1 failed, 0 queued" in captured.out and "1 of 2 runs (1 failed)" in captured.out
 
 
+def test_a_sweep_runs_on_ray_and_gpus_no_node_has_are_refused(ray_session, tmp_path, capsys):
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text(f"base: {tiny_file(tmp_path)}\nname: s\nset: {{prune.method: magnitude, train.threads: 1}}\n"
+                     "grid: {prune.sparsity: [0.8, 0.9], seed: [0]}\n")  # fmt: skip
+    out = tmp_path / "sw"
+    assert main(["sweep", str(sweep), "--out", str(out), "--executor", "ray"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 runs, 0 already finished, 2 to run on Ray" in printed
+    assert "2 done, 0 running, 0 failed, 0 queued" in printed
+    assert sorted(p.parent.name for p in out.glob("*/summary.json")) == ["sparsity=0.8_seed=0", "sparsity=0.9_seed=0"]
+    gpu = tmp_path / "gpu"
+    assert main(["sweep", str(sweep), "--out", str(gpu), "--executor", "ray", "--gpus-per-run", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "causalprune: error: --gpus-per-run 1, but the Ray cluster's nodes have at most 0 GPUs; nothing was submitted"]
+    assert not list(gpu.rglob("summary.json"))
+
+
 def test_a_ray_worker_that_dies_fails_its_task_only(ray_session):
     from causalprune.executors_ray import RayExecutor
 

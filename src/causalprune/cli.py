@@ -287,6 +287,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import load_sweep, run_sweep
 
     _check_engine(args)  # executor options before the sweep file: one line, nothing read or submitted
+    _check_engine(args)  # executor options before the sweep file: one line, nothing read or submitted
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.sweep).stem}"
     tracking.grid_store(_tracks(args), out, load_sweep(args.sweep)[1])  # MLflow's default store: the output folder
     n, failed = run_sweep(args.sweep, out, jobs=args.jobs, executor=_executor(args, args.jobs, out),

@@ -95,6 +95,12 @@ class RayExecutor:
 
         pending = order(tasks)
         owner = self._connect()
+        try:
+            most = self._node_cpus()
+        except ValueError:
+            if owner:
+                ray.shutdown()
+            raise
         remote = ray.remote(max_retries=0)(_call)
         outcomes: dict[str, Outcome] = {}
         running: dict[Any, Task] = {}
@@ -102,7 +108,7 @@ class RayExecutor:
             while pending or running:
                 for task in [t for t in pending if all(k in outcomes for k in t.after)]:
                     pending.remove(task)
-                    threads = task.threads or self.threads
+                    threads = min(task.threads or self.threads, most)  # more than any node has would never start
                     ref = remote.options(num_cpus=threads, num_gpus=self.gpus_per_run).remote(
                         task.fn, task.args, threads)
                     running[ref] = task
@@ -126,6 +132,17 @@ class RayExecutor:
             if owner:
                 ray.shutdown()
         return [outcomes[t.key] for t in tasks]
+
+    def _node_cpus(self) -> int:
+        """Return the most CPUs of any live node; refuse GPUs per run that no node has (they would never start)."""
+        import ray
+
+        nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive", False)]
+        gpus = max((r.get("GPU", 0) for r in nodes), default=0)
+        if self.gpus_per_run > gpus:
+            raise ValueError(f"--gpus-per-run {self.gpus_per_run:g}, but the Ray cluster's nodes have at most {gpus:g} "
+                             "GPUs; nothing was submitted")  # fmt: skip
+        return max(1, int(max((r.get("CPU", 0) for r in nodes), default=1)))
 
     @staticmethod
     def _lost(task: Task, error: BaseException) -> str:
