@@ -39,6 +39,26 @@ def test_a_grid_as_local_submitit_jobs_gives_the_local_masks_and_accuracies(tmp_
     assert failed == [] and fingerprint(out) == fingerprint(local) and untouched.stat().st_mtime_ns == stamp
 
 
+def test_compare_executor_slurm_submits_batches_with_logs_under_the_output_folder(tmp_path, capsys, monkeypatch):
+    from causalprune import executors_slurm
+
+    made = []
+
+    def local(*args, **kwargs):  # the CLI's executor, on submitit's local backend
+        made.append(kwargs)
+        return SlurmExecutor(*args, **{**kwargs, "cluster": "local", "poll_s": 0.2})
+
+    monkeypatch.setattr(executors_slurm, "SlurmExecutor", local)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tiny_file(tmp_path)), "--methods", "magnitude", "--sparsity", "0.8,0.9", "--seeds",
+                 "0", "--set", "train.threads=1", "--out", str(out), "--executor", "slurm", "--runs-per-job", "2",
+                 "--slurm-time", "5", "--slurm-partition", "debug"]) == 0  # fmt: skip
+    assert made == [{"partition": "debug", "time_min": 5, "gpus_per_run": 0, "runs_per_job": 2, "jobs": 1}]
+    assert "2 done, 0 running, 0 failed, 0 queued" in capsys.readouterr().out
+    assert len(list((out / "slurm_logs").glob("*_log.out"))) == 2  # the θ_pre run, then the run that reads it
+    assert len(list(out.glob("magnitude/p*/seed_0/summary.json"))) == 2
+
+
 def test_a_job_that_dies_fails_its_runs_naming_its_log_and_the_rest_go_on(tmp_path):
     def dies(*, threads):  # defined here: submitit ships it by value
         os._exit(3)
