@@ -84,6 +84,13 @@ def test_a_sweep_runs_on_ray_and_gpus_no_node_has_are_refused(ray_session, tmp_p
     assert not list(gpu.rglob("summary.json"))
 
 
+def test_a_relative_out_is_made_absolute_for_the_workers(ray_session, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", str(tiny_file(tmp_path)), "--methods", "magnitude", "--sparsity", "0.8", "--seeds", "0",
+                 "--executor", "ray", "--out", "cmp"]) == 0  # fmt: skip
+    assert f"wrote {tmp_path / 'cmp' / 'table.md'} and" in capsys.readouterr().out
+
+
 def test_a_ray_worker_that_dies_fails_its_task_only(ray_session):
     from causalprune.executors_ray import RayExecutor
 

@@ -150,6 +150,8 @@ def _compare(config: str | None, overrides: list[str], methods: str, sparsity: s
     speedups = _floats(speedup, "--speedup") if speedup is not None else (
         [cfg.prune.speedup] if sparsity is None and cfg.prune.speedup is not None else None)  # fmt: skip
     out_dir = Path(out) if out else Path("runs") / f"compare-{cfg.name}-{cfg.digest()}"
+    if engine is not None and engine.executor != "local":  # a cluster's workers need not share this directory
+        out_dir = out_dir.absolute()
     executor = _executor(engine, jobs, out_dir)
     tracking.grid_store(cfg.track, out_dir, cfg.name)  # MLflow's default store: the output folder
     _, table, failed = run_grid(cfg, _methods(methods, cfg.prune.granularity), _floats(sparsity or "0", "--sparsity"),
@@ -289,6 +291,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     _check_engine(args)  # executor options before the sweep file: one line, nothing read or submitted
     _check_engine(args)  # executor options before the sweep file: one line, nothing read or submitted
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.sweep).stem}"
+    if args.executor != "local":  # a cluster's workers need not share this directory
+        out = out.absolute()
     tracking.grid_store(_tracks(args), out, load_sweep(args.sweep)[1])  # MLflow's default store: the output folder
     n, failed = run_sweep(args.sweep, out, jobs=args.jobs, executor=_executor(args, args.jobs, out),
                           overrides=_track_set(args))  # fmt: skip
