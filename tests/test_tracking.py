@@ -156,7 +156,9 @@ def test_compare_tracks_every_run_and_keeps_the_table(tmp_path, no_uri):
     runs = client.search_runs([exp.experiment_id])
     assert sorted(r.data.params.get("prune.method", "grid") for r in runs) == ["grid", "magnitude", "random"]
     grid = next(r for r in runs if r.info.run_name == "grid")
-    assert [a.path for a in client.list_artifacts(grid.info.run_id)] == ["table.md"]
+    assert sorted(a.path for a in client.list_artifacts(grid.info.run_id)) == ["figures", "table.csv", "table.md"]
+    figs = {a.path for a in client.list_artifacts(grid.info.run_id, "figures")}
+    assert figs == {f"figures/{p.name}" for p in (out / "figures").iterdir()} and "figures/skipped.txt" in figs
     assert not list(out.rglob("tensorboard"))  # only the trackers asked for
 
 

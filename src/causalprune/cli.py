@@ -160,7 +160,7 @@ def _compare(config: str | None, overrides: list[str], methods: str, sparsity: s
         if table:
             print(table)
             print(f"wrote {out_dir / 'table.md'} and {out_dir / 'table.csv'}")
-            tracking.log_grid_artifacts(cfg.track, cfg.name, out_dir, [out_dir / "table.md"])
+            tracking.log_grid_artifacts(cfg.track, cfg.name, out_dir)
         return _report_failed(failed)
     return 1 if failed else 0
 
@@ -289,7 +289,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import load_sweep, run_sweep
 
     _check_engine(args)  # executor options before the sweep file: one line, nothing read or submitted
-    _check_engine(args)  # executor options before the sweep file: one line, nothing read or submitted
     out = Path(args.out) if args.out else Path("runs") / f"sweep-{Path(args.sweep).stem}"
     if args.executor != "local":  # a cluster's workers need not share this directory
         out = out.absolute()
@@ -300,7 +299,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if summaries:
         done = f"{n} runs" if not failed else f"{n} runs ({len(failed)} failed)"
         print(write_table(summaries, out, f"{args.sweep}: {done}\n\n"))
-        tracking.log_grid_artifacts(_tracks(args), load_sweep(args.sweep)[1], out, [out / "table.md"])
+        tracking.log_grid_artifacts(_tracks(args), load_sweep(args.sweep)[1], out)
     return _report_failed(failed)
 
 

@@ -48,6 +48,7 @@ TRACKERS: dict[str, tuple[str, ...]] = {
     "mlflow": ("mlflow",),
 }
 SQLITE_MODULES = ("sqlalchemy", "alembic")  # MLflow's SQLite store (the default, no MLFLOW_TRACKING_URI)
+GRID_FILES = ("table.md", "table.csv", "figures")  # a grid's outputs kept as artifacts (those that exist)
 STATE = "mlflow.json"  # in the run folder: the MLflow run a resumed run continues
 _PARAM_BATCH = 100  # MLflow's limit of parameters per log_batch call
 
@@ -266,8 +267,11 @@ def grid_store(track: Sequence[str], root: str | os.PathLike[str], experiment: s
 
 
 def log_grid_artifacts(track: Sequence[str], experiment: str, root: str | os.PathLike[str],
-                       paths: Sequence[str | os.PathLike[str]]) -> None:  # fmt: skip
-    """Keep a grid's files (table.md) as artifacts of one MLflow run ``grid`` in experiment `experiment`."""
+                       paths: Sequence[str | os.PathLike[str]] | None = None) -> None:  # fmt: skip
+    """Keep a grid's files and folders as artifacts of one MLflow run ``grid`` in `experiment`.
+
+    `paths` defaults to `GRID_FILES` under `root` (table.md, table.csv, figures/), those that exist.
+    """
     if "mlflow" not in track:
         return
     from mlflow.tracking import MlflowClient
@@ -276,11 +280,13 @@ def log_grid_artifacts(track: Sequence[str], experiment: str, root: str | os.Pat
     client = MlflowClient(tracking_uri=uri)
     run = client.create_run(experiment_id(client, experiment, uri), run_name="grid",
                             tags={"causalprune.grid": str(Path(root).resolve())})  # fmt: skip
-    for p in paths:
-        if Path(p).exists():
+    for p in map(Path, paths if paths is not None else [Path(root) / n for n in GRID_FILES]):
+        if p.is_dir():
+            client.log_artifacts(run.info.run_id, str(p), artifact_path=p.name)
+        elif p.exists():
             client.log_artifact(run.info.run_id, str(p))
     client.set_terminated(run.info.run_id)
 
 
-__all__ = ["STATE", "TRACKERS", "MLflowSink", "TensorBoardSink", "check", "flatten", "grid_store",
+__all__ = ["GRID_FILES", "STATE", "TRACKERS", "MLflowSink", "TensorBoardSink", "check", "flatten", "grid_store",
            "log_grid_artifacts", "mlflow_uri", "scalars", "sinks"]  # fmt: skip
