@@ -108,6 +108,8 @@ class SlurmExecutor:
                     threads = [t.threads or self.threads for t in batch]
                     calls = [(t.fn, t.args, n) for t, n in zip(batch, threads, strict=True)]
                     job = self._executor(max(threads)).submit(run_batch, calls)
+                    if self.cluster == "local" and hasattr(job, "_results_timeout_s"):
+                        job._results_timeout_s = 1.0  # a result file on this machine's disk: no NFS delay to wait out
                     running.append((job, batch))
                     for t in batch:
                         pending.remove(t)
