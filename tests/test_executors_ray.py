@@ -1,6 +1,7 @@
 """Grids on Ray (`--executor ray`): the same runs as local, failures in one line, resume; bad input refused."""
 
 import importlib.util
+import json
 import os
 import socket
 
@@ -107,6 +108,19 @@ def test_a_ray_worker_that_dies_fails_its_task_only(ray_session):
     assert "\n" not in error
 
 
+def test_a_cell_on_ray_with_nproc_runs_as_processes_inside_its_task(ray_session, tmp_path, capsys):
+    grid = ["compare", str(tiny_file(tmp_path)), "--methods", "magnitude", "--sparsity", "0.8", "--seeds", "0",
+            "--set", "train.threads=1"]  # fmt: skip
+    assert main([*grid, "--out", str(tmp_path / "one")]) == 0
+    out = tmp_path / "two"
+    assert main([*grid, "--out", str(out), "--executor", "ray", "--nproc", "2"]) == 0  # num_cpus 2: the whole Ray
+    assert "1 done, 0 running, 0 failed, 0 queued" in capsys.readouterr().out
+    one, two = fingerprint(tmp_path / "one"), fingerprint(out)
+    assert len(two) == 1 and {r: m for r, (m, _) in two.items()} == {r: m for r, (m, _) in one.items()}
+    summary = json.loads((out / "magnitude" / "p0.8" / "seed_0" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and (out / "table.md").is_file()
+
+
 def _cli_error(argv, capsys):
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
@@ -127,8 +141,8 @@ def test_bad_executor_options_are_one_line_and_submit_nothing(tmp_path, capsys, 
         "causalprune: error: --gpus-per-run needs --executor ray or slurm (local runs take train.device)")
     assert _cli_error(["sweep", "x.yaml", "--ray-address", "h:1"], capsys) == (
         "causalprune: error: --ray-address needs --executor ray (the executor is local)")
-    assert _cli_error([*run, "--executor", "ray", "--nproc", "2"], capsys) == (
-        "causalprune: error: --executor ray and --nproc do not combine: give one of them")
+    assert _cli_error([*run, "--executor", "ray", "--nproc", "0"], capsys) == (
+        "causalprune: error: --nproc must be >= 1, got 0")
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("ray", "submitit")
                         else find_spec(name, *a))  # fmt: skip

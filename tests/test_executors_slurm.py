@@ -1,5 +1,6 @@
 """Grids as submitit jobs (`--executor slurm`), run through submitit's local backend: the same runs as local."""
 
+import json
 import os
 
 import pytest
@@ -91,3 +92,69 @@ def test_slurm_options_are_checked_before_anything_is_submitted(tmp_path, capsys
             "causalprune: error: --executor slurm: this machine has no Slurm (sbatch is not on PATH); nothing was "
             "submitted"]  # fmt: skip
         assert not (tmp_path / "c").exists()
+
+
+def _masks_only(out):
+    return {run: masks for run, (masks, _) in fingerprint(out).items()}
+
+
+@pytest.mark.slow  # ~40 s on 2 shared cores: 2 runs here, then 2 runs of 2 processes
+def test_compare_executor_slurm_nproc_runs_each_cell_as_processes_inside_its_job(tmp_path, capsys, monkeypatch):
+    from causalprune import executors_slurm
+
+    made = []
+
+    def local(*args, **kwargs):  # the CLI's executor, on submitit's local backend
+        made.append(kwargs)
+        return SlurmExecutor(*args, **{**kwargs, "cluster": "local", "poll_s": 0.2})
+
+    monkeypatch.setattr(executors_slurm, "SlurmExecutor", local)
+    grid = ["compare", str(tiny_file(tmp_path)), "--methods", "causal", "--sparsity", "0.8", "--seeds", "0,1",
+            "--set", "train.threads=1"]  # fmt: skip
+    assert main([*grid, "--out", str(tmp_path / "one")]) == 0
+    out = tmp_path / "two"
+    assert main([*grid, "--out", str(out), "--executor", "slurm", "--nproc", "2"]) == 0
+    assert "2 done, 0 running, 0 failed, 0 queued" in capsys.readouterr().out
+    assert _masks_only(out) == _masks_only(tmp_path / "one") and len(_masks_only(out)) == 2
+    for seed in (0, 1):
+        summary = json.loads((out / "causal" / "p0.8" / f"seed_{seed}" / "summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["threads"] == 1
+    assert len(list((out / "slurm_logs").glob("*_log.out"))) == 2  # one job per cell
+    assert (out / "table.md").is_file()
+
+
+def test_a_cell_that_fails_under_nproc_is_one_line_naming_its_folder_and_rank_logs(tmp_path, monkeypatch):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1' and os.environ.get('WORLD_SIZE'):\n"
+        "    import causalprune.cli as cli\n"
+        "    def _fail(args):\n"
+        "        raise RuntimeError('boom on rank 1')\n"
+        "    cli._cmd_run = _fail\n")  # fmt: skip
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")]))
+    cfg = config_from_dict(TINY, ["train.threads=1"])
+    out = tmp_path / "grid"
+    executor = SlurmExecutor(out / "slurm_logs", cluster="local", poll_s=0.2)
+    summaries, _, failed = run_grid(cfg, ["magnitude"], [0.8], [0], out, executor=executor, nproc=2)
+    assert summaries == [] and len(failed) == 1
+    folder = out / "magnitude" / "p0.8" / "seed_0"
+    line = str(failed[0])
+    assert "\n" not in line and f"causalprune run --nproc 2 of {folder} exited with code 1: " in line
+    assert "rank 1 raised RuntimeError: boom on rank 1" in line
+    assert f"rank logs: {folder / 'logs' / 'rank_<r>.log'}" in line and (folder / "logs" / "rank_1.log").is_file()
+
+
+def test_nproc_cells_are_launched_tasks_asking_for_nproc_times_their_threads(tmp_path):
+    from causalprune.compare import plan
+    from causalprune.grid import run_cell, run_cell_launched, tasks
+
+    cells = plan(config_from_dict(TINY, ["train.threads=3"]), ["magnitude"], [0.8], [0, 1], [])
+    assert [(t.fn, t.threads) for t in tasks(cells, tmp_path)] == [(run_cell, 3)] * 2
+    launched = tasks(cells, tmp_path, nproc=2)
+    assert [(t.fn, t.threads, t.args[-1]) for t in launched] == [(run_cell_launched, 6, 2)] * 2
+    unset = plan(config_from_dict(TINY), ["magnitude"], [0.8], [0], [])
+    assert tasks(unset, tmp_path, nproc=2)[0].threads is None  # the executor's share, split among the processes
+    with pytest.raises(ValueError, match=r"^--nproc must be >= 1, got 0$"):
+        tasks(cells, tmp_path, nproc=0)

@@ -154,8 +154,10 @@ def _compare(config: str | None, overrides: list[str], methods: str, sparsity: s
         out_dir = out_dir.absolute()
     executor = _executor(engine, jobs, out_dir)
     tracking.grid_store(cfg.track, out_dir, cfg.name)  # MLflow's default store: the output folder
+    nproc = (getattr(engine, "nproc", None) or 1) if engine is not None and engine.executor != "local" else 1
     _, table, failed = run_grid(cfg, _methods(methods, cfg.prune.granularity), _floats(sparsity or "0", "--sparsity"),
-                                _ints(seeds, "--seeds"), out_dir, parse_grid(grid), speedups, executor)  # fmt: skip
+                                _ints(seeds, "--seeds"), out_dir, parse_grid(grid), speedups, executor,
+                                nproc)  # fmt: skip
     if platform.current().is_primary:
         if table:
             print(table)
@@ -180,8 +182,12 @@ def _check_engine(args: argparse.Namespace | None) -> None:
         raise ValueError(f"--ray-address needs --executor ray (the executor is {name})")
     if args.gpus_per_run is not None and name == "local":
         raise ValueError("--gpus-per-run needs --executor ray or slurm (local runs take train.device)")
-    if name != "local" and (platform.launched() or (getattr(args, "nproc", None) or 1) > 1):
-        raise ValueError(f"--executor {name} and --nproc do not combine: give one of them")
+    nproc = getattr(args, "nproc", None)
+    if nproc is not None and nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
+    if name != "local" and platform.launched():  # --nproc with ray or slurm: torchrun runs inside each task
+        raise ValueError(f"--executor {name} does not run under torchrun: give --nproc N to run each run as N "
+                         "processes inside its task")  # fmt: skip
 
 
 def _executor(args: argparse.Namespace | None, jobs: int, out: Path) -> Executor:
@@ -210,11 +216,11 @@ def _report_failed(failed: list[Failed]) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    if args.jobs != 1 and args.nproc is not None and args.nproc > 1:
+    if args.jobs != 1 and args.nproc is not None and args.nproc > 1 and args.executor == "local":
         raise ValueError(f"--jobs {args.jobs} and --nproc {args.nproc} do not combine: a distributed grid runs its "
                          "cells one after another (give one of them)")  # fmt: skip
     _check_engine(args)
-    launched = _launch(args)
+    launched = _launch(args) if args.executor == "local" else None  # ray, slurm: torchrun inside each task
     if launched is not None:
         return launched
     return _compare(args.config, args.set, args.methods, args.sparsity, args.seeds, args.out, args.grid,
@@ -393,7 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="causal,magnitude,random", help="comma list, or 'all'")
     p.add_argument("--sparsity", default=None, help="comma list of final sparsities (default 0.9,0.98)")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
-                   help="run every cell as N processes on this machine (data parallel; see run --nproc)")
+                   help="run every cell as N processes (data parallel; see run --nproc): here, or with "
+                        "--executor ray|slurm inside each cell's task, which reserves N x train.threads CPUs")
     p.add_argument("--speedup", default=None,
                    help="comma list of MACs reductions, instead of --sparsity (prune.granularity: channel)")
     p.add_argument("--seeds", default="0,1,2", help="comma list of seeds")

@@ -67,20 +67,22 @@ def plan(cfg: Config, methods: list[str], sparsities: list[float], seeds: list[i
 
 
 def run_grid(cfg: Config, methods: list[str], sparsities: list[float], seeds: list[int], out: Path,
-             grid: Grid | None = None, speedups: list[float] | None = None,
-             executor: Executor | None = None) -> tuple[list[dict[str, Any]], str, list[Failed]]:  # fmt: skip
+             grid: Grid | None = None, speedups: list[float] | None = None, executor: Executor | None = None,
+             nproc: int = 1) -> tuple[list[dict[str, Any]], str, list[Failed]]:  # fmt: skip
     """Run (or resume) every run of the grid under `out`; write table.md and table.csv for those that finished.
 
     Returns (summaries, table markdown, failed cells). `executor` runs the cells (default:
     `executors.Sequential`, one after another here); a cell that fails does not stop the
     others. Under torchrun every rank runs every cell in step, so the first failure stops it.
+    `nproc` > 1 (Ray, Slurm): each cell's task runs it as `nproc` processes (`grid.run_cell_launched`).
     """
     cells = plan(cfg, methods, sparsities, seeds, grid or [], speedups)
     plat = current_platform()
     if executor is None:
         executor = Sequential(catch=not plat.distributed)
     t0 = time.perf_counter()
-    finished, failed = run_cells(cells, out, executor, lambda c: f"{c.label} {budget(c.config)} seed {c.config.seed}")
+    finished, failed = run_cells(cells, out, executor, lambda c: f"{c.label} {budget(c.config)} seed {c.config.seed}",
+                                 nproc)  # fmt: skip
     by_folder = {s["run_dir"]: s for s in finished}
     ran = [c for c in cells if str(out / c.folder) in by_folder]  # in grid order
     summaries = [by_folder[str(out / c.folder)] for c in ran]

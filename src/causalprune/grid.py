@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 import re
+import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from typing import Any
 import yaml
 
 from . import criteria, resolve
-from .config import Config, ConfigError, check_key, config_from_dict, yaml_problem
+from .config import Config, ConfigError, check_key, config_from_dict, dump_config, yaml_problem
 from .executors import Executor, Outcome, Task
 from .experiment import run_experiment
 from .io import save_text
@@ -132,12 +134,58 @@ def run_cell(cfg: Config, folder: str, label: str, pre_cache: str, *, threads: i
     return {**summary, "label": label, "run_dir": folder}
 
 
-def tasks(cells: Sequence[Cell], out: Path) -> list[Task]:
+def run_cell_launched(cfg: Config, folder: str, label: str, pre_cache: str, nproc: int, *,
+                      threads: int) -> dict[str, Any]:  # fmt: skip
+    """Run, resume or read back one cell as `nproc` processes (``causalprune run --nproc``); return its summary.
+
+    The task's `threads` are shared among its processes (``train.threads`` of each: the
+    config's, a resumed run's, else ``threads // nproc``). The cell's resolved config goes to
+    ``<folder>.launch.yaml``, the command's output to ``<folder>.launch.log``. A distributed run
+    trains its own θ_pre (`pre_cache` unused, as under ``compare --nproc``). A failure is one
+    line naming the folder and, for a crash, its ``logs/rank_<r>.log``.
+    """
+    path = Path(folder)
+    if RunFolder(path).finished():
+        summary = RunFolder(path).summary()
+    else:
+        if cfg.train.threads is None:
+            own = RunFolder(path).started_threads() or max(1, threads // nproc)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=own))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config, log = path.parent / f"{path.name}.launch.yaml", path.parent / f"{path.name}.launch.log"
+        save_text(dump_config(cfg), config)
+        env = {k: v for k, v in os.environ.items() if k not in _TORCHRUN_ENV}
+        env["OMP_NUM_THREADS"] = str(cfg.train.threads)
+        command = [sys.executable, "-m", "causalprune", "run", str(config), "--out", str(path), "--nproc", str(nproc)]
+        with open(log, "w", encoding="utf-8") as sink:
+            code = subprocess.run(command, stdout=sink, stderr=subprocess.STDOUT, env=env).returncode
+        if code != 0:
+            said = [ln.removeprefix("causalprune: error: ") for ln in log.read_text().splitlines()
+                    if ln.startswith("causalprune: error: ")]  # fmt: skip
+            logs = f"; rank logs: {path / 'logs' / 'rank_<r>.log'}" if (path / "logs").is_dir() else ""
+            raise RuntimeError(f"causalprune run --nproc {nproc} of {path} exited with code {code}: "
+                               f"{said[-1] if said else 'no error line'} (output in {log}){logs}")  # fmt: skip
+        summary = RunFolder(path).summary()
+    save_text(label + "\n", path / "label.txt")
+    (path / "error.log").unlink(missing_ok=True)  # a failure of an earlier attempt
+    return {**summary, "label": label, "run_dir": folder}
+
+
+#: torchrun's variables: a task started inside another distributed run must not join it
+_TORCHRUN_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                 "TORCHELASTIC_RUN_ID", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE")  # fmt: skip
+
+
+def tasks(cells: Sequence[Cell], out: Path, nproc: int = 1) -> list[Task]:
     """Return one `run_cell` task per cell, keyed by its folder; cells sharing a θ_pre run after the first of them.
 
     The first cell that trains each shared θ_pre (a method that prunes; ``dense`` trains
-    none) is that θ_pre's task; the others that read it name it in ``after``.
+    none) is that θ_pre's task; the others that read it name it in ``after``. With `nproc` > 1
+    each task is `run_cell_launched` (one run as `nproc` processes) and asks for `nproc` ×
+    ``train.threads`` CPUs when the config sets them.
     """
+    if nproc < 1:
+        raise ValueError(f"--nproc must be >= 1, got {nproc}")
     first: dict[Path, str] = {}
     out_tasks = []
     for cell in cells:
@@ -148,7 +196,11 @@ def tasks(cells: Sequence[Cell], out: Path) -> list[Task]:
             after = (first[shared],) if shared in first else ()
             first.setdefault(shared, key)
         args = (cell.config, str(out / cell.folder), cell.label, str(pre_folder(out)))
-        out_tasks.append(Task(key, run_cell, args, after, cell.config.train.threads))
+        threads = cell.config.train.threads
+        if nproc > 1:
+            out_tasks.append(Task(key, run_cell_launched, (*args, nproc), after, threads and nproc * threads))
+            continue
+        out_tasks.append(Task(key, run_cell, args, after, threads))
     return out_tasks
 
 
@@ -213,16 +265,18 @@ class Progress:
             print(flush=True)
 
 
-def run_cells(cells: Sequence[Cell], out: Path, executor: Executor,
-              describe: Callable[[Cell], str] | None = None) -> tuple[list[dict[str, Any]], list[Failed]]:  # fmt: skip
+def run_cells(cells: Sequence[Cell], out: Path, executor: Executor, describe: Callable[[Cell], str] | None = None,
+              nproc: int = 1) -> tuple[list[dict[str, Any]], list[Failed]]:  # fmt: skip
     """Run every cell under `out` on `executor`; return the summaries of those that finished, and the failures.
+
+    `nproc` > 1: each cell one ``causalprune run --nproc`` inside its task (`run_cell_launched`).
 
     Prints ``[i/n] <describe(cell)>`` as each starts (the primary process only, under torchrun);
     for an executor that says it is ``live`` (Ray, Slurm), one line of counts instead
     (`Progress`).
     """
     primary = current_platform().is_primary
-    planned = tasks(cells, out)
+    planned = tasks(cells, out, nproc)
     by_key = {t.key: c for t, c in zip(planned, cells, strict=True)}
     say = describe or (lambda c: f"{c.label} seed {c.config.seed}")
     count = itertools.count(1)
@@ -242,5 +296,5 @@ def run_cells(cells: Sequence[Cell], out: Path, executor: Executor,
     return summaries, failed
 
 
-__all__ = ["Cell", "Failed", "Grid", "Progress", "parse_grid", "plan", "pre_folder", "run_cell", "run_cells", "short",
-           "slug", "tasks"]
+__all__ = ["Cell", "Failed", "Grid", "Progress", "parse_grid", "plan", "pre_folder", "run_cell", "run_cell_launched",
+           "run_cells", "short", "slug", "tasks"]  # fmt: skip
